@@ -1,0 +1,312 @@
+"""Labelled text corpora: the shipped emotion stories, scenario sets and user files.
+
+A corpus is a list of `Record`s. The shipped one lives in saekit/corpus/ as jsonl with a fixed
+stratified train/test split stored in the data, so every run and every user sees the same split.
+External corpora (jsonl, csv, parquet, plain text, Hugging Face datasets) load through the same
+`load_corpus` with user-named text and label columns.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Iterable
+
+NEUTRAL = "neutral"
+SPLITS = ("train", "test")
+MIN_WORDS, MAX_WORDS = 60, 150
+MIN_STORIES, MIN_TOPICS = 24, 12
+
+
+class CorpusError(ValueError):
+    """A corpus file is missing, unreadable, empty or lacks a column; the message says where."""
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    text: str
+    emotion: str = ""
+    topic: str = ""
+    narration: str = ""
+    split: str = "train"
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        if not d["meta"]:
+            d.pop("meta")
+        return d
+
+
+def corpus_root() -> Path:
+    return Path(str(resources.files("saekit") / "corpus"))
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_corpus(source: str | Path | None = None, *, text_column: str = "text", label_column: str = "emotion",
+                id_column: str = "id", split: str | None = None, include_neutral: bool = True,
+                emotions: Iterable[str] | None = None) -> list[Record]:
+    """Records from the shipped corpus (source None) or a user's file, folder or dataset name.
+
+    `split` keeps only "train" or "test"; `emotions` keeps only those labels (plus neutral if asked).
+    """
+    if source is None or str(source) == "shipped":
+        records = _shipped_records(include_neutral)
+    else:
+        records = _external_records(source, text_column, label_column, id_column)
+    if split is not None:
+        if split not in SPLITS:
+            raise CorpusError(f"unknown split {split!r}; choose one of {SPLITS}")
+        records = [r for r in records if r.split == split]
+    if emotions is not None:
+        keep = set(emotions) | ({NEUTRAL} if include_neutral else set())
+        unknown = set(emotions) - {r.emotion for r in records}
+        if unknown:
+            raise CorpusError(f"emotions {sorted(unknown)} are not in the corpus {source or 'shipped'}")
+        records = [r for r in records if r.emotion in keep]
+    if not records:
+        raise CorpusError(f"corpus {source or 'shipped'} has no records (split={split}, emotions={emotions})")
+    return records
+
+
+def _shipped_records(include_neutral: bool) -> list[Record]:
+    root = corpus_root()
+    files = sorted((root / "stories").glob("*.jsonl"))
+    if include_neutral:
+        files.append(root / "neutral.jsonl")
+    out: list[Record] = []
+    for path in files:
+        out.extend(_record_from_row(row, path, i, "text", "emotion", "id") for i, row in _read_jsonl(path))
+    return out
+
+
+def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CorpusError(f"cannot read {path}: {e}") from e
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{path}:{i}: not valid JSON ({e.msg})") from e
+        if not isinstance(row, dict):
+            raise CorpusError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+        yield i, row
+
+
+def _record_from_row(row: dict, path, line: int, text_col: str, label_col: str, id_col: str) -> Record:
+    if text_col not in row:
+        raise CorpusError(f"{path}:{line}: no text column {text_col!r} (columns: {sorted(row)})")
+    text = row[text_col]
+    if not isinstance(text, str) or not text.strip():
+        raise CorpusError(f"{path}:{line}: column {text_col!r} is empty or not text")
+    known = {"id", "text", "emotion", "topic", "narration", "split", text_col, label_col, id_col}
+    return Record(
+        id=str(row.get(id_col, f"{Path(str(path)).stem}-{line}")),
+        text=text,
+        emotion=str(row.get(label_col, "") or ""),
+        topic=str(row.get("topic", "") or ""),
+        narration=str(row.get("narration", "") or ""),
+        split=str(row.get("split", "train") or "train"),
+        meta={k: v for k, v in row.items() if k not in known},
+    )
+
+
+def _external_records(source, text_col: str, label_col: str, id_col: str) -> list[Record]:
+    path = Path(source).expanduser()
+    if path.is_file():
+        rows = _rows_from_file(path)
+    elif path.is_dir():
+        rows = _rows_from_hf_dataset(str(path), local=True)
+    elif str(source).count("/") == 1 and not str(source).startswith((".", "/", "~")):
+        rows = _rows_from_hf_dataset(str(source), local=False)
+    else:
+        raise CorpusError(f"corpus {source} does not exist")
+    if not rows:
+        raise CorpusError(f"corpus {source} is empty")
+    return [_record_from_row(row, path, i, text_col, label_col, id_col) for i, row in rows]
+
+
+def _rows_from_file(path: Path) -> list[tuple[int, dict]]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".jsonl", ".ndjson"):
+            return list(_read_jsonl(path))
+        if suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                return [(i, dict(row)) for i, row in enumerate(csv.DictReader(f), 2)]
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            return list(enumerate(table.to_pylist(), 1))
+        if suffix in (".txt", ".md", ""):
+            lines = path.read_text(encoding="utf-8").splitlines()
+            return [(i, {"text": line}) for i, line in enumerate(lines, 1) if line.strip()]
+    except CorpusError:
+        raise
+    except Exception as e:  # pyarrow, csv and decoding errors all mean the same to a user
+        raise CorpusError(f"cannot read {path}: {e}") from e
+    raise CorpusError(f"{path}: unsupported corpus format {suffix!r} (use .jsonl, .csv, .parquet or .txt)")
+
+
+def _rows_from_hf_dataset(name: str, local: bool) -> list[tuple[int, dict]]:
+    try:
+        import datasets
+    except ImportError as e:  # pragma: no cover - datasets comes with sae-lens
+        raise CorpusError("reading Hugging Face datasets needs the 'datasets' package") from e
+    if local:
+        try:
+            ds = datasets.load_from_disk(name)
+        except Exception as e:
+            raise CorpusError(f"{name} is not a saved Hugging Face dataset folder: {e}") from e
+    else:
+        from saekit.model import hub_reachable
+
+        if not hub_reachable():
+            raise CorpusError(f"cannot fetch dataset {name!r}: the Hugging Face hub is unreachable; "
+                              "save it with datasets' save_to_disk and pass the folder")
+        ds = datasets.load_dataset(name)
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    return list(enumerate(ds.to_list(), 1))
+
+
+def write_jsonl(path: Path, records: Iterable[Record]) -> None:
+    from saekit.artifacts import atomic_write_text
+
+    atomic_write_text(Path(path), "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records))
+
+
+# ---------------------------------------------------------------------------- emotions and scenarios
+
+
+def emotion_table() -> dict[str, dict]:
+    """{emotion: {"cluster": ..., "forbidden": [regex, ...]}} for the shipped emotions."""
+    return json.loads((corpus_root() / "emotions.json").read_text())["emotions"]
+
+
+def forbidden_patterns(emotion: str) -> list[re.Pattern]:
+    info = emotion_table()[emotion]
+    words = info["forbidden"] + [re.escape(emotion)]
+    return [re.compile(r"\b" + w + r"\b", re.IGNORECASE) for w in words]
+
+
+def paper_topics() -> list[str]:
+    return [line.strip() for line in (corpus_root() / "topics.txt").read_text().splitlines() if line.strip()]
+
+
+def load_scenario(name: str):
+    """A shipped scenario set: live_dialogue, implicit, dose_response, impossible_task, probes."""
+    root = corpus_root() / "scenarios"
+    for suffix in (".jsonl", ".json"):
+        path = root / f"{name}{suffix}"
+        if path.exists():
+            if suffix == ".jsonl":
+                return [row for _, row in _read_jsonl(path)]
+            return json.loads(path.read_text())
+    names = sorted(p.stem for p in root.iterdir() if p.suffix in (".json", ".jsonl"))
+    raise CorpusError(f"no scenario set {name!r}; shipped sets: {names}")
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def _shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
+    words = re.findall(r"[a-z']+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
+
+
+def near_duplicates(records: list[Record], threshold: float = 0.3) -> list[tuple[str, str, float]]:
+    """Pairs whose word 5-gram Jaccard similarity reaches `threshold`."""
+    sh = [_shingles(r.text) for r in records]
+    index: dict[tuple, list[int]] = collections.defaultdict(list)
+    for i, s in enumerate(sh):
+        for g in s:
+            index[g].append(i)
+    shared: collections.Counter = collections.Counter()
+    for ids in index.values():
+        if len(ids) > 50:  # a stock phrase, not evidence of copying
+            continue
+        for a in range(len(ids)):
+            for b in range(a + 1, len(ids)):
+                shared[ids[a], ids[b]] += 1
+    out = []
+    for (a, b), n in shared.items():
+        jac = n / len(sh[a] | sh[b])
+        if jac >= threshold:
+            out.append((records[a].id, records[b].id, round(jac, 3)))
+    return sorted(out, key=lambda t: -t[2])
+
+
+def validate(records: list[Record], stories_per_emotion: int = MIN_STORIES, topics_per_emotion: int = MIN_TOPICS) -> list[str]:
+    """Every problem found in a story corpus, as 'id: what' lines (empty when it is sound)."""
+    problems: list[str] = []
+    table = emotion_table()
+    topics = set(paper_topics())
+    ids = collections.Counter(r.id for r in records)
+    problems += [f"{i}: duplicate id" for i, n in ids.items() if n > 1]
+    texts = collections.Counter(r.text.strip().lower() for r in records)
+    problems += [f"{r.id}: exact duplicate text" for r in records if texts[r.text.strip().lower()] > 1]
+    by_emotion: dict[str, list[Record]] = collections.defaultdict(list)
+    for r in records:
+        by_emotion[r.emotion].append(r)
+        if r.split not in SPLITS:
+            problems.append(f"{r.id}: split {r.split!r} not in {SPLITS}")
+        if r.emotion == NEUTRAL:
+            continue
+        if r.emotion not in table:
+            problems.append(f"{r.id}: emotion {r.emotion!r} has no synonym list in emotions.json")
+            continue
+        n = word_count(r.text)
+        if not MIN_WORDS <= n <= MAX_WORDS:
+            problems.append(f"{r.id}: {n} words, outside {MIN_WORDS}-{MAX_WORDS}")
+        if r.topic not in topics:
+            problems.append(f"{r.id}: topic {r.topic!r} is not one of the paper's topics")
+        if r.narration not in ("first", "third"):
+            problems.append(f"{r.id}: narration {r.narration!r} is not first/third")
+        for pat in forbidden_patterns(r.emotion):
+            if m := pat.search(r.text):
+                problems.append(f"{r.id}: forbidden word {m.group(0)!r} for {r.emotion}")
+    for emo, recs in sorted(by_emotion.items()):
+        if emo == NEUTRAL:
+            continue
+        if len(recs) < stories_per_emotion:
+            problems.append(f"{emo}: {len(recs)} stories, need {stories_per_emotion}")
+        if len({r.topic for r in recs}) < topics_per_emotion:
+            problems.append(f"{emo}: {len({r.topic for r in recs})} topics, need {topics_per_emotion}")
+        if not any(r.split == "test" for r in recs):
+            problems.append(f"{emo}: no test stories")
+    problems += [f"{a} ~ {b}: near-duplicate (Jaccard {j})" for a, b, j in near_duplicates(records)]
+    return problems
+
+
+def stats(records: list[Record]) -> dict:
+    """Counts per emotion, topic, narration and split, and a word-length histogram."""
+    lengths = [word_count(r.text) for r in records]
+    bins = list(range(0, max(lengths) + 25, 25))
+    hist = collections.Counter((n // 25) * 25 for n in lengths)
+    return {
+        "records": len(records),
+        "emotions": dict(sorted(collections.Counter(r.emotion for r in records).items())),
+        "splits": dict(collections.Counter(r.split for r in records)),
+        "narration": dict(collections.Counter(r.narration for r in records)),
+        "topics": len({r.topic for r in records}),
+        "length_histogram": {f"{b}-{b + 24}": hist.get(b, 0) for b in bins if hist.get(b, 0)},
+        "words_min_mean_max": (min(lengths), round(sum(lengths) / len(lengths), 1), max(lengths)),
+    }

