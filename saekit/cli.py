@@ -1,0 +1,214 @@
+"""The `saekit` command line: thin wiring of the library's stages, nothing computed here."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(help="Find, rank and intervene on the SAE features of a language model that represent emotions.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+corpus_app = typer.Typer(help="The shipped emotion story corpus and scenario sets.", no_args_is_help=True)
+model_app = typer.Typer(help="Load models and check them.", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+app.add_typer(model_app, name="model")
+console = Console(stderr=True)
+out_console = Console()
+
+
+class UserError(Exception):
+    pass
+
+
+def _fail(e: Exception) -> None:
+    console.print(f"[bold red]error:[/] {e}")
+    raise typer.Exit(2)
+
+
+def _errors():
+    from saekit.config import ConfigError
+    from saekit.corpus import CorpusError
+    from saekit.harvest import HarvestError
+    from saekit.model import ModelLoadError
+
+    return (ConfigError, CorpusError, HarvestError, ModelLoadError, UserError, FileNotFoundError)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console)
+
+
+# ---------------------------------------------------------------------------- harvest
+
+
+@app.command()
+def harvest(
+    config: Annotated[Optional[Path], typer.Option(help="TOML file with HarvestConfig fields.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model folder, hub name, 'smollm2-135m-instruct' or 'tiny'.")] = None,
+    hook: Annotated[Optional[list[str]], typer.Option(help="Hook name to record (repeatable), e.g. blocks.20.hook_resid_post.")] = None,
+    corpus: Annotated[Optional[str], typer.Option(help="'shipped', a .jsonl/.csv/.parquet/.txt file, a dataset folder or hub name.")] = None,
+    text_column: Annotated[Optional[str], typer.Option(help="Column holding the text.")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="Column holding the label.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Output folder for shards and manifest.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Documents per forward pass.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Truncate or window texts longer than this.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N documents (0 = all).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="Model dtype: float32 or bfloat16.")] = None,
+) -> None:
+    """Record residual-stream activations over a corpus into sharded safetensors (resumable)."""
+    from saekit.config import from_dict, load_toml
+    from saekit.harvest import HarvestConfig, harvest as run_harvest, summarize
+
+    try:
+        data = load_toml(config) if config else {}
+        overrides = {"model": model, "hooks": hook, "corpus": corpus, "text_column": text_column,
+                     "label_column": label_column, "out": out, "batch_size": batch_size,
+                     "max_tokens": max_tokens, "limit": limit, "dtype": dtype}
+        data.update({k: v for k, v in overrides.items() if v})
+        cfg = from_dict(HarvestConfig, data, where=str(config or "options"))
+        summary = _run_harvest(cfg, run_harvest)
+    except _errors() as e:
+        _fail(e)
+    _print_summary("harvest", summarize(Path(cfg.out)) | summary)
+
+
+def _run_harvest(cfg, run_harvest) -> dict:
+    start = time.perf_counter()
+    state = {"tokens": 0}
+    with _progress() as bar:
+        task = bar.add_task("harvest", total=None, rate="")
+
+        def progress(docs, total, tokens):
+            state["tokens"] = tokens
+            rate = tokens / max(time.perf_counter() - start, 1e-9)
+            bar.update(task, completed=docs, total=total, rate=f"{rate:,.0f} tok/s")
+
+        run_harvest(cfg, progress=progress)
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 1), "tokens/s (this run)": round(state["tokens"] / max(seconds, 1e-9))}
+
+
+def _print_summary(title: str, summary: dict) -> None:
+    table = Table(title=title, show_header=False)
+    for k, v in summary.items():
+        table.add_row(str(k), str(v))
+    out_console.print(table)
+
+
+# ---------------------------------------------------------------------------- study (the main job)
+
+
+@app.command()
+def study(
+    config: Annotated[Path, typer.Argument(help="Study TOML (see analysis/study.toml).")] = Path("analysis/study.toml"),
+) -> None:
+    """The main job: run the emotion study on a model from one config and print a summary."""
+    from saekit.study import StudyConfig, run_study
+    from saekit.config import load_config
+
+    try:
+        cfg = load_config(StudyConfig, config)
+        result = run_study(cfg, console=console, progress=_progress)
+    except _errors() as e:
+        _fail(e)
+    for title, summary in result.items():
+        _print_summary(title, summary)
+
+
+# ---------------------------------------------------------------------------- corpus
+
+
+@corpus_app.command("stats")
+def corpus_stats(
+    source: Annotated[str, typer.Argument(help="'shipped' or a corpus file/folder.")] = "shipped",
+    text_column: str = "text", label_column: str = "emotion",
+) -> None:
+    """Counts per emotion, split and narration, and a length histogram."""
+    from saekit.corpus import load_corpus, stats
+
+    try:
+        records = load_corpus(source, text_column=text_column, label_column=label_column)
+    except _errors() as e:
+        _fail(e)
+    s = stats(records)
+    table = Table(title=f"corpus {source}: {s['records']} records, {s['topics']} topics")
+    table.add_column("emotion")
+    table.add_column("records", justify="right")
+    table.add_column("train", justify="right")
+    table.add_column("test", justify="right")
+    for emo, n in s["emotions"].items():
+        tr = sum(1 for r in records if r.emotion == emo and r.split == "train")
+        table.add_row(emo or "(none)", str(n), str(tr), str(n - tr))
+    out_console.print(table)
+    for k in ("splits", "narration", "length_histogram", "words_min_mean_max"):
+        out_console.print(f"{k}: {s[k]}")
+
+
+@corpus_app.command("validate")
+def corpus_validate(
+    source: Annotated[str, typer.Argument(help="'shipped' or a corpus file.")] = "shipped",
+    text_column: str = "text", label_column: str = "emotion",
+) -> None:
+    """Check counts, lengths, topics, forbidden words and near-duplicates; exit 1 on problems."""
+    from saekit.corpus import load_corpus, validate
+
+    try:
+        records = load_corpus(source, text_column=text_column, label_column=label_column)
+    except _errors() as e:
+        _fail(e)
+    problems = validate(records)
+    for p in problems:
+        out_console.print(p, markup=False)
+    if problems:
+        console.print(f"[red]{len(problems)} problem(s)[/] in {len(records)} records")
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/]: {len(records)} records, no problems")
+
+
+# ---------------------------------------------------------------------------- model
+
+
+@model_app.command("info")
+def model_info(name: Annotated[str, typer.Argument(help="Model folder, hub name, 'smollm2-135m-instruct' or 'tiny'.")] = "smollm2-135m-instruct") -> None:
+    """Load a model and print its size and residual-stream hook names."""
+    from saekit.model import d_model, load_model, n_layers
+
+    try:
+        m = load_model(name)
+    except _errors() as e:
+        _fail(e)
+    _print_summary(name, {"layers": n_layers(m), "d_model": d_model(m), "vocab": m.cfg.d_vocab,
+                          "hooks": f"blocks.{{0..{n_layers(m) - 1}}}.hook_resid_post (and {len(m.hook_dict)} others)"})
+
+
+@model_app.command("chat")
+def model_chat(
+    message: Annotated[str, typer.Argument(help="The user's message.")],
+    model: str = "smollm2-135m-instruct",
+    max_new_tokens: int = 60,
+) -> None:
+    """Answer one user message greedily, formatted with saekit's chat formatting."""
+    from saekit.model import format_chat, generate, load_model
+
+    try:
+        m = load_model(model)
+    except _errors() as e:
+        _fail(e)
+    prompt = format_chat(m.tokenizer, [{"role": "user", "content": message}])
+    out_console.print(generate(m, m.tokenizer, prompt, max_new_tokens=max_new_tokens))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

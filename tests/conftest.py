@@ -1,0 +1,33 @@
+"""Shared fixtures: the tiny random model (seconds) and small corpora built in tmp folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from saekit.corpus import Record
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from saekit.model import load_model
+
+    return load_model("tiny")
+
+
+@pytest.fixture
+def small_records() -> list[Record]:
+    words = "the cat sat on a mat while rain fell over quiet hills and small boats drifted home".split()
+    out = []
+    for i in range(14):
+        n = 6 + 5 * i  # lengths 6..71 words: some shorter, some longer than the pooling offset
+        text = " ".join(words[(i + j) % len(words)] for j in range(n))
+        out.append(Record(id=f"doc-{i:02d}", text=text, emotion=["calm", "afraid"][i % 2],
+                          split="test" if i % 5 == 4 else "train"))
+    return out
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

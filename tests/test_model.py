@@ -1,0 +1,72 @@
+import time
+
+import pytest
+import torch
+
+from saekit import model as M
+
+
+def test_tiny_model_has_transformer_lens_hooks(tiny_model):
+    hooks = tiny_model.hook_dict
+    for layer in range(M.n_layers(tiny_model)):
+        assert f"blocks.{layer}.hook_resid_post" in hooks
+        assert f"blocks.{layer}.hook_resid_pre" in hooks
+    assert M.n_layers(tiny_model) == 4 and M.d_model(tiny_model) == 64
+
+
+def test_bridge_logits_equal_plain_transformers(tiny_model):
+    hf = M.hf_model_of(tiny_model)
+    tokens = torch.randint(0, 1000, (2, 12))
+    with torch.no_grad():
+        ours = tiny_model(tokens)
+        ref = hf(tokens).logits
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_offline_hub_name_fails_at_once_and_names_local_alternative(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(M.ModelLoadError, match="HF_HUB_OFFLINE.*local Hugging Face folder"):
+        M.load_model("HuggingFaceTB/SmolLM2-360M-Instruct")
+
+
+def test_unreachable_hub_fails_with_clear_message(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(M, "HUB_HOST", ("hub.invalid", 443))
+    with pytest.raises(M.ModelLoadError, match="unreachable.*local Hugging Face folder"):
+        M.resolve_model("someone/some-model")
+
+
+def test_reachable_hub_name_is_passed_through(monkeypatch):
+    monkeypatch.setattr(M, "hub_reachable", lambda timeout=3.0: True)
+    assert M.resolve_model("someone/some-model") == "someone/some-model"
+
+
+def test_local_folder_without_safetensors_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not unpickled")
+    with pytest.raises(M.ModelLoadError, match="no \\*.safetensors"):
+        M.load_model(tmp_path)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(M.ModelLoadError, match="does not exist"):
+        M.load_model(tmp_path / "nope")
+
+
+def test_local_folder_loads_like_any_model(tiny_model):
+    folder = M.tiny_model_folder()
+    again = M.load_model(str(folder))
+    tokens = torch.randint(0, 1000, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(again(tokens), tiny_model(tokens))
+
+
+def test_chat_format_has_no_injected_system_prompt(tiny_model):
+    text = M.format_chat(tiny_model.tokenizer, [{"role": "user", "content": "I lost my dog today."}])
+    assert text == "<|im_start|>user\nI lost my dog today.<|im_end|>\n<|im_start|>assistant\n"
+    assert "SmolLM" not in text
+
+
+def test_unknown_dtype_is_refused():
+    with pytest.raises(ValueError, match="unknown dtype"):
+        M.parse_dtype("float8")
