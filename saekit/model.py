@@ -266,10 +266,14 @@ def format_chat(tokenizer, messages: list[dict[str, str]], add_generation_prompt
 
 
 def generate(model, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
-    """Greedy continuation of a prompt (deterministic, for checks and reports)."""
+    """Greedy continuation of a prompt (deterministic, for checks and reports).
+
+    Without the KV cache: through a TransformerBridge (transformer-lens 3.9, transformers 5.x)
+    cached generation of Llama models degenerates into repeated tokens; uncached it is exact.
+    """
     hf = hf_model_of(model)
     ids = tokenizer(prompt, return_tensors="pt").to(hf.device)
     with torch.no_grad():
-        out = hf.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+        out = hf.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, use_cache=False,
                           pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
