@@ -183,6 +183,25 @@ def _rows_from_hf_dataset(name: str, local: bool) -> list[tuple[int, dict]]:
     return list(enumerate(ds.to_list(), 1))
 
 
+def assign_splits(records: list[Record], test_fraction: float = 0.2, seed: int = 0) -> list[Record]:
+    """A stratified split: within each (emotion, topic-kind) group, a fixed hash order puts every
+    1/test_fraction-th record in test. Deterministic, so a corpus keeps its split when stored."""
+    import hashlib
+    from dataclasses import replace
+
+    groups: dict[tuple, list[int]] = collections.defaultdict(list)
+    for i, r in enumerate(records):
+        groups[(r.emotion, r.topic if r.emotion == NEUTRAL else "")].append(i)
+    split = ["train"] * len(records)
+    step = max(2, round(1 / test_fraction))
+    for members in groups.values():
+        ranked = sorted(members, key=lambda i: hashlib.sha256(f"{seed}:{records[i].id}".encode()).hexdigest())
+        for rank, i in enumerate(ranked):
+            if rank % step == step - 1:
+                split[i] = "test"
+    return [replace(r, split=s) for r, s in zip(records, split)]
+
+
 def write_jsonl(path: Path, records: Iterable[Record]) -> None:
     from saekit.artifacts import atomic_write_text
 
