@@ -4,7 +4,7 @@ Layout of an output folder:
     manifest.json               model, hooks, dtype, d_model, documents (ids, token offsets),
                                 finished shards with sizes and hashes, saekit version, config
     shard-00000.safetensors     per hook: "<hook>" [T, D] per-token activations; plus
-                                "doc_index" [T] and "position" [T]; per-doc "<hook>/mean", "<hook>/max"
+                                "doc_index", "position", "token_id" [T]; per-doc "<hook>/mean", "<hook>/max"
     pooled.safetensors          per-document pooled vectors of all shards, [n_docs, D] per hook
 
 Shards are written under a temporary name and renamed when complete, and the manifest is
@@ -47,6 +47,8 @@ class HarvestConfig:
     """"shipped", or a .jsonl/.csv/.parquet/.txt file, a saved HF dataset folder or hub name."""
     text_column: str = "text"
     label_column: str = "emotion"
+    token_hooks: list[str] | None = None
+    """Hooks whose per-token activations are stored (default: all); the others keep only pooled vectors."""
     out: str = "artifacts/activations/default"
     batch_size: int = 8
     max_tokens: int = 512
@@ -72,6 +74,13 @@ class HarvestConfig:
         if self.pool_offset < 0:
             raise ValueError(f"pool_offset must be >= 0, got {self.pool_offset}")
         parse_dtype(self.dtype), parse_dtype(self.store_dtype)
+        extra = set(self.token_hooks or []) - set(self.hooks)
+        if extra:
+            raise ValueError(f"token_hooks {sorted(extra)} are not among hooks {self.hooks}")
+
+    @property
+    def stored_token_hooks(self) -> list[str]:
+        return list(self.hooks if self.token_hooks is None else self.token_hooks)
 
 
 @dataclass
@@ -201,7 +210,7 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
     by_id = {r.id: r for r in records}
 
     identity = {"model": cfg.model, "hooks": cfg.hooks, "corpus": cfg.corpus, "max_tokens": cfg.max_tokens,
-                "overflow": cfg.overflow, "docs_per_shard": cfg.docs_per_shard, "pool_offset": cfg.pool_offset,
+                "overflow": cfg.overflow, "token_hooks": cfg.stored_token_hooks, "docs_per_shard": cfg.docs_per_shard, "pool_offset": cfg.pool_offset,
                 "dtype": cfg.dtype, "store_dtype": cfg.store_dtype, "limit": cfg.limit,
                 "documents": content_hash([(p.doc_id, p.token_ids) for p in pieces])}
     manifest = _read_manifest(out)
@@ -217,7 +226,7 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
     if manifest is None:
         manifest = {
             "saekit_version": __version__, "identity": identity, "config": to_dict(cfg),
-            "model": cfg.model, "hooks": cfg.hooks, "dtype": cfg.store_dtype, "d_model": d_model(model),
+            "model": cfg.model, "hooks": cfg.hooks, "token_hooks": cfg.stored_token_hooks, "dtype": cfg.store_dtype, "d_model": d_model(model),
             "n_layers": n_layers(model), "total_tokens": total, "pool_offset": cfg.pool_offset,
             "documents": [{"id": p.doc_id, "label": by_id[p.doc_id.split("#w")[0]].emotion,
                            "split": by_id[p.doc_id.split("#w")[0]].split, "n_tokens": len(p.token_ids),
@@ -272,9 +281,11 @@ def _harvest_shard(model, pieces: list[Piece], cfg: HarvestConfig, stop_at, pad_
     lengths = [len(p.token_ids) for p in pieces]
     tensors["doc_index"] = torch.cat([torch.full((n,), first_doc + i, dtype=torch.int64) for i, n in enumerate(lengths)])
     tensors["position"] = torch.cat([torch.arange(n, dtype=torch.int64) for n in lengths])
+    tensors["token_id"] = torch.cat([torch.tensor(p.token_ids, dtype=torch.int64) for p in pieces])
     for h in cfg.hooks:
         per_doc = acts[h]
-        tensors[h] = torch.cat(per_doc).to(store).contiguous()
+        if h in cfg.stored_token_hooks:
+            tensors[h] = torch.cat(per_doc).to(store).contiguous()
         tensors[f"{h}/mean"] = torch.stack([a[pool_start(len(a), cfg.pool_offset):].mean(0) for a in per_doc]).contiguous()
         tensors[f"{h}/max"] = torch.stack([a.max(0).values for a in per_doc]).contiguous()
     return tensors
@@ -329,11 +340,18 @@ class Activations:
 
     def iter_shards(self, hook: str):
         """Yields (acts_TD, doc_index_T, position_T) shard by shard."""
+        for s in self.iter_shard_tensors(hook):
+            yield s["acts"], s["doc_index"], s["position"]
+
+    def iter_shard_tensors(self, hook: str):
+        """Yields dicts with "acts" [T, D], "doc_index", "position" and "token_id" [T], shard by shard."""
         self._check_hook(hook)
+        if hook not in self.manifest.get("token_hooks", self.manifest["hooks"]):
+            raise HarvestError(f"{self.path} kept only pooled vectors for {hook}; per-token activations "
+                               f"exist for {self.manifest['token_hooks']}")
         for k in sorted(self.manifest["shards"], key=int):
-            entry = self.manifest["shards"][k]
-            t = load_shard(self.path, entry["file"])
-            yield t[hook], t["doc_index"], t["position"]
+            t = load_shard(self.path, self.manifest["shards"][k]["file"])
+            yield {"acts": t[hook], "doc_index": t["doc_index"], "position": t["position"], "token_id": t["token_id"]}
 
     def tokens(self, hook: str) -> torch.Tensor:
         """All per-token activations [T, D] (fits in memory for corpora of this size)."""

@@ -168,3 +168,18 @@ def test_other_corpus_formats_load_with_named_columns(tmp_path):
 
     datasets.Dataset.from_dict({"text": ["u", "v"], "emotion": ["calm", "sad"]}).save_to_disk(tmp_path / "ds")
     assert [r.emotion for r in load_corpus(tmp_path / "ds")] == ["calm", "sad"]
+
+
+def test_token_hooks_limit_what_is_stored_per_token(tiny_model, small_records, tmp_path):
+    out = H.harvest(cfg(tmp_path, token_hooks=[HOOKS[1]]), model=tiny_model, records=small_records)
+    acts = H.Activations.open(out)
+    assert acts.pooled(HOOKS[0]).shape == (len(small_records), 64)
+    assert acts.tokens(HOOKS[1]).shape[0] == acts.manifest["total_tokens"]
+    with pytest.raises(H.HarvestError, match="only pooled"):
+        acts.tokens(HOOKS[0])
+    tok = torch.cat([s["token_id"] for s in acts.iter_shard_tensors(HOOKS[1])])
+    first = acts.documents[0]
+    ids = tiny_model.tokenizer(small_records[0].text).input_ids
+    assert tok[first["token_offset"]: first["token_offset"] + first["n_tokens"]].tolist() == ids
+    with pytest.raises(Exception, match="not among hooks"):
+        H.HarvestConfig(hooks=["blocks.0.hook_resid_post"], token_hooks=["blocks.1.hook_resid_post"]).validate()
