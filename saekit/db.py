@@ -86,7 +86,7 @@ class Database:
         self.read_only = read_only
         self.con = _open(self.path, read_only, wait_s)
         if not read_only:
-            self.con.execute(schema_sql())
+            self._exec(schema_sql())
 
     def close(self) -> None:
         self.con.close()
@@ -97,11 +97,15 @@ class Database:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _exec(self, sql: str, params: Sequence | None = None) -> None:
+        """Execute a writing statement and consume its result (DuckDB wants results finished)."""
+        self.con.execute(sql, params or []).fetchall()
+
     # ------------------------------------------------------------------ runs
 
     def start_run(self, kind: str, config: Mapping[str, Any] | None = None, run_id: str | None = None) -> str:
         run_id = run_id or f"{kind}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-        self.con.execute(
+        self._exec(
             "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, NULL, 'running')",
             [run_id, kind, json.dumps(config or {}, default=str), json.dumps(package_versions()),
              dt.datetime.now(dt.UTC).replace(tzinfo=None)],
@@ -109,7 +113,7 @@ class Database:
         return run_id
 
     def finish_run(self, run_id: str, status: str = "done") -> None:
-        self.con.execute("UPDATE runs SET finished_at = ?, status = ? WHERE run_id = ?",
+        self._exec("UPDATE runs SET finished_at = ?, status = ? WHERE run_id = ?",
                          [dt.datetime.now(dt.UTC).replace(tzinfo=None), status, run_id])
 
     # ------------------------------------------------------------------ writing
@@ -127,7 +131,7 @@ class Database:
     def delete(self, table: str, where: Mapping[str, Any]) -> None:
         self._check_table(table)
         clause = " AND ".join(f"{k} = ?" for k in where) or "TRUE"
-        self.con.execute(f"DELETE FROM {table} WHERE {clause}", list(where.values()))
+        self._exec(f"DELETE FROM {table} WHERE {clause}", list(where.values()))
 
     def insert(self, table: str, rows: Mapping[str, Sequence] | Sequence[Mapping[str, Any]]) -> int:
         """Insert columns (dict of equal-length lists) or rows (list of dicts) by column name."""
@@ -146,7 +150,7 @@ class Database:
         name = f"_incoming_{uuid.uuid4().hex[:8]}"
         self.con.register(name, data)
         try:
-            self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {name}")
+            self._exec(f"INSERT INTO {table} BY NAME SELECT * FROM {name}")
         finally:
             self.con.unregister(name)
         return data.num_rows
@@ -159,13 +163,18 @@ class Database:
 
     # ------------------------------------------------------------------ reading
 
-    def sql(self, query: str, params: Sequence | None = None):
-        return self.con.execute(query, params or [])
+    def sql(self, query: str, params: Sequence | None = None) -> list[tuple]:
+        """All rows of a query (fetched at once: DuckDB refuses new work while a result is open)."""
+        return self.con.execute(query, params or []).fetchall()
+
+    def scalar(self, query: str, params: Sequence | None = None) -> Any:
+        rows = self.sql(query, params)
+        return rows[0][0] if rows else None
 
     def tables(self) -> list[tuple[str, int]]:
         names = [r[0] for r in self.con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY table_name").fetchall()]
-        return [(n, self.con.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0]) for n in names]
+        return [(n, self.scalar(f'SELECT count(*) FROM "{n}"')) for n in names]
 
     def columns(self) -> dict[str, list[tuple[str, str]]]:
         out: dict[str, list[tuple[str, str]]] = {}

@@ -255,6 +255,22 @@ def decoder_layers(model) -> Sequence[torch.nn.Module]:
     raise ModelLoadError(f"cannot find the transformer blocks of {type(hf).__name__}")
 
 
+def unembed(model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(W_U [V, D], final-norm scale [D] or None): what the logit lens multiplies a direction by."""
+    hf = hf_model_of(model)
+    W_U = hf.get_output_embeddings().weight.detach()
+    for path in ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm"):
+        obj = hf
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        weight = getattr(obj, "weight", None)
+        return W_U, (weight.detach() if weight is not None else None)
+    return W_U, None
+
+
 def format_chat(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
     """Chat text for a model; ChatML models get no injected default system prompt."""
     template = getattr(tokenizer, "chat_template", None)

@@ -41,15 +41,15 @@ def test_replace_swaps_scope_rows_in_one_transaction(tmp_path):
         db.insert("feature_emotion_stats", [{"sae_id": "s2", "corpus_id": "c", "feature": 0, "emotion": "calm", "auroc": 0.9}])
         run2 = db.start_run("rank")
         db.replace("feature_emotion_stats", {"sae_id": "s1", "corpus_id": "c"}, stat_rows(run2, 0.7, n=2))
-        rows = db.sql("SELECT sae_id, count(*), min(run_id), max(auroc) FROM feature_emotion_stats GROUP BY 1 ORDER BY 1").fetchall()
+        rows = db.sql("SELECT sae_id, count(*), min(run_id), max(auroc) FROM feature_emotion_stats GROUP BY 1 ORDER BY 1")
         assert rows == [("s1", 2, run2, 0.7), ("s2", 1, None, 0.9)]
         # a failure in the middle of a replacement leaves the previous rows intact
         bad = stat_rows("run3", 0.1) + [{"sae_id": "s1", "corpus_id": "c", "feature": 0, "emotion": "calm"}]  # duplicate key
         with pytest.raises(Exception):
             db.replace("feature_emotion_stats", {"sae_id": "s1", "corpus_id": "c"}, bad)
-        assert db.sql("SELECT count(*), max(auroc) FROM feature_emotion_stats WHERE sae_id = 's1'").fetchone() == (2, 0.7)
+        assert db.sql("SELECT count(*), max(auroc) FROM feature_emotion_stats WHERE sae_id = 's1'") == [(2, 0.7)]
         db.finish_run(run2)
-        status = db.sql("SELECT status, versions FROM runs WHERE run_id = ?", [run2]).fetchone()
+        status = db.sql("SELECT status, versions FROM runs WHERE run_id = ?", [run2])[0]
         assert status[0] == "done" and "torch" in json.loads(status[1])
 
 
@@ -67,7 +67,7 @@ os._exit(1)   # killed mid-transaction
 """
     subprocess.run([sys.executable, "-c", script])
     with D.Database(path, read_only=True) as db:
-        assert db.sql("SELECT count(*) FROM feature_emotion_stats").fetchone()[0] == 3
+        assert db.scalar("SELECT count(*) FROM feature_emotion_stats") == 3
 
 
 def test_query_is_read_only_and_exports(tmp_path):

@@ -1,0 +1,356 @@
+"""Rank SAE features by emotion selectivity, build the paper's emotion vectors, and store it all.
+
+Input: a finished harvest folder (per-token activations at the SAE's hook, pooled vectors at
+every harvested hook) and an SAE. Output: rows in the feature database (see analysis/SCHEMA.md)
+and a JSON summary. Selectivity is computed on the train split; probes are scored on the test
+split. Without an SAE only the emotion-vector half runs.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from saekit import features as Fe
+from saekit.config import to_dict
+from saekit.corpus import NEUTRAL, emotion_table
+from saekit.db import Database
+from saekit.harvest import Activations, hook_layer, pool_start
+
+
+@dataclass
+class RankConfig:
+    activations: str = "artifacts/study/activations"
+    """A finished harvest folder."""
+    sae: str | None = None
+    """SAE folder (SAELens format) or sae-lens release; None ranks only the emotion vectors."""
+    sae_id: str | None = None
+    """The SAE's id within a sae-lens release."""
+    corpus_id: str = "shipped"
+    db: str | None = None
+    """Database file (default artifacts/saekit.duckdb or $SAEKIT_DB)."""
+    probe_features_per_emotion: int = 5
+    """Top selective features per emotion fed to the held-out classifier."""
+    n_examples: int = 5
+    """Top-activating stories stored per feature."""
+    logit_lens_tokens: int = 10
+    n_aligned: int = 10
+    """SAE features stored per emotion vector, by decoder cosine."""
+    neutral_variance: float = 0.5
+    """Variance of the neutral dialogues whose principal components are projected out."""
+    kmeans_k: int = 10
+    ratings: str | None = None
+    """CSV of human valence/arousal ratings (columns word, valence, arousal; Warriner et al. 2013
+    and NRC-VAD column names are recognised). Not shipped: their licences do not allow it."""
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+@torch.no_grad()
+def encode_documents(acts: Activations, hook: str, encode: Callable[[torch.Tensor], torch.Tensor],
+                     d_sae: int, chunk: int = 4096) -> dict[str, torch.Tensor]:
+    """Per-document pooled SAE activations and per-feature token statistics.
+
+    Returns mean_NF (from the pooling offset), max_NF, argmax_NF (token position of each max),
+    and over all tokens fire_F (count active), sum_F, peak_F, plus n_tokens.
+    """
+    docs = acts.documents
+    N, offset = len(docs), acts.manifest["pool_offset"]
+    mean_NF = torch.zeros(N, d_sae)
+    max_NF = torch.zeros(N, d_sae)
+    argmax_NF = torch.zeros(N, d_sae, dtype=torch.int32)
+    fire_F = torch.zeros(d_sae)
+    sum_F = torch.zeros(d_sae, dtype=torch.float64)
+    peak_F = torch.zeros(d_sae)
+    n_tokens = 0
+    for shard in acts.iter_shard_tensors(hook):
+        x_TD = shard["acts"].float()
+        feats_TF = torch.cat([encode(x_TD[i:i + chunk]).float() for i in range(0, len(x_TD), chunk)])
+        fire_F += (feats_TF > 0).sum(0)
+        sum_F += feats_TF.sum(0, dtype=torch.float64)
+        peak_F = torch.maximum(peak_F, feats_TF.max(0).values)
+        n_tokens += len(feats_TF)
+        doc_index = shard["doc_index"]
+        bounds = torch.nonzero(torch.diff(doc_index, prepend=doc_index[:1] - 1)).flatten().tolist() + [len(doc_index)]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            d = int(doc_index[a])
+            f = feats_TF[a:b]
+            mean_NF[d] = f[pool_start(b - a, offset):].mean(0)
+            max_NF[d], argmax_NF[d] = f.max(0)
+    return {"mean_NF": mean_NF, "max_NF": max_NF, "argmax_NF": argmax_NF, "fire_F": fire_F,
+            "sum_F": sum_F, "peak_F": peak_F, "n_tokens": torch.tensor(n_tokens)}
+
+
+def top_examples(enc: dict[str, torch.Tensor], acts: Activations, hook: str, tokenizer, n: int,
+                 before: int = 8, after: int = 4) -> list[dict[str, Any]]:
+    """The n stories where each (ever-active) feature peaks, with the token span around the peak."""
+    docs = acts.documents
+    token_ids = torch.cat([s["token_id"] for s in acts.iter_shard_tensors(hook)])
+    vals, idx = enc["max_NF"].topk(min(n, len(docs)), dim=0)      # [n, F]
+    alive = torch.nonzero(enc["peak_F"] > 0).flatten().tolist()
+    rows = []
+    for f in alive:
+        for r in range(vals.shape[0]):
+            if vals[r, f] <= 0:
+                break
+            d = int(idx[r, f])
+            doc = docs[d]
+            pos = int(enc["argmax_NF"][d, f])
+            start, end = max(0, pos - before), min(doc["n_tokens"], pos + after + 1)
+            ids = token_ids[doc["token_offset"] + start: doc["token_offset"] + end].tolist()
+            rows.append({"feature": f, "example_rank": r + 1, "story_id": doc["id"], "token_start": start,
+                         "token_end": end, "activation": float(vals[r, f]),
+                         "snippet": tokenizer.decode(ids) if tokenizer is not None else ""})
+    return rows
+
+
+@torch.no_grad()
+def logit_lens(W_dec_FD: torch.Tensor, W_U_VD: torch.Tensor, norm_D: torch.Tensor | None, tokenizer,
+               n: int, chunk: int = 1024) -> tuple[list[list[str]], list[list[str]]]:
+    """Tokens each decoder direction promotes and suppresses most through the unembedding."""
+    W = W_U_VD.float() if norm_D is None else W_U_VD.float() * norm_D.float()
+    promoted, suppressed = [], []
+    for i in range(0, len(W_dec_FD), chunk):
+        logits_FV = W_dec_FD[i:i + chunk].float() @ W.T
+        top = logits_FV.topk(n, dim=1).indices.tolist()
+        bottom = (-logits_FV).topk(n, dim=1).indices.tolist()
+        promoted += [[tokenizer.decode([t]) for t in row] for row in top]
+        suppressed += [[tokenizer.decode([t]) for t in row] for row in bottom]
+    return promoted, suppressed
+
+
+# ---------------------------------------------------------------------------- ratings
+
+
+def read_ratings(path: str | Path | None) -> dict[str, tuple[float, float]]:
+    """{word: (valence, arousal)} from a user's CSV; empty when no file is given."""
+    if not path:
+        return {}
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"ratings file {path} does not exist")
+    names = {"word": ("word", "Word", "term"), "valence": ("valence", "Valence", "V.Mean.Sum"),
+             "arousal": ("arousal", "Arousal", "A.Mean.Sum")}
+    delim = "\t" if path.suffix in (".tsv", ".txt") else ","
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=delim)
+        cols = {k: next((c for c in v if c in (reader.fieldnames or [])), None) for k, v in names.items()}
+        missing = [k for k, c in cols.items() if c is None]
+        if missing:
+            raise ValueError(f"{path}: no {missing} column (columns: {reader.fieldnames})")
+        return {row[cols["word"]].strip().lower(): (float(row[cols["valence"]]), float(row[cols["arousal"]]))
+                for row in reader}
+
+
+POSITIVE_CLUSTERS = {"exuberant joy", "peaceful contentment", "compassionate gratitude", "competitive pride",
+                     "playful amusement"}
+
+
+# ---------------------------------------------------------------------------- the stage
+
+
+def emotion_vector_analysis(acts: Activations, cfg: RankConfig, emotions: list[str], train: list[int],
+                            test: list[int], labels: list[str], neutral: list[int]) -> dict[str, Any]:
+    """Per harvested hook: emotion vectors, their probes on the test split, and geometry."""
+    out: dict[str, Any] = {}
+    ratings = read_ratings(cfg.ratings)
+    clusters = emotion_table()
+    for hook in acts.manifest["hooks"]:
+        pooled = acts.pooled(hook, "mean")
+        vecs, k = Fe.emotion_vectors(pooled[train], [labels[i] for i in train], emotions,
+                                     neutral_ND=pooled[neutral] if neutral else None, variance=cfg.neutral_variance)
+        centre = pooled[train].mean(0)
+        proj = Fe.projection_probe(vecs, pooled[test] - centre, [labels[i] for i in test], emotions,
+                                   [labels[i] for i in train])
+        unit = vecs / vecs.norm(dim=1, keepdim=True)
+        logi = Fe.logistic_probe((pooled[train] - centre) @ unit.T, [labels[i] for i in train],
+                                 (pooled[test] - centre) @ unit.T, [labels[i] for i in test], emotions, seed=cfg.seed)
+        scores, ratio = Fe.pca(vecs, n=min(5, len(emotions)))
+        geo: dict[str, Any] = {"explained_variance": [round(float(r), 4) for r in ratio],
+                               "pc1": scores[:, 0].tolist(), "pc2": scores[:, 1].tolist()}
+        rated = [i for i, e in enumerate(emotions) if e in ratings]
+        if len(rated) >= 3:
+            val = torch.tensor([ratings[emotions[i]][0] for i in rated])
+            aro = torch.tensor([ratings[emotions[i]][1] for i in rated])
+            geo["pc1_valence_r"] = Fe.pearson(scores[rated, 0], val)
+            geo["pc2_arousal_r"] = Fe.pearson(scores[rated, 1], aro)
+            geo["rated_emotions"] = len(rated)
+        else:
+            geo["pc1_valence_r"] = geo["pc2_arousal_r"] = None
+            geo["ratings_note"] = "no human ratings file given (--ratings); see the README"
+        sign = [1.0 if clusters.get(e, {}).get("cluster") in POSITIVE_CLUSTERS else -1.0 for e in emotions]
+        geo["pc1_vs_cluster_valence_sign_r"] = Fe.pearson(scores[:, 0], torch.tensor(sign))
+        k_clusters = min(cfg.kmeans_k, len(emotions) - 1)
+        geo["kmeans"] = dict(zip(emotions, Fe.kmeans(vecs, k_clusters, seed=cfg.seed))) if k_clusters >= 2 else {}
+        geo["linkage"] = Fe.hierarchical(vecs).tolist()
+        geo["similarity"] = Fe.cosine_matrix(vecs, vecs).tolist()
+        out[hook] = {"vectors": vecs, "neutral_pcs": k, "projection_probe": proj, "logistic_probe": logi,
+                     "geometry": geo}
+    return out
+
+
+def run_rank(cfg: RankConfig, sae=None, model=None, tokenizer=None, db: Database | None = None) -> dict[str, Any]:
+    """Rank features and build vectors; write every table's rows for this SAE and corpus.
+
+    `sae` is a sae-lens SAE (anything with encode() and W_dec works); `model` gives the logit
+    lens and tokenizer. Returns a summary dict (also what `saekit rank` prints).
+    """
+    torch.manual_seed(cfg.seed)
+    acts = Activations.open(cfg.activations)
+    docs = acts.documents
+    labels = [d["label"] for d in docs]
+    emotions = sorted({lab for lab in labels if lab and lab != NEUTRAL})
+    if len(emotions) < 2:
+        raise ValueError(f"{cfg.activations}: need stories of at least 2 emotions, found {emotions}")
+    train = [i for i, d in enumerate(docs) if d["split"] == "train" and labels[i] in emotions]
+    test = [i for i, d in enumerate(docs) if d["split"] == "test" and labels[i] in emotions]
+    neutral = [i for i, d in enumerate(docs) if labels[i] == NEUTRAL and "dialogue" in d["id"]] or \
+              [i for i, d in enumerate(docs) if labels[i] == NEUTRAL]
+    vec = emotion_vector_analysis(acts, cfg, emotions, train, test, labels, neutral)
+    summary: dict[str, Any] = {"emotions": len(emotions), "train_stories": len(train), "test_stories": len(test),
+                               "chance": round(1 / len(emotions), 4)}
+    for hook, v in vec.items():
+        summary[f"vector probe accuracy @ {hook}"] = round(v["projection_probe"].accuracy, 4)
+        summary[f"vector logistic accuracy @ {hook}"] = round(v["logistic_probe"].accuracy, 4)
+        summary[f"PC1 vs cluster valence sign r @ {hook}"] = round(v["geometry"]["pc1_vs_cluster_valence_sign_r"], 3)
+        if v["geometry"]["pc1_valence_r"] is not None:
+            summary[f"PC1 ~ valence r @ {hook}"] = round(v["geometry"]["pc1_valence_r"], 3)
+            summary[f"PC2 ~ arousal r @ {hook}"] = round(v["geometry"]["pc2_arousal_r"], 3)
+
+    sae_part = None
+    if sae is not None:
+        hook = sae.cfg.metadata.hook_name
+        if hook not in acts.manifest["hooks"]:
+            raise ValueError(f"the SAE reads {hook}, but {cfg.activations} harvested {acts.manifest['hooks']}")
+        enc = encode_documents(acts, hook, sae.encode, sae.cfg.d_sae)
+        sel = Fe.selectivity(enc["mean_NF"][train], [labels[i] for i in train], emotions)
+        chosen = sorted({f for e in emotions for f in sel.top(e, cfg.probe_features_per_emotion)})
+        probe = Fe.logistic_probe(enc["mean_NF"][train][:, chosen], [labels[i] for i in train],
+                                  enc["mean_NF"][test][:, chosen], [labels[i] for i in test], emotions, seed=cfg.seed)
+        W_dec = sae.W_dec.detach().float()
+        align = {e: Fe.cosine_matrix(vec[hook]["vectors"][j:j + 1], W_dec)[0] for j, e in enumerate(emotions)} \
+            if hook in vec else {}
+        examples = top_examples(enc, acts, hook, tokenizer, cfg.n_examples)
+        lens = None
+        if model is not None:
+            from saekit.model import unembed
+
+            W_U, norm = unembed(model)
+            lens = logit_lens(W_dec, W_U, norm, tokenizer, cfg.logit_lens_tokens)
+        sae_part = {"hook": hook, "enc": enc, "sel": sel, "probe": probe, "chosen": chosen, "align": align,
+                    "examples": examples, "lens": lens}
+        summary["SAE features"] = sae.cfg.d_sae
+        summary[f"SAE top-feature probe accuracy @ {hook}"] = round(probe.accuracy, 4)
+        summary["features with q < 0.05 for some emotion"] = int((sel.q_value < 0.05).any(0).sum())
+        summary["features never active on the corpus"] = int((enc["peak_F"] <= 0).sum())
+    if db is not None:
+        write_results(db, cfg, acts, emotions, labels, vec, sae_part, sae, model)
+    return {"summary": summary, "vectors": vec, "sae": sae_part, "emotions": emotions}
+
+
+def write_results(db: Database, cfg: RankConfig, acts: Activations, emotions, labels, vec, sae_part, sae, model) -> str:
+    """All rows of one ranking, each table's scope replaced in one transaction, tagged with a run id."""
+    run = db.start_run("rank", to_dict(cfg))
+    model_id = acts.manifest["model"]
+    clusters = emotion_table()
+    ratings = read_ratings(cfg.ratings)
+    with db.transaction():
+        db.delete("models", {"model_id": model_id})
+        db.insert("models", [{"model_id": model_id, "source": model_id, "n_layers": acts.manifest["n_layers"],
+                              "d_model": acts.manifest["d_model"], "run_id": run,
+                              "d_vocab": int(model.cfg.d_vocab) if model is not None else None}])
+        db.delete("corpora", {"corpus_id": cfg.corpus_id})
+        db.insert("corpora", [{"corpus_id": cfg.corpus_id, "source": acts.manifest["config"]["corpus"],
+                               "n_records": len(acts.documents), "run_id": run}])
+        for e in emotions:
+            db.delete("emotions", {"emotion": e})
+        db.insert("emotions", [{"emotion": e, "cluster": clusters.get(e, {}).get("cluster"),
+                                "valence": ratings.get(e, (None, None))[0], "arousal": ratings.get(e, (None, None))[1]}
+                               for e in emotions])
+        db.delete("stories", {"corpus_id": cfg.corpus_id})
+        db.insert("stories", _story_rows(acts, cfg.corpus_id, run))
+        for hook, v in vec.items():
+            db.delete("emotion_vectors", {"model_id": model_id, "corpus_id": cfg.corpus_id, "hook": hook})
+            db.insert("emotion_vectors", [{"model_id": model_id, "corpus_id": cfg.corpus_id, "hook": hook, "emotion": e,
+                                           "norm": float(v["vectors"][j].norm()), "neutral_pcs": v["neutral_pcs"],
+                                           "vector": v["vectors"][j].tolist(), "run_id": run}
+                                          for j, e in enumerate(emotions)])
+            for method in ("projection_probe", "logistic_probe"):
+                db.insert("probe_results", [_probe_row(run, cfg.corpus_id, hook, None,
+                                                       "vector_projection" if method == "projection_probe" else "vector_logistic",
+                                                       v[method])])
+    if sae_part is None:
+        db.finish_run(run)
+        return run
+    sae_id = cfg.sae if cfg.sae_id is None else f"{cfg.sae}:{cfg.sae_id}"
+    sel, enc, hook = sae_part["sel"], sae_part["enc"], sae_part["hook"]
+    scope = {"sae_id": sae_id, "corpus_id": cfg.corpus_id}
+    E, F = sel.auroc.shape
+    e_idx = torch.arange(E).repeat_interleave(F)
+    f_idx = torch.arange(F).repeat(E)
+    stats = {"sae_id": [sae_id] * (E * F), "corpus_id": [cfg.corpus_id] * (E * F), "feature": f_idx.tolist(),
+             "emotion": [emotions[i] for i in e_idx.tolist()], "run_id": [run] * (E * F)}
+    for col, t in (("mean_in", sel.mean_in), ("mean_out", sel.mean_out), ("cohens_d", sel.cohens_d),
+                   ("auroc", sel.auroc), ("rate_in", sel.rate_in), ("rate_out", sel.rate_out),
+                   ("p_value", sel.p_value), ("q_value", sel.q_value), ("selectivity_rank", sel.rank)):
+        stats[col] = t.flatten().tolist()
+    n_tok = max(int(enc["n_tokens"]), 1)
+    feature_rows = {"sae_id": [sae_id] * F, "feature": list(range(F)),
+                    "firing_rate": (enc["fire_F"] / n_tok).tolist(), "mean_activation": (enc["sum_F"] / n_tok).tolist(),
+                    "max_activation": enc["peak_F"].tolist(), "run_id": [run] * F}
+    if sae_part["lens"] is not None:
+        feature_rows["promoted_tokens"], feature_rows["suppressed_tokens"] = sae_part["lens"]
+    with db.transaction():
+        if db.scalar("SELECT count(*) FROM saes WHERE sae_id = ?", [sae_id]) == 0:
+            db.insert("saes", [{"sae_id": sae_id, "model_id": model_id, "hook": hook, "layer": hook_layer(hook),
+                                "architecture": sae.cfg.architecture(), "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
+                                "path": cfg.sae, "run_id": run}])
+        db.delete("features", {"sae_id": sae_id})
+        db.insert("features", feature_rows)
+        db.delete("feature_emotion_stats", scope)
+        db.insert("feature_emotion_stats", stats)
+        db.delete("feature_examples", scope)
+        db.insert("feature_examples", [dict(r, sae_id=sae_id, corpus_id=cfg.corpus_id, run_id=run)
+                                       for r in sae_part["examples"]])
+        db.delete("vector_feature_alignment", scope)
+        rows = []
+        for e, cos in sae_part["align"].items():
+            order = cos.argsort(descending=True)[: 10]
+            rows += [{"sae_id": sae_id, "corpus_id": cfg.corpus_id, "emotion": e, "feature": int(f),
+                      "cosine": float(cos[f]), "alignment_rank": r + 1, "run_id": run} for r, f in enumerate(order)]
+        db.insert("vector_feature_alignment", rows)
+        db.insert("probe_results", [_probe_row(run, cfg.corpus_id, hook, sae_id, "sae_top_features", sae_part["probe"])])
+    db.finish_run(run)
+    return run
+
+
+def _story_rows(acts: Activations, corpus_id: str, run: str) -> list[dict]:
+    from saekit.corpus import load_corpus
+
+    source = acts.manifest["config"]["corpus"]
+    try:
+        texts = {r.id: r for r in load_corpus(source, text_column=acts.manifest["config"].get("text_column", "text"),
+                                              label_column=acts.manifest["config"].get("label_column", "emotion"))}
+    except Exception:  # the corpus moved since the harvest: keep ids and labels only
+        texts = {}
+    rows = []
+    for d in acts.documents:
+        r = texts.get(d["id"].split("#w")[0])
+        rows.append({"corpus_id": corpus_id, "story_id": d["id"], "emotion": d["label"], "split": d["split"],
+                     "topic": r.topic if r else None, "narration": r.narration if r else None,
+                     "n_words": len(r.text.split()) if r else None, "text": r.text if r else None, "run_id": run})
+    return rows
+
+
+def _probe_row(run, corpus_id, hook, sae_id, method, p: Fe.ProbeResult) -> dict:
+    import json
+
+    return {"run_id": run, "corpus_id": corpus_id, "hook": hook, "sae_id": sae_id, "method": method,
+            "accuracy": p.accuracy, "chance": p.chance, "majority": p.majority, "n_test": p.n_test,
+            "precision": json.dumps(p.precision), "recall": json.dumps(p.recall), "confusion": json.dumps(p.confusion)}

@@ -1,0 +1,100 @@
+"""The ranking stage end to end on the tiny model, a real sae-lens SAE and a real DuckDB file."""
+
+import json
+
+import pytest
+import torch
+
+from saekit import rank as R
+from saekit.corpus import load_corpus
+from saekit.db import Database, read_only_query
+from saekit.harvest import HarvestConfig, harvest
+from saekit.sae import build_training_sae, load_sae, save_sae
+
+HOOK = "blocks.2.hook_resid_post"
+EMOTIONS = ["calm", "afraid", "joyful"]
+
+
+@pytest.fixture(scope="module")
+def ranked(tiny_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rank")
+    records = [r for r in load_corpus(emotions=EMOTIONS) if r.emotion != "neutral" or r.id.endswith(("1", "2"))]
+    acts = harvest(HarvestConfig(model="tiny", hooks=["blocks.1.hook_resid_post", HOOK], token_hooks=[HOOK],
+                                 out=str(tmp / "acts"), max_tokens=96, batch_size=16), model=tiny_model, records=records)
+    torch.manual_seed(0)
+    sae = build_training_sae("topk", 64, 128, k=8, metadata={"hook_name": HOOK, "model_name": "tiny"})
+    folder = save_sae(sae, tmp / "sae")
+    loaded = load_sae(folder, model=tiny_model).sae
+    cfg = R.RankConfig(activations=str(acts), sae=str(folder), db=str(tmp / "f.duckdb"), kmeans_k=2)
+    db = Database(cfg.db)
+    result = R.run_rank(cfg, sae=loaded, model=tiny_model, tokenizer=tiny_model.tokenizer, db=db)
+    db.close()
+    return cfg, result, loaded
+
+
+def test_every_feature_emotion_pair_is_stored_with_valid_ranks(ranked):
+    cfg, result, sae = ranked
+    rows = read_only_query("SELECT emotion, count(*) AS n, min(selectivity_rank) AS lo, max(selectivity_rank) AS hi, "
+                           "count(DISTINCT selectivity_rank) AS distinct_ranks, min(auroc) AS a0, max(auroc) AS a1 "
+                           "FROM feature_emotion_stats GROUP BY emotion ORDER BY emotion", cfg.db).to_pylist()
+    assert [r["emotion"] for r in rows] == sorted(EMOTIONS)
+    for r in rows:
+        assert r["n"] == 128 and r["lo"] == 1 and r["hi"] == 128 and r["distinct_ranks"] == 128
+        assert 0 <= r["a0"] <= r["a1"] <= 1
+
+
+def test_stored_stats_equal_a_direct_recomputation(ranked):
+    cfg, result, sae = ranked
+    enc = result["sae"]["enc"]
+    top = read_only_query("SELECT feature, auroc, mean_in FROM feature_emotion_stats "
+                          "WHERE emotion = 'afraid' AND selectivity_rank = 1", cfg.db).to_pylist()[0]
+    docs = R.Activations.open(cfg.activations).documents
+    train = [i for i, d in enumerate(docs) if d["split"] == "train" and d["label"] in EMOTIONS]
+    x = enc["mean_NF"][train, top["feature"]]
+    is_afraid = torch.tensor([docs[i]["label"] == "afraid" for i in train])
+    assert top["mean_in"] == pytest.approx(float(x[is_afraid].mean()), rel=1e-5)
+    pairs = (x[is_afraid][:, None] > x[~is_afraid][None, :]).double().mean() + \
+        0.5 * (x[is_afraid][:, None] == x[~is_afraid][None, :]).double().mean()
+    assert top["auroc"] == pytest.approx(float(pairs), abs=1e-6)
+
+
+def test_examples_logit_lens_vectors_and_probes_are_stored(ranked):
+    cfg, result, sae = ranked
+    ex = read_only_query("SELECT * FROM feature_examples ORDER BY feature, example_rank LIMIT 5", cfg.db).to_pylist()
+    assert ex and all(e["token_end"] > e["token_start"] and e["snippet"] for e in ex)
+    feats = read_only_query("SELECT count(*) AS n, min(len(promoted_tokens)) AS k FROM features", cfg.db).to_pylist()[0]
+    assert feats == {"n": 128, "k": 10}
+    vec = read_only_query("SELECT hook, count(*) AS n, min(len(vector)) AS d FROM emotion_vectors GROUP BY hook "
+                          "ORDER BY hook", cfg.db).to_pylist()
+    assert vec == [{"hook": "blocks.1.hook_resid_post", "n": 3, "d": 64}, {"hook": HOOK, "n": 3, "d": 64}]
+    probes = read_only_query("SELECT method, accuracy, chance, n_test FROM probe_results ORDER BY method", cfg.db).to_pylist()
+    assert {p["method"] for p in probes} == {"sae_top_features", "vector_projection", "vector_logistic"}
+    assert all(p["chance"] == pytest.approx(1 / 3) and p["n_test"] > 0 for p in probes)
+    align = read_only_query("SELECT emotion, max(cosine) AS c FROM vector_feature_alignment GROUP BY emotion",
+                            cfg.db).to_pylist()
+    assert len(align) == 3 and all(-1 <= a["c"] <= 1 for a in align)
+    runs = read_only_query("SELECT kind, status, config FROM runs", cfg.db).to_pylist()
+    assert runs[0]["kind"] == "rank" and runs[0]["status"] == "done"
+    assert json.loads(runs[0]["config"])["activations"] == cfg.activations
+
+
+def test_rerun_replaces_rows_instead_of_adding(ranked, tiny_model):
+    cfg, result, sae = ranked
+    with Database(cfg.db) as db:
+        R.run_rank(cfg, sae=sae, model=tiny_model, tokenizer=tiny_model.tokenizer, db=db)
+    n = read_only_query("SELECT count(*) AS n, count(DISTINCT run_id) AS runs FROM feature_emotion_stats", cfg.db)
+    assert n.to_pylist() == [{"n": 3 * 128, "runs": 1}]
+
+
+def test_ratings_file_gives_valence_and_arousal_correlations(ranked, tmp_path):
+    cfg, result, sae = ranked
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("Word,V.Mean.Sum,A.Mean.Sum\ncalm,6.9,1.7\nafraid,2.0,6.7\njoyful,8.2,5.9\n")
+    cfg2 = R.RankConfig(activations=cfg.activations, ratings=str(ratings), kmeans_k=2)
+    out = R.run_rank(cfg2)
+    geo = out["vectors"][HOOK]["geometry"]
+    assert geo["rated_emotions"] == 3 and -1 <= geo["pc1_valence_r"] <= 1
+    bad = tmp_path / "bad.csv"
+    bad.write_text("word,score\ncalm,1\n")
+    with pytest.raises(ValueError, match="no \\['valence', 'arousal'\\] column"):
+        R.read_ratings(bad)
