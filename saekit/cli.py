@@ -104,6 +104,111 @@ def _print_summary(title: str, summary: dict) -> None:
     out_console.print(table)
 
 
+# ---------------------------------------------------------------------------- rank and the database
+
+
+@app.command()
+def rank(
+    activations: Annotated[str, typer.Option(help="A finished harvest folder.")] = "artifacts/study/activations",
+    sae: Annotated[Optional[str], typer.Option(help="SAE folder or sae-lens release; omit to build only emotion vectors.")] = None,
+    sae_id: Annotated[Optional[str], typer.Option(help="SAE id within a sae-lens release.")] = None,
+    db: Annotated[Optional[Path], typer.Option(help="Database file (default artifacts/saekit.duckdb).")] = None,
+    ratings: Annotated[Optional[Path], typer.Option(help="CSV of human valence/arousal ratings (word, valence, arousal).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file with RankConfig fields.")] = None,
+) -> None:
+    """Rank SAE features by emotion selectivity, build emotion vectors, and store all in the database."""
+    from saekit.config import from_dict, load_toml
+    from saekit.db import Database, DatabaseError
+    from saekit.rank import RankConfig, run_rank
+
+    try:
+        data = load_toml(config) if config else {}
+        data.update({k: v for k, v in {"activations": activations, "sae": sae, "sae_id": sae_id,
+                                        "db": str(db) if db else None, "ratings": str(ratings) if ratings else None}.items() if v})
+        cfg = from_dict(RankConfig, data, where=str(config or "options"))
+        result = _rank(cfg, Database, run_rank)
+    except _errors() + (DatabaseError, ValueError) as e:
+        _fail(e)
+    _print_summary("rank", result["summary"])
+
+
+def _rank(cfg, Database, run_rank):
+    from saekit.harvest import Activations
+    from saekit.model import load_model
+
+    acts = Activations.open(cfg.activations)
+    model = load_model(acts.manifest["model"])
+    loaded = None
+    if cfg.sae:
+        from saekit.sae import load_sae
+
+        loaded = load_sae(cfg.sae, cfg.sae_id, model=model).sae
+    with Database(cfg.db) as db:
+        with console.status("ranking features and building emotion vectors"):
+            return run_rank(cfg, sae=loaded, model=model, tokenizer=model.tokenizer, db=db)
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="One read-only SQL statement.")],
+    db: Annotated[Optional[Path], typer.Option(help="Database file (default artifacts/saekit.duckdb).")] = None,
+    csv: Annotated[Optional[Path], typer.Option(help="Write the result as CSV here.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON here.")] = None,
+    parquet: Annotated[Optional[Path], typer.Option(help="Write the result as Parquet here.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to print (files get all rows).")] = 50,
+) -> None:
+    """Run read-only SQL on the feature database; print a table or write CSV, JSON or Parquet."""
+    from saekit.db import DatabaseError, read_only_query, write_table
+
+    try:
+        table = read_only_query(sql, db)
+        written = []
+        for fmt, path in (("csv", csv), ("json", json_out), ("parquet", parquet)):
+            if path:
+                write_table(table, path, fmt)
+                written.append(str(path))
+    except DatabaseError as e:
+        _fail(e)
+    if written:
+        console.print(f"wrote {table.num_rows} rows to {', '.join(written)}")
+        return
+    out = Table(show_lines=False)
+    for name in table.column_names:
+        out.add_column(name)
+    for row in table.slice(0, limit).to_pylist():
+        out.add_row(*[_cell(v) for v in row.values()])
+    out_console.print(out)
+    if table.num_rows > limit:
+        console.print(f"({table.num_rows} rows, {limit} shown; --limit or --csv for more)")
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list) and len(v) > 8:
+        return f"[{len(v)} values]"
+    return escape(str(v))
+
+
+@app.command("db")
+def db_tables(db: Annotated[Optional[Path], typer.Option(help="Database file (default artifacts/saekit.duckdb).")] = None) -> None:
+    """List the feature database's tables with row counts."""
+    from saekit.db import Database, DatabaseError
+
+    try:
+        with Database(db, read_only=True) as d:
+            tables = d.tables()
+            path = d.path
+    except DatabaseError as e:
+        _fail(e)
+    out = Table(title=str(path))
+    out.add_column("table")
+    out.add_column("rows", justify="right")
+    for name, n in tables:
+        out.add_row(name, str(n))
+    out_console.print(out)
+
+
 # ---------------------------------------------------------------------------- study (the main job)
 
 

@@ -10,7 +10,7 @@ from saekit.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("args", [[], ["harvest"], ["study"], ["corpus"], ["corpus", "stats"],
+@pytest.mark.parametrize("args", [[], ["harvest"], ["study"], ["rank"], ["query"], ["db"], ["corpus"], ["corpus", "stats"],
                                   ["corpus", "validate"], ["model"], ["model", "info"], ["model", "chat"]])
 def test_every_command_has_help(args):
     result = runner.invoke(app, args + ["--help"])
@@ -62,3 +62,21 @@ def test_study_on_tiny_model(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert summary["harvest"]["documents"] == 60
+
+
+def test_query_and_db_commands(tmp_path):
+    from saekit.db import Database
+
+    path = tmp_path / "f.duckdb"
+    with Database(path) as db:
+        db.insert("emotions", [{"emotion": "calm", "cluster": "peaceful contentment"}])
+    result = runner.invoke(app, ["query", "SELECT emotion, cluster FROM emotions", "--db", str(path)])
+    assert result.exit_code == 0 and "peaceful contentment" in result.output
+    result = runner.invoke(app, ["query", "SELECT * FROM emotions", "--db", str(path), "--csv", str(tmp_path / "e.csv")])
+    assert result.exit_code == 0 and "calm" in (tmp_path / "e.csv").read_text()
+    result = runner.invoke(app, ["query", "DELETE FROM emotions", "--db", str(path)])
+    assert result.exit_code == 2 and "read-only" in result.output
+    result = runner.invoke(app, ["db", "--db", str(path)])
+    assert result.exit_code == 0 and "feature_emotion_stats" in result.output
+    result = runner.invoke(app, ["db", "--db", str(tmp_path / "none.duckdb")])
+    assert result.exit_code == 2 and "no database" in result.output
