@@ -279,6 +279,43 @@ def corpus_validate(
     console.print(f"[green]ok[/]: {len(records)} records, no problems")
 
 
+@corpus_app.command("generate")
+def corpus_generate(
+    config: Annotated[Optional[Path], typer.Option(help="TOML file with GenerateConfig fields.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Instruction-tuned model: folder, hub name or the default.")] = None,
+    emotion: Annotated[Optional[list[str]], typer.Option(help="Emotion to write about (repeatable; default all 171).")] = None,
+    topics: Annotated[Optional[int], typer.Option(help="How many of the paper's topics to use.")] = None,
+    calls_per_pair: Annotated[Optional[int], typer.Option(help="Model calls per emotion x topic.")] = None,
+    stories_per_call: Annotated[Optional[int], typer.Option(help="Stories asked for in each call.")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Tokens generated per call.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Output jsonl (a .replies log and .report.json go beside it).")] = None,
+) -> None:
+    """Generate a story corpus with the paper's protocol (emotion x topic prompts, parsed, validated, de-duplicated)."""
+    from saekit.config import from_dict, load_toml
+    from saekit.generate import GenerateConfig, GenerateError, generate_corpus, output_paths
+
+    try:
+        data = load_toml(config) if config else {}
+        data.update({k: v for k, v in {"model": model, "emotions": emotion, "topics": topics,
+                                        "calls_per_pair": calls_per_pair, "stories_per_call": stories_per_call,
+                                        "max_new_tokens": max_new_tokens, "seed": seed, "out": out}.items()
+                     if v is not None})
+        cfg = from_dict(GenerateConfig, data, where=str(config or "options"))
+        with _progress() as bar:
+            task = bar.add_task("generate", total=None, rate="")
+            report = generate_corpus(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except _errors() + (GenerateError,) as e:
+        _fail(e)
+    records, _, report_path = output_paths(cfg.out)
+    out_console.print(f"Wrote {report['accepted']} stories ({report['splits']}) to {records}; "
+                      f"{report['rejected_total']} of {report['candidates']} candidates rejected: {report['rejected']}")
+    if report.get("forbidden_words"):
+        top = sorted(report["forbidden_words"].items(), key=lambda kv: -kv[1])[:5]
+        out_console.print(f"commonest forbidden words: {top}")
+    out_console.print(f"report: {report_path}")
+
+
 # ---------------------------------------------------------------------------- model
 
 

@@ -11,7 +11,7 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("args", [[], ["harvest"], ["study"], ["rank"], ["query"], ["db"], ["corpus"], ["corpus", "stats"],
-                                  ["corpus", "validate"], ["model"], ["model", "info"], ["model", "chat"]])
+                                  ["corpus", "validate"], ["corpus", "generate"], ["model"], ["model", "info"], ["model", "chat"]])
 def test_every_command_has_help(args):
     result = runner.invoke(app, args + ["--help"])
     assert result.exit_code == 0, result.output
@@ -80,3 +80,13 @@ def test_query_and_db_commands(tmp_path):
     assert result.exit_code == 0 and "feature_emotion_stats" in result.output
     result = runner.invoke(app, ["db", "--db", str(tmp_path / "none.duckdb")])
     assert result.exit_code == 2 and "no database" in result.output
+
+
+def test_corpus_generate_command_on_tiny_model(tmp_path):
+    out = tmp_path / "gen.jsonl"
+    result = runner.invoke(app, ["corpus", "generate", "--model", "tiny", "--emotion", "calm", "--topics", "1",
+                                 "--calls-per-pair", "1", "--max-new-tokens", "8", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.with_name("gen.report.json").read_text())
+    assert report["calls"] == 1 and report["candidates"] == report["accepted"] + report["rejected_total"]
+    assert "report:" in result.output
