@@ -1,0 +1,309 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saekit import harvest as H
+from saekit import sae as S
+from saekit import train as T
+from saekit.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+HOOK = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP waits dominate."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def planted(n_tokens=6000, d=32, n_atoms=48, per_token=3, seed=0):
+    """Tokens that are sums of `per_token` of `n_atoms` unit directions with positive weights."""
+    g = torch.Generator().manual_seed(seed)
+    atoms_AD = torch.randn(n_atoms, d, generator=g)
+    atoms_AD /= atoms_AD.norm(dim=-1, keepdim=True)
+    idx_NK = torch.stack([torch.randperm(n_atoms, generator=g)[:per_token] for _ in range(n_tokens)])
+    coef_NK = 1 + torch.rand(n_tokens, per_token, generator=g)
+    x_ND = (coef_NK[..., None] * atoms_AD[idx_NK]).sum(1)
+    return x_ND, atoms_AD
+
+
+def source(n_tokens=6000, **kw):
+    x_ND, atoms = planted(n_tokens, **kw)
+    split = int(0.9 * n_tokens)
+    return T.TensorSource(x_ND[:split], x_ND[split:], chunk_tokens=1000), atoms
+
+
+def cfg(tmp_path, **kw):
+    base = dict(model="tiny", hook=HOOK, out=str(tmp_path / "sae"), architecture="topk", d_sae=96, k=3,
+                batch_size=256, training_tokens=256 * 40, lr=3e-3, checkpoint_every=10, lm_metrics=False,
+                dead_feature_window=20, eval_tokens=2000, log_every=5)
+    base.update(kw)
+    return T.TrainConfig(**base)
+
+
+def sae_tensors(folder):
+    return load_file(str(Path(folder) / "sae_weights.safetensors"))
+
+
+# ---------------------------------------------------------------------------- learning
+
+
+def test_topk_learns_planted_sparse_features(tmp_path):
+    src, atoms_AD = source()
+    reports = []
+    out = T.train_sae(cfg(tmp_path, training_tokens=256 * 300, checkpoint_every=0), activations=src,
+                      progress=reports.append)
+    assert reports[-1].loss < 0.2 * reports[0].loss
+    m = T.read_metrics(out)["activations"]
+    assert m["explained_variance"] > 0.85 and m["l0"] <= 3
+    W_dec = sae_tensors(out)["W_dec"]
+    cos_AF = torch.nn.functional.normalize(atoms_AD, dim=-1) @ torch.nn.functional.normalize(W_dec, dim=-1).T
+    assert cos_AF.max(dim=1).values.median() > 0.9  # most planted directions have a latent
+
+
+@pytest.mark.parametrize("arch,extra", [("batchtopk", {}), ("jumprelu", {"l0_coefficient": 0.02}),
+                                        ("standard", {"l1_coefficient": 0.05, "dead_feature_handling": "resample"})])
+def test_other_architectures_train_and_save_as_sae_lens(tmp_path, arch, extra):
+    src, _ = source(3000)
+    reports = []
+    out = T.train_sae(cfg(tmp_path, architecture=arch, training_tokens=256 * 300, checkpoint_every=0, **extra), activations=src,
+                      progress=reports.append)
+    assert reports[-1].mse < reports[0].mse
+    saved = json.loads((out / "cfg.json").read_text())
+    assert saved["architecture"] == ("jumprelu" if arch == "batchtopk" else arch)
+    assert saved["metadata"]["hook_name"] == HOOK and saved["d_sae"] == 96
+    assert T.read_metrics(out)["activations"]["explained_variance"] > 0.3
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_fast_topk_has_sae_lens_loss_and_gradients(rescale):
+    torch.manual_seed(0)
+    sae = S.build_training_sae("topk", 16, 64, k=4, aux_loss_coefficient=0.5)
+    sae.cfg.rescale_acts_by_decoder_norm = rescale
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_(std=0.1)
+        sae.W_dec.mul_(torch.rand(64, 1) + 0.5)
+    x = torch.randn(50, 16)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::3] = True
+    grads = []
+    for fast in (True, False):
+        sae.zero_grad()
+        out = S.training_forward(sae, x, dead, step=0, fast_topk=fast)
+        out.loss.backward()
+        grads.append((out.loss.detach(), out.sae_out.detach(), {n: p.grad.clone() for n, p in sae.named_parameters()}))
+    (l1, o1, g1), (l2, o2, g2) = grads
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(o1, o2, rtol=1e-5, atol=1e-6)
+    for name in g2:
+        torch.testing.assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_crash_ends_at_the_uninterrupted_weights(tmp_path):
+    src, _ = source(3000)
+    full = T.train_sae(cfg(tmp_path / "a", dead_feature_window=5), activations=src)
+
+    c = cfg(tmp_path / "b", dead_feature_window=5)
+
+    def die(report):
+        if report.step == 25:
+            raise Killed
+
+    with pytest.raises(Killed):
+        T.train_sae(c, activations=src, progress=die)
+    assert [p.name for p in T.list_checkpoints(c.out)] == ["step-00000010", "step-00000020"]
+    assert not (Path(c.out) / "cfg.json").exists()
+    with pytest.raises(T.TrainError, match="--resume"):
+        T.train_sae(c, activations=src)
+    seen = []
+    resumed = T.train_sae(c, activations=src, resume=True, progress=seen.append)
+    assert seen[0].step == 21  # continued after the step-20 checkpoint, not from scratch
+    a, b = sae_tensors(full), sae_tensors(resumed)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+    ma, mb = T.read_metrics(full)["activations"], T.read_metrics(resumed)["activations"]
+    assert ma["explained_variance"] == pytest.approx(mb["explained_variance"], abs=1e-6)
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    src, _ = source(2000)
+    c = cfg(tmp_path)
+
+    def die(report):
+        if report.step == 12:
+            raise Killed
+
+    with pytest.raises(Killed):
+        T.train_sae(c, activations=src, progress=die)
+    with pytest.raises(T.TrainError, match="lr"):
+        T.train_sae(cfg(tmp_path, lr=1e-2), activations=src, resume=True)
+
+
+class Poisoned:
+    """A source whose batches turn bad from batch `at` on."""
+
+    def __init__(self, inner, at, how):
+        self.inner, self.at, self.how = inner, at, how
+        self.d_in = inner.d_in
+
+    def batches(self, batch_size, seed):
+        for i, b in enumerate(self.inner.batches(batch_size, seed)):
+            yield self.how(b) if i >= self.at else b
+
+    def held_out(self, n):
+        return self.inner.held_out(n)
+
+    def held_out_texts(self, n):
+        return []
+
+
+@pytest.mark.parametrize("how,match", [(lambda b: b * float("nan"), "loss is nan"),
+                                       (lambda b: b * 1e4, "exploded")])
+def test_bad_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, how, match):
+    src, _ = source(2000)
+    c = cfg(tmp_path, checkpoint_every=5)
+    with pytest.raises(T.TrainingDiverged, match=match) as e:
+        T.train_sae(c, activations=Poisoned(src, 13, how))
+    assert "step-00000010" in str(e.value)
+    ckpts = T.list_checkpoints(c.out)
+    assert ckpts[-1].name == "step-00000010"
+    tensors = load_file(str(ckpts[-1] / T.CKPT_TENSORS))
+    assert all(torch.isfinite(v).all() for v in tensors.values())
+    assert not (Path(c.out) / "cfg.json").exists()
+
+
+def test_checkpoint_round_trip_restores_optimizer_and_statistics(tmp_path):
+    src, _ = source(2000)
+    c = cfg(tmp_path)
+    state = T.init_state(c, src.d_in)
+    batches = src.batches(c.batch_size, c.seed)
+    for _ in range(3):
+        T.train_step(state, next(batches), c)
+    path = T.save_checkpoint(state, c, Path(c.out))
+    fresh = T.init_state(c, src.d_in)
+    T.load_checkpoint(fresh, c, path)
+    assert fresh.step == 3 and fresh.tokens == 3 * c.batch_size
+    torch.testing.assert_close(fresh.steps_since_fired_F, state.steps_since_fired_F)
+    for p, q in zip(state.sae.parameters(), fresh.sae.parameters()):
+        torch.testing.assert_close(p, q)
+        torch.testing.assert_close(state.optimizer.state[p]["exp_avg_sq"], fresh.optimizer.state[q]["exp_avg_sq"])
+    assert not list(path.glob("*.pt"))
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+def test_resampling_reinitialises_dead_latents_and_their_adam_moments(tmp_path):
+    src, _ = source(2000)
+    c = cfg(tmp_path, architecture="standard", dead_feature_handling="resample")
+    state = T.init_state(c, src.d_in)
+    batch = next(src.batches(c.batch_size, 0))
+    T.train_step(state, batch, c)
+    state.steps_since_fired_F[:10] = c.dead_feature_window + 1
+    before = state.sae.W_dec.detach().clone()
+    n = T.resample_dead(state, batch, c)
+    assert n == 10
+    W_dec = state.sae.W_dec.detach()
+    torch.testing.assert_close(W_dec[:10].norm(dim=-1), torch.ones(10))
+    assert not torch.allclose(W_dec[:10], before[:10]) and torch.equal(W_dec[10:], before[10:])
+    assert (state.optimizer.state[state.sae.W_dec]["exp_avg"][:10] == 0).all()
+    assert (state.sae.b_enc.detach()[:10] == 0).all()
+    assert (state.steps_since_fired_F[:10] == 0).all()
+
+
+def test_lr_schedule_warms_up_and_decays_to_zero(tmp_path):
+    c = cfg(tmp_path, training_tokens=256 * 100, lr=1e-3, lr_warm_up_steps=10, lr_decay_steps=20,
+            lr_scheduler="cosine")
+    assert T.lr_at(c, 0) == pytest.approx(1e-4)
+    assert T.lr_at(c, 9) == pytest.approx(1e-3)
+    assert T.lr_at(c, 79) < 1e-3 and T.lr_at(c, 99) < 1e-5
+
+
+def test_expected_average_norm_is_folded_into_the_saved_sae(tmp_path):
+    x_ND, _ = planted(3000)
+    src = T.TensorSource(100 * x_ND[:2700], 100 * x_ND[2700:])
+    out = T.train_sae(cfg(tmp_path, normalize_activations="expected_average_only_in", training_tokens=256 * 80),
+                      activations=src)
+    rec = json.loads((out / T.TRAIN_RECORD).read_text())
+    assert rec["activation_scale_folded"] == pytest.approx(32 ** 0.5 / 100 / float(x_ND.norm(dim=-1).mean()), rel=0.1)
+    assert json.loads((out / "cfg.json").read_text())["normalize_activations"] == "none"
+    assert T.read_metrics(out)["activations"]["explained_variance"] > 0.5  # measured on raw inputs
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def test_unknown_config_field_names_the_field(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text('architecture = "topk"\nlearning_rate = 0.001\n')
+    with pytest.raises(ConfigError, match="learning_rate"):
+        T.load_train_config(path)
+
+
+@pytest.mark.parametrize("bad,match", [({"architecture": "gated"}, "gated"),
+                                       ({"architecture": "standard", "dead_feature_handling": "auxk"}, "resample"),
+                                       ({"k": 2.5}, "whole k"), ({"training_tokens": 10}, "training_tokens")])
+def test_bad_config_values_are_refused_at_load(tmp_path, bad, match):
+    path = tmp_path / "t.toml"
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in bad.items()))
+    with pytest.raises(ConfigError, match=match):
+        T.load_train_config(path)
+
+
+def test_shipped_configs_load_and_the_default_fits_the_embedded_model():
+    files = sorted((ROOT / "train").glob("*.toml"))
+    assert files
+    for f in files:
+        T.load_train_config(f)
+    default = T.load_train_config(ROOT / "train" / "smollm2-135m-l20-topk.toml")
+    assert default.hook == "blocks.20.hook_resid_post" and default.architecture == "topk"
+    assert default.model == "smollm2-135m-instruct" and not default.wandb
+
+
+# ---------------------------------------------------------------------------- real activations
+
+
+def test_harvest_source_never_trains_on_held_out_documents(tiny_model, small_records, tmp_path):
+    hc = H.HarvestConfig(model="tiny", hooks=[HOOK], out=str(tmp_path / "acts"), batch_size=4, docs_per_shard=4)
+    acts = H.Activations.open(H.harvest(hc, model=tiny_model, records=small_records))
+    src = T.HarvestSource(acts, HOOK, exclude_first_token=True, buffer_tokens=50)
+    all_TD = acts.tokens(HOOK)
+    docs = torch.cat([d for _, d, _ in acts.iter_shards(HOOK)])
+    pos = torch.cat([p for _, _, p in acts.iter_shards(HOOK)])
+    held = torch.tensor([r.split == "test" for r in small_records])[docs]
+    n_train = int((~held & (pos > 0)).sum())
+    batches = src.batches(7, seed=1)
+    seen = torch.cat([next(batches) for _ in range(n_train // 7)])
+    train_rows = {tuple(r.tolist()) for r in all_TD[~held & (pos > 0)]}
+    assert {tuple(r.tolist()) for r in seen} <= train_rows
+    held_out = src.held_out(10_000)
+    assert held_out.shape[0] == int((held & (pos > 0)).sum())
+    assert not ({tuple(r.tolist()) for r in held_out} & train_rows)
+
+
+def test_train_from_tiny_model_streaming_records_lm_metrics(tiny_model, small_records, tmp_path):
+    src = T.StreamSource(tiny_model, small_records, HOOK, max_tokens=64, batch_docs=4)
+    c = cfg(tmp_path, d_sae=128, k=8, batch_size=128, training_tokens=128 * 12, lm_metrics=True, eval_docs=3,
+            max_tokens=64)
+    out = T.train_sae(c, activations=src, model=tiny_model)
+    lm = T.read_metrics(out)["lm"]
+    assert lm["texts"] == 2 and lm["predicted_tokens"] > 0  # the two test-split records
+    assert lm["loss_sae_with_error"] == pytest.approx(lm["loss_clean"], abs=1e-4)
+    assert lm["kl_sae_with_error"] == pytest.approx(0, abs=1e-5) and lm["kl_sae"] > 0
+    rec = json.loads((out / T.TRAIN_RECORD).read_text())
+    assert rec["seed"] == 0 and rec["versions"]["sae-lens"].startswith("6.54") and rec["config"]["k"] == 8
