@@ -30,7 +30,8 @@ from saekit.artifacts import (MANIFEST, POOLED, SHARD_PATTERN, atomic_write_json
                               file_sha256, tmp_path_for)
 from saekit.config import to_dict
 from saekit.corpus import CorpusError, Record, load_corpus
-from saekit.model import DEFAULT_MODEL, d_model, load_model, n_layers, parse_dtype
+from saekit.model import (DEFAULT_MODEL, RESIDUAL_HOOK, d_model, is_bridge, load_hf, load_model, n_layers,
+                          parse_dtype, residual_capture, residual_hook_names)
 
 
 class HarvestError(RuntimeError):
@@ -104,18 +105,23 @@ def hook_layer(hook: str) -> int | None:
 
 
 def check_hooks(model, hooks: list[str]) -> None:
-    valid = set(model.hook_dict)
+    valid = set(valid_hooks(model))
     bad = [h for h in hooks if h not in valid]
     if bad:
         resid = sorted((h for h in valid if "hook_resid" in h), key=lambda h: (hook_layer(h) or 0, h))
+        more = "" if is_bridge(model) else " (other TransformerLens hooks need a model from saekit.load_model)"
         raise HarvestError(
             f"unknown hook(s) {bad} for this model ({n_layers(model)} layers). Residual-stream hooks: "
-            f"{resid[:3]} ... {resid[-3:]}; all {len(valid)} valid names: saekit.harvest.valid_hooks(model)"
+            f"{resid[:3]} ... {resid[-3:]}{more}; all {len(valid)} valid names: saekit.harvest.valid_hooks(model)"
         )
 
 
 def valid_hooks(model) -> list[str]:
-    return sorted(model.hook_dict)
+    return sorted(model.hook_dict) if is_bridge(model) else residual_hook_names(model)
+
+
+def only_residual(hooks: list[str]) -> bool:
+    return all(RESIDUAL_HOOK.match(h) for h in hooks)
 
 
 def stop_layer(model, hooks: list[str]) -> int | None:
@@ -158,6 +164,9 @@ def forward_capture(model, token_ids: list[list[int]], hooks: list[str], pad_id:
         tokens_BT[b, : len(ids)] = torch.tensor(ids)
         mask_BT[b, : len(ids)] = 1
     device = next(model.parameters()).device
+    if not is_bridge(model):
+        captured = residual_capture(model, tokens_BT.to(device), mask_BT.to(device), hooks, stop_at)
+        return {h: captured[h] for h in hooks}, mask_BT
     captured: dict[str, torch.Tensor] = {}
 
     def saver(name: str):
@@ -189,9 +198,12 @@ def _shard_done(out: Path, entry: dict) -> bool:
 
 
 def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
-            progress: Callable[[int, int, int], None] | None = None) -> Path:
+            progress: Callable[[int, int, int], None] | None = None, tokenizer=None) -> Path:
     """Run the model over the corpus and write shards, pooled vectors and a manifest to cfg.out.
 
+    `model` is a TransformerBridge (any hook) or a plain transformers model with `tokenizer`
+    (residual hooks, captured by plain forward hooks: the fast path). Without one, residual
+    hooks load the plain model and others the bridge.
     Resumes: shards the manifest lists as finished (and whose size matches) are skipped.
     `progress(docs_done, docs_total, tokens_done)` is called after every batch.
     """
@@ -203,9 +215,14 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
         records = records[: cfg.limit]
     if not records:
         raise CorpusError(f"corpus {cfg.corpus} is empty: nothing to harvest")
-    model = model if model is not None else load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    if model is None and only_residual(cfg.hooks):
+        model, tokenizer = load_hf(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    elif model is None:
+        model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    tok = model.tokenizer if is_bridge(model) else tokenizer
+    if tok is None:
+        raise HarvestError("a plain transformers model needs its tokenizer: harvest(cfg, model, tokenizer=...)")
     check_hooks(model, cfg.hooks)
-    tok = model.tokenizer
     pieces = tokenize(tok, records, cfg.max_tokens, cfg.overflow)
     by_id = {r.id: r for r in records}
 

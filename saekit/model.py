@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -224,6 +225,14 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str = "cpu
         hf_model.config._name_or_path or str(name_or_path), hf_model=hf_model, tokenizer=tok,
         device=device, dtype=parse_dtype(dtype),
     )
+    # The bridge replaces the tokenizer with a copy that prepends BOS (TransformerLens' habit; for
+    # SmolLM2 that is <|im_start|>, which would also double the first chat token). saekit tokenises
+    # with the model's own tokenizer on every path, so text means the same tokens everywhere.
+    # The public setter would wrap it again, hence the private attribute.
+    bridge._tokenizer = tok
+    bridge.cfg.default_prepend_bos = False
+    bridge.cfg.tokenizer_prepends_bos = bool(tok.bos_token_id is not None
+                                             and tok("a").input_ids[:1] == [tok.bos_token_id])
     bridge.eval()
     return bridge
 
@@ -269,6 +278,63 @@ def unembed(model) -> tuple[torch.Tensor, torch.Tensor | None]:
         weight = getattr(obj, "weight", None)
         return W_U, (weight.detach() if weight is not None else None)
     return W_U, None
+
+
+RESIDUAL_HOOK = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)$")
+
+
+def is_bridge(model) -> bool:
+    return hasattr(model, "hook_dict")
+
+
+def residual_hook_names(model) -> list[str]:
+    return [f"blocks.{i}.hook_resid_{k}" for i in range(n_layers(model)) for k in ("pre", "post")]
+
+
+class _StopForward(Exception):
+    pass
+
+
+def residual_capture(hf, tokens_BT: torch.Tensor, mask_BT: torch.Tensor, hooks: list[str],
+                     stop_at: int | None) -> dict[str, torch.Tensor]:
+    """Residual-stream activations under TransformerLens names from a plain transformers model.
+
+    blocks.L.hook_resid_pre is block L's input, blocks.L.hook_resid_post its output. Forward hooks
+    on the blocks record them and the pass stops after block `stop_at - 1` (or runs the base
+    model without its LM head): no bridge wrappers, no logits, so it costs a plain forward or less.
+    """
+    layers = decoder_layers(hf)
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def post(name):
+        def hook(module, args, output):
+            captured[name] = (output[0] if isinstance(output, tuple) else output).detach()
+        return hook
+
+    def pre(name):
+        def hook(module, args, kwargs):
+            captured[name] = (args[0] if args else kwargs["hidden_states"]).detach()
+        return hook
+
+    try:
+        for name in hooks:
+            m = RESIDUAL_HOOK.match(name)
+            layer, kind = layers[int(m.group(1))], m.group(2)
+            handles.append(layer.register_forward_hook(post(name)) if kind == "post"
+                           else layer.register_forward_pre_hook(pre(name), with_kwargs=True))
+        if stop_at is not None:
+            def stop(module, args, output):
+                raise _StopForward
+            handles.append(layers[stop_at - 1].register_forward_hook(stop))
+        try:
+            hf.get_decoder()(input_ids=tokens_BT, attention_mask=mask_BT, use_cache=False)
+        except _StopForward:
+            pass
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
 
 
 def format_chat(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:

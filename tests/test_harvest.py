@@ -183,3 +183,32 @@ def test_token_hooks_limit_what_is_stored_per_token(tiny_model, small_records, t
     assert tok[first["token_offset"]: first["token_offset"] + first["n_tokens"]].tolist() == ids
     with pytest.raises(Exception, match="not among hooks"):
         H.HarvestConfig(hooks=["blocks.0.hook_resid_post"], token_hooks=["blocks.1.hook_resid_post"]).validate()
+
+
+def test_plain_model_fast_path_equals_bridge_path(tiny_model, small_records, tmp_path):
+    from saekit.model import load_hf
+
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.3.hook_resid_post"]
+    hf, tok = load_hf("tiny")
+    fast = H.Activations.open(H.harvest(cfg(tmp_path, hooks=hooks, out=str(tmp_path / "fast")), model=hf,
+                                        records=small_records, tokenizer=tok))
+    slow = H.Activations.open(H.harvest(cfg(tmp_path, hooks=hooks, out=str(tmp_path / "slow")), model=tiny_model,
+                                        records=small_records))
+    for h in hooks:
+        torch.testing.assert_close(fast.tokens(h), slow.tokens(h), atol=1e-5, rtol=1e-5)
+    with pytest.raises(H.HarvestError, match="need a model from saekit.load_model"):
+        H.harvest(cfg(tmp_path, hooks=["blocks.1.attn.hook_pattern"], out=str(tmp_path / "x")), model=hf,
+                  records=small_records, tokenizer=tok)
+
+
+def test_fast_path_stops_after_last_hooked_layer(small_records, tmp_path):
+    from saekit.model import decoder_layers, load_hf
+
+    hf, tok = load_hf("tiny")
+    calls = []
+    handle = decoder_layers(hf)[2].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        H.harvest(cfg(tmp_path, hooks=["blocks.1.hook_resid_post"]), model=hf, records=small_records, tokenizer=tok)
+    finally:
+        handle.remove()
+    assert calls == []

@@ -70,3 +70,11 @@ def test_chat_format_has_no_injected_system_prompt(tiny_model):
 def test_unknown_dtype_is_refused():
     with pytest.raises(ValueError, match="unknown dtype"):
         M.parse_dtype("float8")
+
+
+def test_bridge_tokenises_like_the_models_own_tokenizer(tiny_model):
+    _, tok = M.load_hf("tiny")
+    text = M.format_chat(tok, [{"role": "user", "content": "hello"}])
+    assert tiny_model.tokenizer(text).input_ids == tok(text).input_ids
+    assert tiny_model.tokenizer(text).input_ids[0] == tok.convert_tokens_to_ids("<|im_start|>")
+    assert tiny_model.tokenizer(text).input_ids[1] != tok.convert_tokens_to_ids("<|im_start|>")
