@@ -104,6 +104,69 @@ def _print_summary(title: str, summary: dict) -> None:
     out_console.print(table)
 
 
+# ---------------------------------------------------------------------------- SAEs
+
+
+sae_app = typer.Typer(help="Load published or local SAEs and check them against a model.", no_args_is_help=True)
+app.add_typer(sae_app, name="sae")
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="Training TOML, e.g. train/smollm2-135m-l20-topk.toml.")],
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in the output folder.")] = False,
+    activations: Annotated[Optional[str], typer.Option(help="Harvest folder (overrides the config; '' streams from the model).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Output folder (overrides the config).")] = None,
+) -> None:
+    """Train an SAE from a config on harvested (or streamed) activations; saves SAELens format + metrics."""
+    from saekit.sae import SAEError
+    from saekit.train import TrainError, load_train_config, read_metrics, train_sae
+
+    try:
+        overrides = {k: v for k, v in {"activations": activations, "out": out}.items() if v is not None}
+        cfg = load_train_config(config, overrides)
+        with _progress() as bar:
+            task = bar.add_task("train", total=cfg.total_steps, rate="")
+
+            def progress(r) -> None:
+                bar.update(task, completed=r.step, rate=f"loss {r.loss:.4g}  L0 {r.l0:.1f}  "
+                                                          f"EV {r.explained_variance:.3f}  {r.tokens_per_s:,.0f} tok/s")
+
+            folder = train_sae(cfg, progress=progress, resume=resume)
+    except _errors() + (TrainError, SAEError) as e:
+        _fail(e)
+    metrics = read_metrics(folder)
+    act, lm = metrics.get("activations") or {}, metrics.get("lm") or {}
+    _print_summary(f"SAE saved to {folder}", {
+        "explained variance (held out)": _fmt(act.get("explained_variance")), "mean L0": _fmt(act.get("l0")),
+        "reconstruction cosine": _fmt(act.get("cosine")), "dead fraction": _fmt(act.get("dead_fraction")),
+        "dense fraction": _fmt(act.get("dense_fraction")), "LM loss recovered": _fmt(lm.get("loss_recovered")),
+        "LM loss recovered (with error)": _fmt(lm.get("loss_recovered_with_error")),
+        "KL vs clean model": _fmt(lm.get("kl_sae")), "load it": f"sae_lens.SAE.load_from_disk({str(folder)!r})"})
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+@sae_app.command("load")
+def sae_load(
+    source: Annotated[str, typer.Argument(help="A local SAELens folder, or a sae-lens registry release.")],
+    sae_id: Annotated[Optional[str], typer.Option("--id", help="SAE id within the release.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Check d_in and hook against this model.")] = None,
+) -> None:
+    """Load an SAE (local folder always; sae-lens registry when the hub is reachable) and describe it."""
+    from saekit.model import load_model
+    from saekit.sae import SAEError, describe, load_sae
+
+    try:
+        m = load_model(model) if model else None
+        loaded = load_sae(source, sae_id, model=m)
+    except _errors() + (SAEError,) as e:
+        _fail(e)
+    _print_summary("SAE", describe(loaded) | ({"checked against": model} if model else {}))
+
+
 # ---------------------------------------------------------------------------- rank and the database
 
 

@@ -307,10 +307,10 @@ def write_results(db: Database, cfg: RankConfig, acts: Activations, emotions, la
     if sae_part["lens"] is not None:
         feature_rows["promoted_tokens"], feature_rows["suppressed_tokens"] = sae_part["lens"]
     with db.transaction():
-        if db.scalar("SELECT count(*) FROM saes WHERE sae_id = ?", [sae_id]) == 0:
-            db.insert("saes", [{"sae_id": sae_id, "model_id": model_id, "hook": hook, "layer": hook_layer(hook),
-                                "architecture": sae.cfg.architecture(), "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
-                                "path": cfg.sae, "run_id": run}])
+        db.delete("saes", {"sae_id": sae_id})
+        db.insert("saes", [dict(_sae_quality(cfg), sae_id=sae_id, model_id=model_id, hook=hook, layer=hook_layer(hook),
+                                architecture=sae.cfg.architecture(), d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae,
+                                path=cfg.sae, run_id=run)])
         db.delete("features", {"sae_id": sae_id})
         db.insert("features", feature_rows)
         db.delete("feature_emotion_stats", scope)
@@ -328,6 +328,26 @@ def write_results(db: Database, cfg: RankConfig, acts: Activations, emotions, la
         db.insert("probe_results", [_probe_row(run, cfg.corpus_id, hook, sae_id, "sae_top_features", sae_part["probe"])])
     db.finish_run(run)
     return run
+
+
+SAE_METRICS_FILE = "metrics.json"         # written beside an SAE by `saekit train`
+SAE_TRAIN_RECORD = "saekit_train.json"
+
+
+def _sae_quality(cfg: RankConfig) -> dict[str, Any]:
+    """Quality metrics and training config of a saekit-trained SAE folder (empty for others)."""
+    import json
+
+    folder = Path(cfg.sae) if cfg.sae else None
+    if folder is None or not (folder / SAE_METRICS_FILE).exists():
+        return {"config": json.dumps({"source": cfg.sae, "sae_id": cfg.sae_id})}
+    metrics = json.loads((folder / SAE_METRICS_FILE).read_text())
+    record = json.loads((folder / SAE_TRAIN_RECORD).read_text()) if (folder / SAE_TRAIN_RECORD).exists() else {}
+    act, lm = metrics.get("activations") or {}, metrics.get("lm") or {}
+    return {"explained_variance": act.get("explained_variance"), "mean_l0": act.get("l0"),
+            "dead_fraction": act.get("dead_fraction"), "dense_fraction": act.get("dense_fraction"),
+            "ce_loss_recovered": lm.get("loss_recovered"), "kl_divergence": lm.get("kl_sae"),
+            "metrics": json.dumps(metrics), "config": json.dumps(record or {"source": cfg.sae})}
 
 
 def _story_rows(acts: Activations, corpus_id: str, run: str) -> list[dict]:

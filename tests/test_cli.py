@@ -10,7 +10,7 @@ from saekit.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("args", [[], ["harvest"], ["study"], ["rank"], ["query"], ["db"], ["corpus"], ["corpus", "stats"],
+@pytest.mark.parametrize("args", [[], ["harvest"], ["study"], ["rank"], ["query"], ["db"], ["train"], ["sae"], ["sae", "load"], ["corpus"], ["corpus", "stats"],
                                   ["corpus", "validate"], ["corpus", "generate"], ["model"], ["model", "info"], ["model", "chat"]])
 def test_every_command_has_help(args):
     result = runner.invoke(app, args + ["--help"])
@@ -90,3 +90,23 @@ def test_corpus_generate_command_on_tiny_model(tmp_path):
     report = json.loads(out.with_name("gen.report.json").read_text())
     assert report["calls"] == 1 and report["candidates"] == report["accepted"] + report["rejected_total"]
     assert "report:" in result.output
+
+
+def test_train_then_sae_load_and_rank_commands(tmp_path):
+    acts = tmp_path / "acts"
+    assert runner.invoke(app, ["harvest", "--model", "tiny", "--hook", "blocks.2.hook_resid_post", "--limit", "120",
+                               "--max-tokens", "64", "--out", str(acts)]).exit_code == 0
+    result = runner.invoke(app, ["train", "train/tiny-topk.toml", "--activations", str(acts), "--out", str(tmp_path / "sae")])
+    assert result.exit_code == 0, result.output
+    assert "explained variance" in result.output and (tmp_path / "sae" / "sae_weights.safetensors").exists()
+    result = runner.invoke(app, ["sae", "load", str(tmp_path / "sae"), "--model", "tiny"])
+    assert result.exit_code == 0 and "blocks.2.hook_resid_post" in result.output, result.output
+    result = runner.invoke(app, ["sae", "load", str(tmp_path / "sae"), "--model", "smollm2-135m-instruct"])
+    assert result.exit_code == 2 and "d_in" in result.output
+    db = tmp_path / "f.duckdb"
+    result = runner.invoke(app, ["rank", "--activations", str(acts), "--sae", str(tmp_path / "sae"), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["query", "SELECT explained_variance, mean_l0 FROM saes", "--db", str(db), "--json",
+                                 str(tmp_path / "q.json")])
+    row = json.loads((tmp_path / "q.json").read_text())[0]
+    assert 0 < row["explained_variance"] <= 1 and row["mean_l0"] > 0
