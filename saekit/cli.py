@@ -279,17 +279,42 @@ def db_tables(db: Annotated[Optional[Path], typer.Option(help="Database file (de
 def study(
     config: Annotated[Path, typer.Argument(help="Study TOML (see analysis/study.toml).")] = Path("analysis/study.toml"),
 ) -> None:
-    """The main job: run the emotion study on a model from one config and print a summary."""
-    from saekit.study import StudyConfig, run_study
-    from saekit.config import load_config
+    """The main job: harvest, train the SAE, rank, run experiments, write the report; finished steps are skipped."""
+    from saekit.db import DatabaseError
+    from saekit.sae import SAEError
+    from saekit.study import load_study_config, run_study
+    from saekit.train import TrainError
 
+    started = time.perf_counter()
     try:
-        cfg = load_config(StudyConfig, config)
-        result = run_study(cfg, console=console, progress=_progress)
-    except _errors() as e:
+        cfg = load_study_config(config)
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                      TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console) as bar:
+            overall = bar.add_task("study", total=None, note="")
+            current = {"task": None}
+
+            def on_step(i, n, step, skipped):
+                bar.update(overall, total=n, completed=i, description=f"study: step {i + 1}/{n}")
+                if current["task"] is not None:
+                    bar.update(current["task"], completed=100)
+                current["task"] = bar.add_task(f"  {step.name}", total=100, note="skipped (unchanged)" if skipped else "")
+                if skipped:
+                    bar.update(current["task"], completed=100)
+                task = current["task"]
+                return lambda frac, note="": bar.update(task, completed=100 * frac, note=note)
+
+            results = run_study(cfg, on_step=on_step)
+            bar.update(overall, completed=bar.tasks[0].total)
+    except _errors() + (DatabaseError, SAEError, TrainError, ValueError) as e:
         _fail(e)
-    for title, summary in result.items():
-        _print_summary(title, summary)
+    for name, summary in results.items():
+        _print_summary(name, {k: _fmt(v) for k, v in summary.items()} if isinstance(summary, dict) else {"": summary})
+    out_console.print(f"\nstudy finished in {time.perf_counter() - started:.0f} s; report: {Path(cfg.out) / 'report.html'}")
+    out_console.print("next, ask the feature database your own questions, e.g.:")
+    out_console.print(f'  saekit query --db {cfg.db} "SELECT emotion, feature, auroc, cohens_d, q_value '
+                      'FROM feature_emotion_stats WHERE selectivity_rank = 1 ORDER BY auroc DESC"', markup=False)
+    out_console.print(f'  saekit query --db {cfg.db} "SELECT hook, method, accuracy, chance FROM probe_results"',
+                      markup=False)
 
 
 # ---------------------------------------------------------------------------- corpus

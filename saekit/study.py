@@ -1,82 +1,242 @@
-"""The main job: the emotion study on one model from one config (grows stage by stage)."""
+"""The main job: the whole emotion study from one config, as content-hashed, resumable steps.
+
+Steps: harvest -> train (or load) the SAE -> rank features and build emotion vectors ->
+experiments -> report. Each step's key hashes its own config and the keys of the steps it
+reads, and is recorded in <out>/steps.json when it finishes; a rerun skips steps whose key is
+unchanged and whose outputs exist, so a second run takes seconds and a changed config reruns
+only what depends on it. Steps write their outputs atomically or resumably, so an interrupted
+run continues where it stopped.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Callable
 
-import torch
-
-from saekit.artifacts import atomic_write_json
-from saekit.config import to_dict
-from saekit.harvest import Activations, HarvestConfig, harvest
+from saekit.artifacts import atomic_write_json, content_hash
+from saekit.config import load_config, to_dict
 from saekit.model import DEFAULT_MODEL
+
+STEPS_FILE = "steps.json"
 
 
 @dataclass
 class StudyConfig:
     model: str = DEFAULT_MODEL
     """Model folder, hub name, "smollm2-135m-instruct" (embedded default) or "tiny"."""
-    hooks: list[str] = field(default_factory=lambda: ["blocks.20.hook_resid_post"])
+    hook: str = "blocks.20.hook_resid_post"
+    """Where the SAE reads and the experiments intervene."""
+    vector_hooks: list[str] = field(default_factory=lambda: ["blocks.10.hook_resid_post", "blocks.15.hook_resid_post",
+                                                              "blocks.25.hook_resid_post"])
+    """Extra layers for emotion vectors (pooled vectors only; per-token activations are kept at `hook`)."""
     corpus: str = "shipped"
     out: str = "artifacts/study"
+    db: str = "artifacts/saekit.duckdb"
+    train_config: str = "train/smollm2-135m-l20-topk.toml"
+    """SAE training config; its model, hook, activations and out are set by the study."""
+    sae: str = ""
+    """A pretrained SAE (folder or sae-lens release) to use instead of training one."""
+    sae_id: str = ""
+    experiments: list[str] = field(default_factory=list)
+    """Experiment specs to run (analysis/experiments/*.toml)."""
+    ratings: str = ""
+    """Optional CSV of human valence/arousal ratings for the geometry check."""
     batch_size: int = 8
     max_tokens: int = 256
     dtype: str = "float32"
     limit: int = 0
-    """Use only the first N documents (0 = all)."""
+    """Use only the first N corpus records (0 = all), for quick runs."""
+    train_tokens: int = 0
+    """Override the training config's training_tokens (0 = keep)."""
     seed: int = 0
 
-    def harvest_config(self) -> HarvestConfig:
-        return HarvestConfig(model=self.model, hooks=list(self.hooks), corpus=self.corpus,
-                             out=str(Path(self.out) / "activations"), batch_size=self.batch_size,
-                             max_tokens=self.max_tokens, dtype=self.dtype, limit=self.limit)
+    def validate(self) -> None:
+        if self.hook in self.vector_hooks:
+            raise ValueError(f"vector_hooks repeats the SAE hook {self.hook}")
+        if not self.sae and not Path(self.train_config).is_file():
+            raise ValueError(f"train_config {self.train_config} does not exist (or give sae = ...)")
+        for spec in self.experiments:
+            if not Path(spec).is_file():
+                raise ValueError(f"experiment spec {spec} does not exist")
 
 
-def centroid_probe_accuracy(pooled_ND: torch.Tensor, labels: list[str], splits: list[str]) -> dict:
-    """Held-out accuracy of a nearest-centroid classifier on mean-pooled activations (emotions only)."""
-    keep = [i for i, lab in enumerate(labels) if lab and lab != "neutral"]
-    classes = sorted({labels[i] for i in keep})
-    train = [i for i in keep if splits[i] == "train"]
-    test = [i for i in keep if splits[i] == "test"]
-    if len(classes) < 2 or not test:
-        return {"classes": len(classes), "test_docs": len(test), "accuracy": None, "chance": None}
-    x = pooled_ND - pooled_ND[train].mean(0)
-    x = x / x[train].std(0).clamp_min(1e-6)
-    centroids_CD = torch.stack([x[[i for i in train if labels[i] == c]].mean(0) for c in classes])
-    pred = torch.cdist(x[test], centroids_CD).argmin(1)
-    truth = torch.tensor([classes.index(labels[i]) for i in test])
-    return {"classes": len(classes), "test_docs": len(test),
-            "accuracy": round(float((pred == truth).float().mean()), 3), "chance": round(1 / len(classes), 3)}
+@dataclass
+class Step:
+    name: str
+    key: str
+    run: Callable[[Callable[[float, str], None]], dict[str, Any]]
+    """Does the work; receives tick(fraction_done, note); returns a summary."""
+    outputs: list[Path]
 
 
-def run_study(cfg: StudyConfig, console=None, progress=None) -> dict[str, dict]:
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "study_config.json", to_dict(cfg))
-    hcfg = cfg.harvest_config()
-    start = time.perf_counter()
-    if progress is not None:
-        with progress() as bar:
-            task = bar.add_task("harvest activations", total=None, rate="")
+class StudyRun:
+    """Builds the steps of a study and runs those whose key changed."""
 
-            def tick(docs, total, tokens):
-                rate = tokens / max(time.perf_counter() - start, 1e-9)
-                bar.update(task, completed=docs, total=total, rate=f"{rate:,.0f} tok/s")
+    def __init__(self, cfg: StudyConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.record_path = self.out / STEPS_FILE
+        self.record: dict[str, Any] = json.loads(self.record_path.read_text()) if self.record_path.exists() else {}
 
-            harvest(hcfg, progress=tick)
+    # ------------------------------------------------------------------ step definitions
+
+    def harvest_config(self):
+        from saekit.harvest import HarvestConfig
+
+        c = self.cfg
+        return HarvestConfig(model=c.model, hooks=[c.hook, *c.vector_hooks], token_hooks=[c.hook], corpus=c.corpus,
+                             out=str(self.out / "activations"), batch_size=c.batch_size, max_tokens=c.max_tokens,
+                             dtype=c.dtype, limit=c.limit)
+
+    def train_config(self):
+        from saekit.train import load_train_config
+
+        overrides = {"model": self.cfg.model, "hook": self.cfg.hook, "activations": str(self.out / "activations"),
+                     "out": str(self.out / "sae"), "seed": self.cfg.seed}
+        if self.cfg.train_tokens:
+            overrides["training_tokens"] = self.cfg.train_tokens
+        return load_train_config(self.cfg.train_config, overrides)
+
+    def steps(self) -> list[Step]:
+        from saekit.rank import RankConfig
+
+        c = self.cfg
+        hcfg = self.harvest_config()
+        k_harvest = content_hash(["harvest", to_dict(hcfg), _corpus_fingerprint(c.corpus)])
+        if c.sae:
+            sae_path, k_sae = c.sae, content_hash(["sae", c.sae, c.sae_id])
+            train_step = None
+        else:
+            tcfg = self.train_config()
+            k_sae = content_hash(["train", to_dict(tcfg), k_harvest])
+            sae_path = tcfg.out
+            train_step = Step("train SAE", k_sae, lambda tick: self._train(tcfg, k_sae, tick), [Path(tcfg.out)])
+        rcfg = RankConfig(activations=hcfg.out, sae=sae_path, sae_id=c.sae_id or None, db=c.db,
+                          ratings=c.ratings or None, seed=c.seed)
+        k_rank = content_hash(["rank", to_dict(rcfg), k_harvest, k_sae])
+        steps = [Step("harvest activations", k_harvest, lambda tick: self._harvest(hcfg, tick), [Path(hcfg.out)])]
+        if train_step:
+            steps.append(train_step)
+        steps.append(Step("rank features and vectors", k_rank, lambda tick: self._rank(rcfg, tick),
+                          [self.out / "rank_summary.json"]))
+        keys = [k_rank]
+        for spec in c.experiments:
+            k_exp = content_hash(["experiment", Path(spec).read_text(), k_rank, c.model, c.hook])
+            keys.append(k_exp)
+            steps.append(Step(f"experiment {Path(spec).stem}", k_exp,
+                              lambda tick, spec=spec, key=k_exp: self._experiment(spec, key, sae_path, tick),
+                              [self.out / "experiments" / f"{Path(spec).stem}.json"]))
+        k_report = content_hash(["report", keys])
+        steps.append(Step("write report", k_report, lambda tick: self._report(tick), [self.out / "report.html"]))
+        return steps
+
+    # ------------------------------------------------------------------ step bodies
+
+    def _harvest(self, hcfg, tick) -> dict[str, Any]:
+        from saekit.harvest import harvest, summarize
+
+        harvest(hcfg, progress=lambda docs, total, tokens: tick(docs / max(total, 1), f"{tokens:,} tokens"))
+        return summarize(Path(hcfg.out))
+
+    def _train(self, tcfg, key: str, tick) -> dict[str, Any]:
+        from saekit.train import list_checkpoints, read_metrics, train_sae
+
+        out = Path(tcfg.out)
+        stamp = out / "study_key.json"
+        same = stamp.exists() and json.loads(stamp.read_text()).get("key") == key
+        if out.exists() and not same:
+            shutil.rmtree(out)  # an SAE from another config: retrain from scratch
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(stamp, {"key": key})
+        resume = bool(list_checkpoints(out))
+        train_sae(tcfg, resume=resume, progress=lambda r: tick(r.step / r.total_steps,
+                                                               f"L0 {r.l0:.1f}  EV {r.explained_variance:.3f}"))
+        act = read_metrics(out).get("activations") or {}
+        return {"sae": str(out), "explained_variance": act.get("explained_variance"), "l0": act.get("l0")}
+
+    def _rank(self, rcfg, tick) -> dict[str, Any]:
+        from saekit.db import Database
+        from saekit.harvest import Activations
+        from saekit.model import load_model
+        from saekit.rank import run_rank
+        from saekit.sae import load_sae
+
+        tick(0.05, "loading")
+        model = load_model(Activations.open(rcfg.activations).manifest["model"], dtype=self.cfg.dtype)
+        sae = load_sae(rcfg.sae, rcfg.sae_id, model=model).sae
+        tick(0.2, "ranking")
+        with Database(rcfg.db) as db:
+            result = run_rank(rcfg, sae=sae, model=model, tokenizer=model.tokenizer, db=db)
+        summary = result["summary"]
+        atomic_write_json(self.out / "rank_summary.json", summary)
+        return summary
+
+    def _experiment(self, spec: str, key: str, sae_path: str, tick) -> dict[str, Any]:
+        from saekit.experiments import run_experiment_for_study
+
+        summary = run_experiment_for_study(spec, model=self.cfg.model, hook=self.cfg.hook, sae=sae_path,
+                                           db_path=self.cfg.db, progress=tick)
+        atomic_write_json(self.out / "experiments" / f"{Path(spec).stem}.json", summary)
+        return summary
+
+    def _report(self, tick) -> dict[str, Any]:
+        from saekit.study_report import write_report
+
+        paths = write_report(self.cfg, self.out, progress=tick)
+        return {"report": str(paths["html"]), "figures": len(paths["png"])}
+
+    # ------------------------------------------------------------------ running
+
+    def is_done(self, step: Step) -> bool:
+        rec = self.record.get(step.name)
+        return bool(rec and rec["key"] == step.key and all(p.exists() for p in step.outputs))
+
+    def run(self, on_step: Callable[[int, int, Step, bool], Callable[[float, str], None]] | None = None) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "study_config.json", to_dict(self.cfg))
+        steps = self.steps()
+        results = {}
+        for i, step in enumerate(steps):
+            skip = self.is_done(step)
+            tick = on_step(i, len(steps), step, skip) if on_step else (lambda f, note="": None)
+            if skip:
+                results[step.name] = dict(self.record[step.name]["summary"], skipped=True)
+                continue
+            started = time.perf_counter()
+            summary = step.run(tick)
+            self.record[step.name] = {"key": step.key, "summary": summary,
+                                      "seconds": round(time.perf_counter() - started, 1),
+                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            atomic_write_json(self.record_path, self.record)
+            results[step.name] = summary
+        return results
+
+
+def _corpus_fingerprint(corpus: str) -> str:
+    """Content hash of the corpus files, so editing the corpus reruns the harvest."""
+    from saekit.artifacts import file_sha256
+    from saekit.corpus import corpus_root
+
+    if corpus == "shipped":
+        root = corpus_root()
+        files = sorted((root / "stories").glob("*.jsonl")) + [root / "neutral.jsonl"]
     else:
-        harvest(hcfg)
-    acts = Activations.open(hcfg.out)
-    docs = acts.documents
-    labels = [d["label"] for d in docs]
-    splits = [d["split"] for d in docs]
-    result = {"harvest": {"folder": hcfg.out, "model": cfg.model, "documents": len(docs),
-                          "tokens": acts.manifest["total_tokens"], "d_model": acts.manifest["d_model"],
-                          "seconds": round(time.perf_counter() - start, 1)}}
-    for hook in cfg.hooks:
-        result[f"emotion probe at {hook}"] = centroid_probe_accuracy(acts.pooled(hook), labels, splits)
-    atomic_write_json(out / "summary.json", result)
-    return result
+        p = Path(corpus)
+        files = sorted(p.rglob("*")) if p.is_dir() else [p] if p.exists() else []
+    return content_hash([file_sha256(f) for f in files if f.is_file()])
+
+
+def load_study_config(path: str | Path, overrides: dict | None = None) -> StudyConfig:
+    return load_config(StudyConfig, path, overrides)
+
+
+def run_study(cfg: StudyConfig, on_step=None) -> dict:
+    return StudyRun(cfg).run(on_step)
+
+
+def quick_config(cfg: StudyConfig, **changes) -> StudyConfig:
+    return replace(cfg, **changes)

@@ -1,0 +1,257 @@
+"""The study report: one self-contained HTML file (figures embedded) plus each figure as PNG.
+
+Everything is read back from the feature database and the study folder, so the report shows
+what was stored. Each figure carries one sentence written from its numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from saekit import features as Fe  # noqa: E402
+from saekit.corpus import emotion_table  # noqa: E402
+from saekit.db import Database  # noqa: E402
+from saekit.rank import POSITIVE_CLUSTERS, read_ratings  # noqa: E402
+
+
+class Figure:
+    def __init__(self, name: str, title: str, fig, sentence: str):
+        self.name, self.title, self.fig, self.sentence = name, title, fig, sentence
+
+    def png(self) -> bytes:
+        buf = io.BytesIO()
+        self.fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(self.fig)
+        return buf.getvalue()
+
+
+def _rows(db: Database, sql: str, params=None) -> list[dict]:
+    cur = db.con.execute(sql, params or [])
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def sae_quality(db: Database, sae_id: str) -> Figure | None:
+    rows = _rows(db, "SELECT * FROM saes WHERE sae_id = ?", [sae_id])
+    if not rows:
+        return None
+    r = rows[0]
+    names = ["explained_variance", "mean_l0", "dead_fraction", "dense_fraction", "ce_loss_recovered", "kl_divergence"]
+    vals = [r.get(n) for n in names]
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    ax.axis("off")
+    ax.table(cellText=[[n.replace("_", " "), "n/a" if v is None else f"{v:.4g}"] for n, v in zip(names, vals)],
+             colLabels=["metric", "value"], loc="center", cellLoc="left")
+    ev, l0, rec = r.get("explained_variance"), r.get("mean_l0"), r.get("ce_loss_recovered")
+    sentence = (f"The SAE ({r['architecture']}, {r['d_sae']} features at {r['hook']}) explains "
+                f"{_pct(ev)} of held-out activation variance with {_num(l0)} active features per token; "
+                f"spliced into the model it recovers {_pct(rec)} of the language-model loss "
+                f"(KL {_num(r.get('kl_divergence'))} nats/token).")
+    return Figure("sae_quality", "SAE quality", fig, sentence)
+
+
+def selectivity_heatmap(db: Database, sae_id: str, corpus_id: str) -> tuple[Figure, list[dict]]:
+    stats = _rows(db, "SELECT emotion, feature, cohens_d, auroc, q_value, selectivity_rank FROM feature_emotion_stats "
+                      "WHERE sae_id = ? AND corpus_id = ? AND selectivity_rank <= 2 ORDER BY emotion, selectivity_rank",
+                  [sae_id, corpus_id])
+    emotions = sorted({s["emotion"] for s in stats})
+    feats = list(dict.fromkeys(s["feature"] for s in stats))
+    d = _rows(db, "SELECT emotion, feature, cohens_d FROM feature_emotion_stats WHERE sae_id = ? AND corpus_id = ? "
+                  f"AND feature IN ({','.join(map(str, feats)) or '-1'})", [sae_id, corpus_id])
+    grid = torch.zeros(len(emotions), len(feats))
+    for row in d:
+        grid[emotions.index(row["emotion"]), feats.index(row["feature"])] = row["cohens_d"] or 0
+    fig, ax = plt.subplots(figsize=(min(18, 2 + 0.22 * len(feats)), 1 + 0.25 * len(emotions)))
+    lim = float(grid.abs().max()) or 1.0
+    im = ax.imshow(grid, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_yticks(range(len(emotions)), emotions, fontsize=7)
+    ax.set_xticks(range(len(feats)), feats, fontsize=6, rotation=90)
+    ax.set_xlabel("feature (the two most selective per emotion)")
+    fig.colorbar(im, ax=ax, label="Cohen's d (emotion vs other emotions)")
+    best = [s for s in stats if s["selectivity_rank"] == 1]
+    strong = [s for s in best if s["q_value"] < 0.05 and s["auroc"] >= 0.8]
+    top = max(best, key=lambda s: s["auroc"]) if best else None
+    sentence = (f"{len(strong)} of {len(emotions)} emotions have a feature with AUROC >= 0.8 and BH q < 0.05 on the "
+                f"train split" + (f"; the most selective is feature {top['feature']} for {top['emotion']} "
+                                  f"(AUROC {top['auroc']:.2f}, d {top['cohens_d']:.2f})." if top else "."))
+    return Figure("selectivity_heatmap", "Feature x emotion selectivity", fig, sentence), best
+
+
+def top_feature_table(db: Database, sae_id: str, corpus_id: str, best: list[dict]) -> str:
+    rows = []
+    for b in best:
+        f = b["feature"]
+        lens = _rows(db, "SELECT promoted_tokens FROM features WHERE sae_id = ? AND feature = ?", [sae_id, f])
+        ex = _rows(db, "SELECT story_id, snippet, activation FROM feature_examples WHERE sae_id = ? AND corpus_id = ? "
+                       "AND feature = ? ORDER BY example_rank LIMIT 2", [sae_id, corpus_id, f])
+        promoted = ", ".join(repr(t) for t in (lens[0]["promoted_tokens"] or [])[:6]) if lens else ""
+        examples = "<br>".join(f"<b>{html.escape(e['story_id'])}</b> ({e['activation']:.2f}): "
+                               f"...{html.escape(e['snippet'])}..." for e in ex)
+        rows.append(f"<tr><td>{html.escape(b['emotion'])}</td><td>{f}</td><td>{b['auroc']:.3f}</td>"
+                    f"<td>{b['cohens_d']:.2f}</td><td>{b['q_value']:.2g}</td><td>{html.escape(promoted)}</td>"
+                    f"<td>{examples}</td></tr>")
+    return ("<table><tr><th>emotion</th><th>feature</th><th>AUROC</th><th>d</th><th>q</th>"
+            "<th>logit lens: promotes</th><th>top examples</th></tr>" + "".join(rows) + "</table>")
+
+
+def vector_geometry(db: Database, model_id: str, corpus_id: str, hook: str, ratings: dict) -> list[Figure]:
+    rows = _rows(db, "SELECT emotion, vector FROM emotion_vectors WHERE model_id = ? AND corpus_id = ? AND hook = ? "
+                     "ORDER BY emotion", [model_id, corpus_id, hook])
+    if len(rows) < 3:
+        return []
+    emotions = [r["emotion"] for r in rows]
+    vecs = torch.tensor([r["vector"] for r in rows])
+    scores, ratio = Fe.pca(vecs, 2)
+    clusters = emotion_table()
+    rated = [i for i, e in enumerate(emotions) if e in ratings]
+    fig, ax = plt.subplots(figsize=(7, 6))
+    if len(rated) >= 3:
+        val = torch.tensor([ratings[emotions[i]][0] for i in rated])
+        r1 = Fe.pearson(scores[rated, 0], val)
+        aro = torch.tensor([ratings[emotions[i]][1] for i in rated])
+        r2 = Fe.pearson(scores[rated, 1], aro)
+        colour = [ratings.get(e, (float("nan"), 0))[0] for e in emotions]
+        sc = ax.scatter(scores[:, 0], scores[:, 1], c=colour, cmap="coolwarm")
+        fig.colorbar(sc, ax=ax, label="human valence rating")
+        sentence = (f"PC1 ({ratio[0]:.0%} of variance) correlates with human valence at r = {r1:.2f} and PC2 "
+                    f"({ratio[1]:.0%}) with arousal at r = {r2:.2f} over {len(rated)} rated emotions "
+                    f"(the paper: 0.81 and 0.66; signs of PCs are arbitrary).")
+    else:
+        sign = torch.tensor([1.0 if clusters.get(e, {}).get("cluster") in POSITIVE_CLUSTERS else -1.0 for e in emotions])
+        r1 = Fe.pearson(scores[:, 0], sign)
+        ax.scatter(scores[:, 0], scores[:, 1], c=["tab:orange" if s > 0 else "tab:blue" for s in sign])
+        sentence = (f"PC1 ({ratio[0]:.0%} of variance) separates the paper's positive from negative clusters with "
+                    f"r = {r1:.2f} (orange: positive clusters, blue: negative). No human ratings file was given, so "
+                    "the valence/arousal correlations were not computed (see README).")
+    for i, e in enumerate(emotions):
+        ax.annotate(e, (float(scores[i, 0]), float(scores[i, 1])), fontsize=7)
+    ax.set_xlabel(f"PC1 ({ratio[0]:.0%})")
+    ax.set_ylabel(f"PC2 ({ratio[1]:.0%})")
+    pca_fig = Figure("vector_pca", f"Emotion vectors at {hook}: PCA", fig, sentence)
+
+    from scipy.cluster.hierarchy import dendrogram
+
+    link = Fe.hierarchical(vecs)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    dendrogram(link, labels=emotions, ax=ax, leaf_rotation=90, leaf_font_size=8)
+    first = link[0]
+    a, b = emotions[int(first[0])], emotions[int(first[1])]
+    sims = Fe.cosine_matrix(vecs, vecs)
+    same_cluster = [sims[i, j] for i in range(len(emotions)) for j in range(i + 1, len(emotions))
+                    if clusters.get(emotions[i], {}).get("cluster") == clusters.get(emotions[j], {}).get("cluster")]
+    other = [sims[i, j] for i in range(len(emotions)) for j in range(i + 1, len(emotions))
+             if clusters.get(emotions[i], {}).get("cluster") != clusters.get(emotions[j], {}).get("cluster")]
+    mean = lambda xs: float(torch.stack(xs).mean()) if xs else float("nan")  # noqa: E731
+    sentence = (f"The closest pair is {a} and {b} (cosine distance {first[2]:.2f}); vectors of emotions in the same "
+                f"paper cluster have mean cosine {mean(same_cluster):.2f}, against {mean(other):.2f} across clusters.")
+    return [pca_fig, Figure("vector_dendrogram", "Emotion vectors: hierarchical clusters", fig, sentence)]
+
+
+def probe_accuracy(db: Database, corpus_id: str) -> Figure | None:
+    rows = _rows(db, "SELECT hook, method, accuracy, chance FROM probe_results WHERE corpus_id = ? AND run_id IN "
+                     "(SELECT run_id FROM runs WHERE kind = 'rank' AND status = 'done' ORDER BY started_at DESC LIMIT 1) "
+                     "ORDER BY hook, method", [corpus_id])
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    labels = [f"{r['method']}\n{r['hook'].replace('.hook_resid_post', '')}" for r in rows]
+    ax.bar(range(len(rows)), [r["accuracy"] for r in rows],
+           color=["tab:green" if r["method"].startswith("sae") else "tab:purple" for r in rows])
+    ax.axhline(rows[0]["chance"], color="k", ls="--", label=f"chance {rows[0]['chance']:.3f}")
+    ax.set_xticks(range(len(rows)), labels, fontsize=7, rotation=30, ha="right")
+    ax.set_ylabel("held-out accuracy")
+    ax.legend()
+    best = max(rows, key=lambda r: r["accuracy"])
+    sae = [r for r in rows if r["method"].startswith("sae")]
+    sentence = (f"On the test split, the best probe is {best['method']} at {best['hook']} with accuracy "
+                f"{best['accuracy']:.2f} (chance {best['chance']:.3f})" +
+                (f"; the SAE's top selective features reach {sae[0]['accuracy']:.2f}." if sae else "."))
+    return Figure("probe_accuracy", "Held-out emotion classification: SAE features vs emotion vectors", fig, sentence)
+
+
+def write_report(cfg, out: Path, progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
+    """Write <out>/report.html and <out>/figures/*.png from the database and the study folder."""
+    tick = progress or (lambda f, note="": None)
+    out = Path(out)
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    ratings = read_ratings(cfg.ratings or None)
+    manifest = json.loads((out / "activations" / "manifest.json").read_text())
+    model_id, corpus_id = manifest["model"], "shipped"
+    sae_id = cfg.sae if cfg.sae and not cfg.sae_id else (f"{cfg.sae}:{cfg.sae_id}" if cfg.sae else str(out / "sae"))
+    sections: list[tuple[str, Any]] = []
+    with Database(cfg.db, read_only=True) as db:
+        tick(0.1, "SAE quality")
+        if (f := sae_quality(db, sae_id)) is not None:
+            sections.append(("figure", f))
+        tick(0.3, "selectivity")
+        heat, best = selectivity_heatmap(db, sae_id, corpus_id)
+        sections.append(("figure", heat))
+        sections.append(("html", ("Top feature per emotion", top_feature_table(db, sae_id, corpus_id, best))))
+        tick(0.5, "geometry")
+        for f in vector_geometry(db, model_id, corpus_id, cfg.hook, ratings):
+            sections.append(("figure", f))
+        if (f := probe_accuracy(db, corpus_id)) is not None:
+            sections.append(("figure", f))
+    tick(0.7, "experiments")
+    for path in sorted((out / "experiments").glob("*.json")) if (out / "experiments").exists() else []:
+        summary = json.loads(path.read_text())
+        for png in summary.get("figures", []):
+            if Path(png).exists():
+                sections.append(("png", (Path(png).stem.replace("_", " "), Path(png), summary.get("sentences", {}).get(Path(png).name, ""))))
+        if summary.get("table_html"):
+            sections.append(("html", (f"Experiment {path.stem}", summary["table_html"])))
+    pngs, body = [], []
+    for kind, item in sections:
+        if kind == "figure":
+            data = item.png()
+            p = figdir / f"{item.name}.png"
+            p.write_bytes(data)
+            pngs.append(p)
+            body.append(_figure_html(item.title, data, item.sentence))
+        elif kind == "png":
+            title, p, sentence = item
+            pngs.append(p)
+            body.append(_figure_html(title, p.read_bytes(), sentence))
+        else:
+            title, table = item
+            body.append(f"<h2>{html.escape(title)}</h2>{table}")
+    page = _PAGE.format(title=f"saekit emotion study: {html.escape(model_id)}", body="\n".join(body))
+    (out / "report.html").write_text(page)
+    tick(1.0, "done")
+    return {"html": out / "report.html", "png": pngs}
+
+
+def _figure_html(title: str, png: bytes, sentence: str) -> str:
+    b64 = base64.b64encode(png).decode()
+    return (f"<h2>{html.escape(title)}</h2><p>{html.escape(sentence)}</p>"
+            f'<img src="data:image/png;base64,{b64}" alt="{html.escape(title)}">')
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
+
+
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
+
+
+_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}}img{{max-width:100%}}
+table{{border-collapse:collapse;font-size:12px}}td,th{{border:1px solid #ccc;padding:3px 6px;vertical-align:top}}</style>
+</head><body><h1>{title}</h1>
+<p>Generated by saekit from the feature database. Effects are reported with confidence intervals next to
+random controls; a small model may show none, and that is reported as it is.</p>
+{body}</body></html>
+"""

@@ -1,0 +1,57 @@
+"""The main job end to end on the tiny model and a slice of the corpus; reruns skip finished steps."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from saekit.cli import app
+
+runner = CliRunner()
+
+
+def write_config(tmp_path, **extra):
+    cfg = {"model": "tiny", "hook": "blocks.2.hook_resid_post", "vector_hooks": ["blocks.1.hook_resid_post"],
+           "out": str(tmp_path / "study"), "db": str(tmp_path / "study.duckdb"), "train_config": "train/tiny-topk.toml",
+           "max_tokens": 64, "limit": 200, "train_tokens": 20480}
+    cfg.update(extra)
+    path = tmp_path / "study.toml"
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in cfg.items()))
+    return path
+
+
+def test_study_end_to_end_then_skips_then_reruns_what_changed(tmp_path):
+    cfg = write_config(tmp_path)
+    result = runner.invoke(app, ["study", str(cfg)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "study"
+    report = (out / "report.html").read_text()
+    assert "data:image/png;base64," in report and "Held-out emotion classification" in report
+    assert {p.name for p in (out / "figures").glob("*.png")} >= {"sae_quality.png", "selectivity_heatmap.png",
+                                                                "vector_pca.png", "vector_dendrogram.png",
+                                                                "probe_accuracy.png"}
+    assert "saekit query" in result.output and "SELECT" in result.output
+    steps = json.loads((out / "steps.json").read_text())
+    assert set(steps) == {"harvest activations", "train SAE", "rank features and vectors", "write report"}
+
+    again = runner.invoke(app, ["study", str(cfg)])
+    assert again.exit_code == 0
+    assert json.loads((out / "steps.json").read_text()) == steps  # nothing re-ran
+
+    cfg = write_config(tmp_path, train_tokens=30720)  # a training change reruns train, rank and report only
+    third = runner.invoke(app, ["study", str(cfg)])
+    assert third.exit_code == 0, third.output
+    after = json.loads((out / "steps.json").read_text())
+    assert after["harvest activations"] == steps["harvest activations"]
+    for name in ("train SAE", "rank features and vectors", "write report"):
+        assert after[name]["key"] != steps[name]["key"]
+
+
+def test_study_config_errors_are_clear(tmp_path):
+    cfg = write_config(tmp_path, train_config="train/nope.toml")
+    result = runner.invoke(app, ["study", str(cfg)])
+    assert result.exit_code == 2 and "train/nope.toml does not exist" in result.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text('model = "tiny"\nlayers = 3\n')
+    result = runner.invoke(app, ["study", str(bad)])
+    assert result.exit_code == 2 and "layers" in result.output
