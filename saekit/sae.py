@@ -151,7 +151,10 @@ def _decode_selected(idx_BK, acts_BK, W_dec_FD):
 
 def topk_training_forward(sae: TopKTrainingSAE, x_BD: torch.Tensor,
                           dead_F: torch.Tensor | None) -> TrainStepOutput:
-    """sae-lens' TopK training pass (same loss, same gradients) that never decodes dense latents."""
+    """sae-lens' TopK training pass (same loss, same gradients) that never decodes dense latents.
+
+    `feature_acts` is returned as a sparse COO tensor [B, F] (sae-lens' trainer accepts those too).
+    """
     cfg = sae.cfg
     if cfg.normalize_activations != "none":
         raise SAEError("the sparse TopK path needs normalize_activations 'none' inside the SAE")
@@ -159,10 +162,13 @@ def topk_training_forward(sae: TopKTrainingSAE, x_BD: torch.Tensor,
     centred_BD = sae_in_BD - sae.b_dec * cfg.apply_b_dec_to_input
     norm_F = sae.W_dec.norm(dim=-1) if cfg.rescale_acts_by_decoder_norm else None
     with torch.no_grad():
-        dense_BF = torch.addmm(sae.b_enc, centred_BD, sae.W_enc)
-        ranked_BF = dense_BF * norm_F if norm_F is not None else dense_BF
-        top_vals_BK, idx_BK = ranked_BF.topk(cfg.k, dim=-1, sorted=False)
-        pre_BK = dense_BF.gather(-1, idx_BK)
+        # rank by pre * norm, folding the norms into the (small) weights instead of the [B, F] output
+        if norm_F is not None:
+            ranked_BF = torch.addmm(sae.b_enc * norm_F, centred_BD, sae.W_enc * norm_F)
+        else:
+            ranked_BF = torch.addmm(sae.b_enc, centred_BD, sae.W_enc)
+        top_BK, idx_BK = ranked_BF.topk(cfg.k, dim=-1, sorted=False)
+        pre_BK = top_BK / norm_F[idx_BK] if norm_F is not None else top_BK
     pre_BK = _SelectedPreacts.apply(centred_BD, sae.W_enc, sae.b_enc, idx_BK, pre_BK)
     if norm_F is not None:
         sel_norm_BK = norm_F[idx_BK]
@@ -172,14 +178,16 @@ def topk_training_forward(sae: TopKTrainingSAE, x_BD: torch.Tensor,
         acts_BK = pre_BK.relu()
         recon_BD = _decode_selected(idx_BK, acts_BK, sae.W_dec) + sae.b_dec
     mse = (recon_BD - sae_in_BD).pow(2).sum(-1).mean()
-    aux = _topk_aux_loss(sae, sae_in_BD, centred_BD, recon_BD, dense_BF, norm_F, dead_F)
-    with torch.no_grad():
-        feats_BF = torch.zeros_like(dense_BF).scatter_(-1, idx_BK, acts_BK.detach())
-    return TrainStepOutput(sae_in=sae_in_BD, sae_out=recon_BD, feature_acts=feats_BF, hidden_pre=dense_BF,
+    aux = _topk_aux_loss(sae, sae_in_BD, centred_BD, recon_BD, ranked_BF, norm_F, dead_F)
+    B, K = idx_BK.shape
+    rows = torch.arange(B, device=idx_BK.device).repeat_interleave(K)
+    feats_BF = torch.sparse_coo_tensor(torch.stack([rows, idx_BK.reshape(-1)]), acts_BK.detach().reshape(-1),
+                                       (B, cfg.d_sae), check_invariants=False)
+    return TrainStepOutput(sae_in=sae_in_BD, sae_out=recon_BD, feature_acts=feats_BF, hidden_pre=ranked_BF,
                            loss=mse + aux, losses={"mse_loss": mse, "auxiliary_reconstruction_loss": aux})
 
 
-def _topk_aux_loss(sae, sae_in_BD, centred_BD, recon_BD, dense_BF, norm_F, dead_F):
+def _topk_aux_loss(sae, sae_in_BD, centred_BD, recon_BD, ranked_BF, norm_F, dead_F):
     """sae-lens' AuxK loss: the top dead latents reconstruct the live latents' residual."""
     n_dead = int(dead_F.sum()) if dead_F is not None else 0
     if n_dead == 0 or sae.cfg.aux_loss_coefficient == 0:
@@ -188,10 +196,10 @@ def _topk_aux_loss(sae, sae_in_BD, centred_BD, recon_BD, dense_BF, norm_F, dead_
     scale = min(n_dead / k_aux, 1.0)
     k_aux = min(k_aux, n_dead)
     with torch.no_grad():
-        ranked_BF = dense_BF * norm_F if norm_F is not None else dense_BF
-        masked_BF = torch.where(dead_F[None], ranked_BF, -torch.inf)
-        idx_BK = masked_BF.topk(k_aux, dim=-1, sorted=False).indices
-        pre_BK = dense_BF.gather(-1, idx_BK)
+        dead_idx = dead_F.nonzero().flatten().to(ranked_BF.device)
+        top_BK, pos_BK = ranked_BF.index_select(1, dead_idx).topk(k_aux, dim=-1, sorted=False)
+        idx_BK = dead_idx[pos_BK]
+        pre_BK = top_BK / norm_F[idx_BK] if norm_F is not None else top_BK
     pre_BK = _SelectedPreacts.apply(centred_BD, sae.W_enc, sae.b_enc, idx_BK, pre_BK)
     # with decoder-norm rescaling the acts are pre * norm, decoded through W_dec / norm: the norms cancel
     recons_BD = _decode_selected(idx_BK, pre_BK, sae.W_dec)

@@ -493,13 +493,11 @@ def train_step(state: TrainState, batch_BD: torch.Tensor, cfg: TrainConfig) -> S
         raise TrainingDiverged(f"gradient norm is {grad_norm} at step {state.step}")
     state.optimizer.step()
     with torch.no_grad():
-        fired_BF = out.feature_acts.detach() > 0
-        fired_F = fired_BF.any(0)
+        counts_F, l0 = firing_counts(out.feature_acts.detach())
         state.steps_since_fired_F += 1
-        state.steps_since_fired_F[fired_F.cpu()] = 0
-        state.window_fired_F += fired_BF.sum(0).float().cpu()
+        state.steps_since_fired_F[counts_F > 0] = 0
+        state.window_fired_F += counts_F
         state.window_tokens += x_BD.shape[0]
-        l0 = float(fired_BF.sum(-1).float().mean())
         ev = float(explained_variance(out.sae_in.float(), out.sae_out.detach().float()))
     state.step += 1
     state.tokens += x_BD.shape[0]
@@ -510,6 +508,17 @@ def train_step(state: TrainState, batch_BD: torch.Tensor, cfg: TrainConfig) -> S
                       total_tokens=cfg.total_steps * cfg.batch_size, loss=loss, mse=mse, l0=l0,
                       explained_variance=ev, lr=lr, dead_fraction=float(dead_mask(state, cfg).float().mean()),
                       tokens_per_s=0.0)
+
+
+def firing_counts(feats_BF: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Tokens each latent fired on [F], and the mean L0, from dense or sparse COO latents."""
+    if feats_BF.is_sparse:
+        idx = feats_BF._indices()
+        on = feats_BF._values() > 0
+        counts_F = torch.bincount(idx[1][on].cpu(), minlength=feats_BF.shape[1]).float()
+        return counts_F, float(on.sum()) / feats_BF.shape[0]
+    fired_BF = feats_BF > 0
+    return fired_BF.sum(0).float().cpu(), float(fired_BF.sum(-1).float().mean())
 
 
 def explained_variance(x_BD: torch.Tensor, recon_BD: torch.Tensor) -> torch.Tensor:

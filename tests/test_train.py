@@ -99,8 +99,11 @@ def test_fast_topk_has_sae_lens_loss_and_gradients(rescale):
         sae.zero_grad()
         out = S.training_forward(sae, x, dead, step=0, fast_topk=fast)
         out.loss.backward()
-        grads.append((out.loss.detach(), out.sae_out.detach(), {n: p.grad.clone() for n, p in sae.named_parameters()}))
-    (l1, o1, g1), (l2, o2, g2) = grads
+        feats = out.feature_acts.to_dense() if out.feature_acts.is_sparse else out.feature_acts
+        grads.append((out.loss.detach(), out.sae_out.detach(), feats,
+                      {n: p.grad.clone() for n, p in sae.named_parameters()}))
+    (l1, o1, f1, g1), (l2, o2, f2, g2) = grads
+    torch.testing.assert_close(f1, f2, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(o1, o2, rtol=1e-5, atol=1e-6)
     for name in g2:
