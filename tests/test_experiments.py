@@ -323,3 +323,12 @@ def test_trace_report_has_dose_and_turn_statistics(ranked, tiny_model, tmp_path)
     assert any(r[0] == "live_dialogue" for r in out["rows"])
     names = sorted(p.rsplit("/", 1)[1] for p in out["plots"])
     assert names == ["trace_dose_response.png", "trace_impossible_task.png", "trace_live_dialogue.png"]
+
+
+def test_shipped_specs_load():
+    from pathlib import Path
+
+    specs = sorted(Path(__file__).parents[1].joinpath("analysis", "experiments").glob("*.toml"))
+    loaded = {p.stem: X.load_spec(p) for p in specs}
+    assert {s.task for s in loaded.values()} == set(X.TASKS)
+    assert all(s.model == "smollm2-135m-instruct" and s.hook == "blocks.20.hook_resid_post" for s in loaded.values())
