@@ -16,23 +16,24 @@ import torch
 
 
 def average_ranks(x_NF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-column ranks (1-based, ties averaged) and per-column tie term sum(t^3 - t)."""
+    """Per-column ranks (1-based, ties averaged) [N, F] and per-column tie term sum(t^3 - t) [F].
+
+    Works feature-major (contiguous rows) with tie groups found by a cumulative sum and sized by
+    one bincount, so 16k features x 1,000 stories take about a second.
+    """
     N, F = x_NF.shape
-    vals, order = torch.sort(x_NF, dim=0)
-    idx = torch.arange(N, device=x_NF.device).unsqueeze(1).expand(N, F)
-    new_group = torch.ones_like(vals, dtype=torch.bool)
-    new_group[1:] = vals[1:] != vals[:-1]
-    start = torch.cummax(torch.where(new_group, idx, torch.zeros_like(idx)), dim=0).values
-    end_group = torch.ones_like(vals, dtype=torch.bool)
-    end_group[:-1] = vals[1:] != vals[:-1]
-    rev = torch.where(end_group, idx, torch.full_like(idx, N)).flip(0)
-    end = torch.cummin(rev, dim=0).values.flip(0)
-    avg_sorted = (start + end).to(torch.float64) / 2 + 1
-    ranks = torch.empty_like(avg_sorted)
-    ranks.scatter_(0, order, avg_sorted)
-    size = (end - start + 1).to(torch.float64)
-    ties = (size * size - 1).sum(0)  # each group of t contributes t * (t^2 - 1) = t^3 - t
-    return ranks, ties
+    vals_FN, order_FN = torch.sort(x_NF.T.contiguous(), dim=1)
+    new_group = torch.ones_like(vals_FN, dtype=torch.long)
+    new_group[:, 1:] = (vals_FN[:, 1:] != vals_FN[:, :-1]).long()
+    group_FN = new_group.cumsum(1) - 1                                       # 0-based group id per row
+    flat = group_FN + torch.arange(F, device=x_NF.device).unsqueeze(1) * N
+    size_FG = torch.bincount(flat.flatten(), minlength=F * N).view(F, N).to(torch.float64)
+    start_FG = size_FG.cumsum(1) - size_FG                                   # first 0-based position
+    avg_FG = start_FG + (size_FG + 1) / 2                                    # mean 1-based rank of the group
+    ranks_FN = torch.empty((F, N), dtype=torch.float64, device=x_NF.device)
+    ranks_FN.scatter_(1, order_FN, avg_FG.gather(1, group_FN))
+    ties_F = (size_FG**3 - size_FG).sum(1)
+    return ranks_FN.T, ties_F
 
 
 def benjamini_hochberg(p: torch.Tensor) -> torch.Tensor:
