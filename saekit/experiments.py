@@ -658,10 +658,9 @@ class SideEffectsTask(Task):
             for it, kl in zip(self.items, kls):
                 rows += _rows(setting, it["id"], {"kl": kl})
         if self.spec.wants("generations") and self.spec.prompts.generate and not setting.is_control:
-            cond = next((c for c in self.spec.conditions if c.name == setting.condition), None)
             top = self.strongest.get(setting.condition)
-            if setting.kind == "none" or (cond is not None and (top is None or
-                                                                (setting.strength is not None and abs(setting.strength) == abs(top * (cond.sign if cond.kind in ("steer", "clamp") else 1))))):
+            strongest = top is None or (setting.strength is not None and abs(setting.strength) == abs(top))
+            if setting.kind == "none" or strongest:
                 rows += self._generate(setting)
         return rows
 
