@@ -30,8 +30,7 @@ class StudyConfig:
     """Model folder, hub name, "smollm2-135m-instruct" (embedded default) or "tiny"."""
     hook: str = "blocks.20.hook_resid_post"
     """Where the SAE reads and the experiments intervene."""
-    vector_hooks: list[str] = field(default_factory=lambda: ["blocks.10.hook_resid_post", "blocks.15.hook_resid_post",
-                                                              "blocks.25.hook_resid_post"])
+    vector_hooks: list[str] = field(default_factory=lambda: ["blocks.10.hook_resid_post", "blocks.15.hook_resid_post"])
     """Extra layers for emotion vectors (pooled vectors only; per-token activations are kept at `hook`)."""
     corpus: str = "shipped"
     out: str = "artifacts/study"
