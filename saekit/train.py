@@ -378,7 +378,9 @@ def open_source(cfg: TrainConfig, activations=None, model=None) -> ActivationSou
     folder = activations if activations is not None else (cfg.activations or None)
     if folder is not None:
         acts = folder if isinstance(folder, Activations) else Activations.open(folder)
-        if acts.manifest.get("model") not in (cfg.model, None) and cfg.model != DEFAULT_MODEL:
+        def same(name):
+            return DEFAULT_MODEL if str(name).lower() in ("default", DEFAULT_MODEL) else str(name)
+        if acts.manifest.get("model") is not None and same(acts.manifest["model"]) != same(cfg.model):
             raise TrainError(f"{acts.path} was harvested from model {acts.manifest.get('model')!r}, "
                              f"but the config trains on {cfg.model!r}")
         return HarvestSource(acts, cfg.hook, cfg.exclude_first_token, cfg.shuffle_buffer_tokens)
