@@ -272,6 +272,62 @@ def db_tables(db: Annotated[Optional[Path], typer.Option(help="Database file (de
     out_console.print(out)
 
 
+# ---------------------------------------------------------------------------- experiments
+
+
+experiment_app = typer.Typer(help="Ablate, clamp and steer features and emotion vectors from a spec.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("run")
+def experiment_run(
+    spec: Annotated[Path, typer.Argument(help="Experiment spec, e.g. analysis/experiments/emotion_word_probes.toml.")],
+    db: Annotated[Optional[Path], typer.Option(help="Database file (default: the spec's, else artifacts/saekit.duckdb).")] = None,
+) -> None:
+    """Run an experiment spec and store every measurement in the feature database."""
+    from saekit.db import DatabaseError
+    from saekit.experiments import ExperimentError, run_experiment
+    from saekit.interventions import InterventionError
+
+    try:
+        with _progress() as bar:
+            task = bar.add_task("experiment", total=None, rate="")
+            exp_id = run_experiment(spec, db_path=db, progress=lambda done, total, what: bar.update(
+                task, completed=done, total=total, rate=what))
+    except _errors() + (ExperimentError, InterventionError, DatabaseError) as e:
+        _fail(e)
+    out_console.print(f"experiment {exp_id} stored in {db or 'the database'}; next: saekit experiment report {exp_id}")
+
+
+@experiment_app.command("report")
+def experiment_report(
+    experiment: Annotated[str, typer.Argument(help="Experiment id, run id, or spec name (its latest run).")],
+    db: Annotated[Optional[Path], typer.Option(help="Database file (default artifacts/saekit.duckdb).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the PNG plots and summary.json.")] = None,
+) -> None:
+    """Print an experiment's effects with intervals and controls, and save its plots as PNG."""
+    from saekit.db import DatabaseError
+    from saekit.experiments import ExperimentError
+    from saekit.report import report
+
+    try:
+        summary = report(experiment, db_path=db, out_dir=out)
+    except (DatabaseError, ExperimentError) as e:
+        _fail(e)
+    table = Table(title=summary["title"])
+    for c in summary["columns"]:
+        table.add_column(c)
+    for row in summary["rows"]:
+        table.add_row(*[escape(v) for v in row])
+    out_console.print(table)
+    for note in summary["notes"]:
+        out_console.print(f"note: {note}", markup=False)
+    for g in summary["generations"][:12]:
+        out_console.print(f"[{g['condition']} {g['strength']}] {g['prompt']!r} -> {g['reply']!r}", markup=False)
+    for p in summary["plots"]:
+        out_console.print(f"plot: {p}", markup=False)
+
+
 # ---------------------------------------------------------------------------- study (the main job)
 
 
@@ -282,6 +338,7 @@ def study(
     """The main job: harvest, train the SAE, rank, run experiments, write the report; finished steps are skipped."""
     from saekit.db import DatabaseError
     from saekit.sae import SAEError
+    from saekit.experiments import ExperimentError
     from saekit.study import load_study_config, run_study
     from saekit.train import TrainError
 
@@ -305,7 +362,7 @@ def study(
 
             results = run_study(cfg, on_step=on_step)
             bar.update(overall, completed=bar.tasks[0].total)
-    except _errors() + (DatabaseError, SAEError, TrainError, ValueError) as e:
+    except _errors() + (DatabaseError, SAEError, TrainError, ExperimentError, ValueError) as e:
         _fail(e)
     for name, summary in results.items():
         _print_summary(name, {k: _fmt(v) for k, v in summary.items()} if isinstance(summary, dict) else {"": summary})

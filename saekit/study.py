@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -174,13 +174,25 @@ class StudyRun:
         atomic_write_json(self.out / "rank_summary.json", summary)
         return summary
 
-    def _experiment(self, spec: str, key: str, sae_path: str, tick) -> dict[str, Any]:
-        from saekit.experiments import run_experiment_for_study
+    def _experiment(self, spec_path: str, key: str, sae_path: str, tick) -> dict[str, Any]:
+        """Run a shipped spec against this study's model, hook, SAE and database, then report it."""
+        from saekit.config import load_toml
+        from saekit.experiments import run_experiment
+        from saekit.report import report
 
-        summary = run_experiment_for_study(spec, model=self.cfg.model, hook=self.cfg.hook, sae=sae_path,
-                                           db_path=self.cfg.db, progress=tick)
-        atomic_write_json(self.out / "experiments" / f"{Path(spec).stem}.json", summary)
-        return summary
+        spec = load_toml(spec_path)
+        folder = self.out / "experiments" / Path(spec_path).stem
+        spec.update(model=self.cfg.model, hook=self.cfg.hook, db=self.cfg.db, out=str(folder))
+        if spec.get("sae"):
+            spec["sae"] = sae_path
+        exp_id = run_experiment(spec, db_path=self.cfg.db,
+                                progress=lambda done, total, what: tick(done / max(total, 1), what))
+        summary = report(exp_id, db_path=self.cfg.db, out_dir=folder)
+        record = {"experiment_id": exp_id, "task": summary["task"], "figures": summary["plots"],
+                  "sentences": {Path(p).name: experiment_sentence(summary) for p in summary["plots"]},
+                  "table_html": _table_html(summary)}
+        atomic_write_json(self.out / "experiments" / f"{Path(spec_path).stem}.json", record)
+        return {"experiment_id": exp_id, "finding": experiment_sentence(summary)}
 
     def _report(self, tick) -> dict[str, Any]:
         from saekit.study_report import write_report
@@ -215,6 +227,33 @@ class StudyRun:
         return results
 
 
+def experiment_sentence(summary: dict[str, Any]) -> str:
+    """One sentence from an experiment report's numbers: how many effects beat their controls."""
+    cols, rows = summary["columns"], summary["rows"]
+    if not rows:
+        return "No measurements."
+    if summary["task"] == "trace":
+        return f"{len(rows)} emotion readings traced; " + "; ".join(summary["notes"][:1])
+    verdicts = [r[-1] for r in rows]
+    above = sum(v in ("above control", "positive") for v in verdicts)
+    below = sum(v in ("below control", "negative") for v in verdicts)
+    nulls = sum(v.startswith("null") for v in verdicts)
+    i = cols.index("effect - control") if "effect - control" in cols else len(cols) - 4
+    best = max(rows, key=lambda r: abs(float(r[i])) if r[i] not in ("-", "nan", "") else -1)
+    return (f"Of {len(rows)} condition x strength settings, {above} raise the metric beyond their random control, "
+            f"{below} lower it and {nulls} are null (95% bootstrap intervals over prompts); the largest difference "
+            f"from control is {best[0]} at strength {best[1]}: {best[i]} {best[i + 1]}.")
+
+
+def _table_html(summary: dict[str, Any]) -> str:
+    import html
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in summary["columns"])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in summary["rows"])
+    notes = "".join(f"<p>{html.escape(n)}</p>" for n in summary["notes"])
+    return f"<table><tr>{head}</tr>{body}</table>{notes}"
+
+
 def _corpus_fingerprint(corpus: str) -> str:
     """Content hash of the corpus files, so editing the corpus reruns the harvest."""
     from saekit.artifacts import file_sha256
@@ -236,6 +275,3 @@ def load_study_config(path: str | Path, overrides: dict | None = None) -> StudyC
 def run_study(cfg: StudyConfig, on_step=None) -> dict:
     return StudyRun(cfg).run(on_step)
 
-
-def quick_config(cfg: StudyConfig, **changes) -> StudyConfig:
-    return replace(cfg, **changes)

@@ -209,7 +209,8 @@ def write_report(cfg, out: Path, progress: Callable[[float, str], None] | None =
         summary = json.loads(path.read_text())
         for png in summary.get("figures", []):
             if Path(png).exists():
-                sections.append(("png", (Path(png).stem.replace("_", " "), Path(png), summary.get("sentences", {}).get(Path(png).name, ""))))
+                title = f"Experiment {path.stem}: {Path(png).stem.replace('_', ' ')}"
+                sections.append(("png", (title, Path(png), summary.get("sentences", {}).get(Path(png).name, ""))))
         if summary.get("table_html"):
             sections.append(("html", (f"Experiment {path.stem}", summary["table_html"])))
     pngs, body = [], []

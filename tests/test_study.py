@@ -10,10 +10,36 @@ from saekit.cli import app
 runner = CliRunner()
 
 
+PROBE_SPEC = """
+name = "tiny_probes"
+task = "probes"
+sae = "will be replaced by the study's SAE"
+strengths = [0.5]
+controls = 1
+n_bootstrap = 200
+[prompts]
+limit = 4
+words = ["calm", "afraid"]
+[[conditions]]
+name = "calm_up"
+kind = "steer"
+emotion = "calm"
+[[conditions]]
+name = "calm_feature_clamp"
+kind = "clamp"
+features = "top 1 selective for calm"
+clamp_to = "max_multiple"
+strengths = [4.0]
+"""
+
+
 def write_config(tmp_path, **extra):
+    spec = tmp_path / "tiny_probes.toml"
+    spec.write_text(PROBE_SPEC)
     cfg = {"model": "tiny", "hook": "blocks.2.hook_resid_post", "vector_hooks": ["blocks.1.hook_resid_post"],
            "out": str(tmp_path / "study"), "db": str(tmp_path / "study.duckdb"), "train_config": "train/tiny-topk.toml",
-           "max_tokens": 64, "limit": 200, "train_tokens": 20480}
+           "max_tokens": 64, "limit": 200, "train_tokens": 20480,
+           "experiments": [str(spec)]}
     cfg.update(extra)
     path = tmp_path / "study.toml"
     path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in cfg.items()))
@@ -32,7 +58,10 @@ def test_study_end_to_end_then_skips_then_reruns_what_changed(tmp_path):
                                                                 "probe_accuracy.png"}
     assert "saekit query" in result.output and "SELECT" in result.output
     steps = json.loads((out / "steps.json").read_text())
-    assert set(steps) == {"harvest activations", "train SAE", "rank features and vectors", "write report"}
+    assert set(steps) == {"harvest activations", "train SAE", "rank features and vectors", "experiment tiny_probes",
+                          "write report"}
+    assert "Experiment tiny_probes: effect vs strength" in report
+    assert "random control" in steps["experiment tiny_probes"]["summary"]["finding"]
 
     again = runner.invoke(app, ["study", str(cfg)])
     assert again.exit_code == 0
@@ -43,7 +72,7 @@ def test_study_end_to_end_then_skips_then_reruns_what_changed(tmp_path):
     assert third.exit_code == 0, third.output
     after = json.loads((out / "steps.json").read_text())
     assert after["harvest activations"] == steps["harvest activations"]
-    for name in ("train SAE", "rank features and vectors", "write report"):
+    for name in ("train SAE", "rank features and vectors", "experiment tiny_probes", "write report"):
         assert after[name]["key"] != steps[name]["key"]
 
 
