@@ -10,6 +10,11 @@ Layout of an output folder:
 Shards are written under a temporary name and renamed when complete, and the manifest is
 rewritten after each one, so an interrupted run loses no finished shard and never takes a
 half-written file for a finished one.
+
+Under torchrun (saekit.distributed) rank r of W harvests the shards s with s % W == r and records
+them in its own part file `.manifest.rank<r>.json`; after a barrier rank 0 merges the parts into
+manifest.json and pooled.safetensors. A rerun (with any number of processes) resumes from the
+manifest and every part file, so shards finished by a rank that died are kept.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from saekit import __version__
+from saekit import distributed as D
 from saekit.artifacts import (MANIFEST, POOLED, SHARD_PATTERN, atomic_write_json, content_hash,
                               file_sha256, tmp_path_for)
 from saekit.config import to_dict
@@ -197,6 +203,26 @@ def _shard_done(out: Path, entry: dict) -> bool:
     return path.exists() and path.stat().st_size == entry["bytes"]
 
 
+def _part_name(rank: int, world: int) -> str:
+    """Where a rank records its finished shards: the manifest itself for one process."""
+    return MANIFEST if world == 1 else f".manifest.rank{rank}.json"
+
+
+def _merge_parts(out: Path, manifest: dict) -> list[Path]:
+    """Add the finished shards recorded in part files of this identity to `manifest`; the parts read."""
+    import json
+
+    parts = sorted(out.glob(".manifest.rank*.json"))
+    for part in parts:
+        try:
+            entries = json.loads(part.read_text())
+        except json.JSONDecodeError:  # written atomically, so only a foreign file can be broken
+            continue
+        if entries.get("identity") == manifest["identity"]:
+            manifest["shards"].update({k: e for k, e in entries["shards"].items() if _shard_done(out, e)})
+    return parts
+
+
 def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
             progress: Callable[[int, int, int], None] | None = None, tokenizer=None) -> Path:
     """Run the model over the corpus and write shards, pooled vectors and a manifest to cfg.out.
@@ -230,6 +256,8 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
                 "overflow": cfg.overflow, "token_hooks": cfg.stored_token_hooks, "docs_per_shard": cfg.docs_per_shard, "pool_offset": cfg.pool_offset,
                 "dtype": cfg.dtype, "store_dtype": cfg.store_dtype, "limit": cfg.limit,
                 "documents": content_hash([(p.doc_id, p.token_ids) for p in pieces])}
+    D.setup(cfg.device)
+    rank, world = D.rank(), D.world()
     manifest = _read_manifest(out)
     if manifest is not None and manifest.get("identity") != identity:
         raise HarvestError(f"{out} holds a harvest with a different config or corpus; "
@@ -251,6 +279,9 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
                           for i, p in enumerate(pieces)],
             "shards": {}, "complete": False,
         }
+    _merge_parts(out, manifest)
+    if D.is_main() and not (out / MANIFEST).exists():  # so an interrupted run reads as unfinished
+        atomic_write_json(out / MANIFEST, manifest)
     stop_at = stop_layer(model, cfg.hooks)
     store = parse_dtype(cfg.store_dtype)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -258,7 +289,7 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
     tokens_done = 0
     for s, members in enumerate(shards):
         entry = manifest["shards"].get(str(s))
-        if entry is not None and _shard_done(out, entry):
+        if s % world != rank or (entry is not None and _shard_done(out, entry)):
             continue
         tensors = _harvest_shard(model, [pieces[i] for i in members], cfg, stop_at, pad_id, store,
                                  first_doc=members[0], on_batch=lambda d, t: progress and progress(docs_done + d, len(pieces), tokens_done + t))
@@ -269,13 +300,27 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
         manifest["shards"][str(s)] = {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path),
                                       "docs": [members[0], members[-1] + 1],
                                       "n_tokens": int(tensors["doc_index"].numel())}
-        atomic_write_json(out / MANIFEST, manifest)
+        atomic_write_json(out / _part_name(rank, world), manifest)
         docs_done += len(members)
         tokens_done += int(tensors["doc_index"].numel())
-    _write_pooled(out, manifest, cfg.hooks)
+    D.barrier()
+    if D.is_main():
+        _finish_manifest(out, manifest, len(shards), cfg.hooks)
+    D.barrier()
+    return out
+
+
+def _finish_manifest(out: Path, manifest: dict, n_shards: int, hooks: list[str]) -> None:
+    """Merge the ranks' part files, check every shard is there once, write pooled vectors and manifest."""
+    parts = _merge_parts(out, manifest)
+    missing = [s for s in range(n_shards) if str(s) not in manifest["shards"]]
+    if missing:
+        raise HarvestError(f"shards {missing} of {out} were not finished by any rank; rerun the harvest to resume")
+    _write_pooled(out, manifest, hooks)
     manifest["complete"] = True
     atomic_write_json(out / MANIFEST, manifest)
-    return out
+    for part in parts:
+        part.unlink(missing_ok=True)
 
 
 def _harvest_shard(model, pieces: list[Piece], cfg: HarvestConfig, stop_at, pad_id, store, first_doc: int,

@@ -10,6 +10,10 @@ Output folder (cfg.out):
     saekit_train.json                                            full config, seed, versions, timing
     checkpoints/step-00000200/{state.safetensors,state.json}     resumable training state
 
+Under torchrun (saekit.distributed) training is data-parallel: every rank draws the same global
+batch, computes on its own slice, and gradients, losses and firing counts are averaged or summed
+over ranks, so every rank holds the same SAE and agrees on dead latents; rank 0 writes.
+
 Checkpoints hold tensors in safetensors and everything else in JSON (no pickle). A checkpoint
 holds the SAE, Adam's moments, the firing statistics and the step; the data order is a pure
 function of (seed, epoch), so a resumed run sees the same batches and ends at the same weights.
@@ -32,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from saekit import __version__
+from saekit import distributed as D
 from saekit.artifacts import atomic_write_json, content_hash
 from saekit.config import load_config, to_dict
 from saekit.corpus import load_corpus
@@ -471,15 +476,17 @@ def train_step(state: TrainState, batch_BD: torch.Tensor, cfg: TrainConfig) -> S
     """One optimisation step; raises TrainingDiverged (weights untouched) on NaN/inf or exploding loss."""
     sae = state.sae
     sae.train()
-    x_BD = batch_BD.to(cfg.device, parse_dtype(cfg.dtype))
+    full_BD = batch_BD.to(cfg.device, parse_dtype(cfg.dtype))
     if state.scale is not None:
-        x_BD = x_BD * state.scale
+        full_BD = full_BD * state.scale
+    x_BD = D.local_rows(full_BD)  # this rank's share of the global batch (all of it for one process)
     lr = lr_at(cfg, state.step)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     dead_F = dead_mask(state, cfg) if cfg.dead_feature_handling == "auxk" else None
     out = S.training_forward(sae, x_BD, dead_F, state.step, fast_topk=cfg.fast_topk)
-    loss = out.loss.item()
+    loss, mse = D.all_reduce_(torch.stack([out.loss.detach(), out.losses["mse_loss"].detach()]).double().cpu(),
+                              "mean").tolist()
     if not math.isfinite(loss):
         raise TrainingDiverged(f"loss is {loss} at step {state.step}")
     if state.first_loss is None:
@@ -489,6 +496,7 @@ def train_step(state: TrainState, batch_BD: torch.Tensor, cfg: TrainConfig) -> S
                                f"({loss / state.first_loss:.0f}x the first step's {state.first_loss:.4g})")
     state.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
+    D.average_gradients(sae.parameters())
     grad_norm = float(torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.max_grad_norm))
     if not math.isfinite(grad_norm):
         state.optimizer.zero_grad(set_to_none=True)
@@ -496,16 +504,17 @@ def train_step(state: TrainState, batch_BD: torch.Tensor, cfg: TrainConfig) -> S
     state.optimizer.step()
     with torch.no_grad():
         counts_F, l0 = firing_counts(out.feature_acts.detach())
+        D.all_reduce_(counts_F)
         state.steps_since_fired_F += 1
         state.steps_since_fired_F[counts_F > 0] = 0
         state.window_fired_F += counts_F
-        state.window_tokens += x_BD.shape[0]
+        state.window_tokens += full_BD.shape[0]
         ev = float(explained_variance(out.sae_in.float(), out.sae_out.detach().float()))
+        l0, ev = D.all_reduce_(torch.tensor([l0, ev], dtype=torch.float64), "mean").tolist()  # ev: mean of the ranks' slices
     state.step += 1
-    state.tokens += x_BD.shape[0]
+    state.tokens += full_BD.shape[0]
     if cfg.dead_feature_handling == "resample" and state.step % cfg.resample_every == 0:
-        resample_dead(state, x_BD, cfg)
-    mse = out.losses["mse_loss"].item()
+        resample_dead(state, full_BD, cfg)
     return StepReport(step=state.step, total_steps=cfg.total_steps, tokens=state.tokens,
                       total_tokens=cfg.total_steps * cfg.batch_size, loss=loss, mse=mse, l0=l0,
                       explained_variance=ev, lr=lr, dead_fraction=float(dead_mask(state, cfg).float().mean()),
@@ -662,6 +671,9 @@ def train_sae(cfg: TrainConfig, activations=None, model=None,
     checkpoint in cfg.out; without it, a folder holding checkpoints is refused.
     """
     cfg.validate()
+    D.setup(cfg.device)
+    if cfg.batch_size % D.world():
+        raise TrainError(f"batch_size {cfg.batch_size} does not split evenly over {D.world()} processes")
     out = Path(cfg.out)
     existing = list_checkpoints(out)
     if existing and not resume:
@@ -675,7 +687,7 @@ def train_sae(cfg: TrainConfig, activations=None, model=None,
         load_checkpoint(state, cfg, existing[-1])
     if cfg.normalize_activations == "expected_average_only_in" and state.scale is None:
         state.scale = estimate_scale(source, cfg)
-    logger = _wandb_logger(cfg)
+    logger = _wandb_logger(cfg) if D.is_main() else None
     started, start_tokens = time.perf_counter(), state.tokens
     batches = itertools.islice(source.batches(cfg.batch_size, cfg.seed), state.step, None)
     while state.step < cfg.total_steps:
@@ -692,10 +704,20 @@ def train_sae(cfg: TrainConfig, activations=None, model=None,
         if logger is not None and state.step % cfg.log_every == 0:
             logger(report)
         if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.total_steps:
-            save_checkpoint(state, cfg, out)
+            _save_on_main(state, cfg, out)
     elapsed = time.perf_counter() - started
-    save_checkpoint(state, cfg, out)
-    return finish(state, cfg, source, out, model, elapsed, state.tokens - start_tokens)
+    _save_on_main(state, cfg, out)
+    if D.is_main():
+        finish(state, cfg, source, out, model, elapsed, state.tokens - start_tokens)
+    D.barrier()
+    return out
+
+
+def _save_on_main(state: TrainState, cfg: TrainConfig, out: Path) -> None:
+    """Rank 0 writes the checkpoint; the others wait for it."""
+    if D.is_main():
+        save_checkpoint(state, cfg, out)
+    D.barrier()
 
 
 def finish(state: TrainState, cfg: TrainConfig, source: ActivationSource, out: Path, model,
