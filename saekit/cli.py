@@ -42,6 +42,15 @@ def _errors():
     return (ConfigError, CorpusError, HarvestError, ModelLoadError, UserError, FileNotFoundError)
 
 
+def _config(cls, path: Path | None, overrides: dict):
+    """A stage config from an optional TOML file, with the command-line options given on top."""
+    from saekit.config import from_dict, load_toml
+
+    data = load_toml(path) if path else {}
+    data.update({k: v for k, v in overrides.items() if v is not None and v != []})
+    return from_dict(cls, data, where=str(path or "options"))
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console)
@@ -65,16 +74,12 @@ def harvest(
     dtype: Annotated[Optional[str], typer.Option(help="Model dtype: float32 or bfloat16.")] = None,
 ) -> None:
     """Record residual-stream activations over a corpus into sharded safetensors (resumable)."""
-    from saekit.config import from_dict, load_toml
     from saekit.harvest import HarvestConfig, harvest as run_harvest, summarize
 
     try:
-        data = load_toml(config) if config else {}
-        overrides = {"model": model, "hooks": hook, "corpus": corpus, "text_column": text_column,
-                     "label_column": label_column, "out": out, "batch_size": batch_size,
-                     "max_tokens": max_tokens, "limit": limit, "dtype": dtype}
-        data.update({k: v for k, v in overrides.items() if v})
-        cfg = from_dict(HarvestConfig, data, where=str(config or "options"))
+        cfg = _config(HarvestConfig, config, {"model": model, "hooks": hook, "corpus": corpus, "text_column": text_column,
+                                              "label_column": label_column, "out": out, "batch_size": batch_size,
+                                              "max_tokens": max_tokens, "limit": limit, "dtype": dtype})
         summary = _run_harvest(cfg, run_harvest)
     except _errors() as e:
         _fail(e)
@@ -180,15 +185,12 @@ def rank(
     config: Annotated[Optional[Path], typer.Option(help="TOML file with RankConfig fields.")] = None,
 ) -> None:
     """Rank SAE features by emotion selectivity, build emotion vectors, and store all in the database."""
-    from saekit.config import from_dict, load_toml
     from saekit.db import Database, DatabaseError
     from saekit.rank import RankConfig, run_rank
 
     try:
-        data = load_toml(config) if config else {}
-        data.update({k: v for k, v in {"activations": activations, "sae": sae, "sae_id": sae_id,
-                                        "db": str(db) if db else None, "ratings": str(ratings) if ratings else None}.items() if v})
-        cfg = from_dict(RankConfig, data, where=str(config or "options"))
+        cfg = _config(RankConfig, config, {"activations": activations, "sae": sae, "sae_id": sae_id,
+                                           "db": str(db) if db else None, "ratings": str(ratings) if ratings else None})
         result = _rank(cfg, Database, run_rank)
     except _errors() + (DatabaseError, ValueError) as e:
         _fail(e)
@@ -437,16 +439,12 @@ def corpus_generate(
     out: Annotated[Optional[str], typer.Option(help="Output jsonl (a .replies log and .report.json go beside it).")] = None,
 ) -> None:
     """Generate a story corpus with the paper's protocol (emotion x topic prompts, parsed, validated, de-duplicated)."""
-    from saekit.config import from_dict, load_toml
     from saekit.generate import GenerateConfig, GenerateError, generate_corpus, output_paths
 
     try:
-        data = load_toml(config) if config else {}
-        data.update({k: v for k, v in {"model": model, "emotions": emotion, "topics": topics,
-                                        "calls_per_pair": calls_per_pair, "stories_per_call": stories_per_call,
-                                        "max_new_tokens": max_new_tokens, "seed": seed, "out": out}.items()
-                     if v is not None})
-        cfg = from_dict(GenerateConfig, data, where=str(config or "options"))
+        cfg = _config(GenerateConfig, config, {"model": model, "emotions": emotion, "topics": topics,
+                                               "calls_per_pair": calls_per_pair, "stories_per_call": stories_per_call,
+                                               "max_new_tokens": max_new_tokens, "seed": seed, "out": out})
         with _progress() as bar:
             task = bar.add_task("generate", total=None, rate="")
             report = generate_corpus(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))

@@ -22,6 +22,8 @@ the same norm). Effects are reported with bootstrap intervals over prompts next 
 
 from __future__ import annotations
 
+import abc
+
 import dataclasses
 import json
 import math
@@ -563,14 +565,15 @@ def _rows(setting: Setting, prompt_id: str, metrics: dict[str, float]) -> list[R
             for m, v in metrics.items()]
 
 
-class Task:
+class Task(abc.ABC):
     """Prepares its prompts once (and checks them), then measures one setting at a time."""
 
     def __init__(self, model, res: Resolved):
         self.model, self.res, self.spec, self.tok = model, res, res.spec, model.tokenizer
 
+    @abc.abstractmethod
     def measure(self, setting: Setting) -> list[Row]:
-        raise NotImplementedError
+        """Rows of measurements for one condition x strength (or the clean model)."""
 
 
 class ProbesTask(Task):
