@@ -234,6 +234,7 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
     `progress(docs_done, docs_total, tokens_done)` is called after every batch.
     """
     cfg.validate()
+    D.setup(cfg.device)  # before the model loads: on CUDA it picks this rank's GPU
     out = Path(cfg.out)
     if records is None:
         records = load_corpus(cfg.corpus, text_column=cfg.text_column, label_column=cfg.label_column)
@@ -256,7 +257,6 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
                 "overflow": cfg.overflow, "token_hooks": cfg.stored_token_hooks, "docs_per_shard": cfg.docs_per_shard, "pool_offset": cfg.pool_offset,
                 "dtype": cfg.dtype, "store_dtype": cfg.store_dtype, "limit": cfg.limit,
                 "documents": content_hash([(p.doc_id, p.token_ids) for p in pieces])}
-    D.setup(cfg.device)
     rank, world = D.rank(), D.world()
     manifest = _read_manifest(out)
     if manifest is not None and manifest.get("identity") != identity:

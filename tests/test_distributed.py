@@ -71,8 +71,11 @@ KILL_RANK_1 = textwrap.dedent("""
 
     cfg = from_dict(H.HarvestConfig, load_toml(sys.argv[1]) | {"out": sys.argv[2]}, where="test")
 
-    def die_in_second_shard(docs, total, tokens):  # rank 1 dies as its second shard starts
-        if os.environ["RANK"] == "1" and docs > cfg.docs_per_shard:
+    batches = []
+
+    def die_in_second_shard(docs, total, tokens):  # rank 1 dies in its second shard (one batch per shard)
+        batches.append(docs)
+        if os.environ["RANK"] == "1" and len(batches) > cfg.docs_per_shard // cfg.batch_size:
             os._exit(3)
 
     H.harvest(cfg, progress=die_in_second_shard)
