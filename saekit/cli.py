@@ -52,8 +52,11 @@ def _config(cls, path: Path | None, overrides: dict):
 
 
 def _progress() -> Progress:
+    """A progress bar; under torchrun only rank 0 draws it."""
+    from saekit.distributed import is_main
+
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console)
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console, disable=not is_main())
 
 
 # ---------------------------------------------------------------------------- harvest
@@ -103,6 +106,10 @@ def _run_harvest(cfg, run_harvest) -> dict:
 
 
 def _print_summary(title: str, summary: dict) -> None:
+    from saekit.distributed import is_main
+
+    if not is_main():
+        return
     table = Table(title=title, show_header=False)
     for k, v in summary.items():
         table.add_row(str(k), str(v))
