@@ -43,3 +43,44 @@ def test_harvest_embedded_model_at_two_thirds_depth(smol, tmp_path):
     pooled = acts.pooled("blocks.20.hook_resid_post")
     assert pooled.shape == (6, 576) and torch.isfinite(pooled).all()
     assert acts.manifest["n_layers"] == 30
+
+
+REDUCED_SPEC = """
+name = "reduced_probes"
+task = "probes"
+strengths = [0.5]
+controls = 1
+n_bootstrap = 200
+[prompts]
+limit = 3
+words = ["afraid", "calm"]
+[[conditions]]
+name = "afraid_up"
+kind = "steer"
+emotion = "afraid"
+"""
+
+
+def test_reduced_study_on_embedded_model(tmp_path):
+    """The main job's config, reduced to a corpus slice and a short training run, end to end."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from saekit.cli import app
+
+    spec = tmp_path / "reduced_probes.toml"
+    spec.write_text(REDUCED_SPEC)
+    cfg = tmp_path / "study.toml"
+    cfg.write_text("\n".join([
+        'model = "smollm2-135m-instruct"', 'hook = "blocks.20.hook_resid_post"',
+        'vector_hooks = ["blocks.10.hook_resid_post"]', f'out = "{tmp_path / "study"}"',
+        f'db = "{tmp_path / "study.duckdb"}"', 'train_config = "train/smollm2-135m-l20-topk.toml"',
+        f'experiments = ["{spec}"]', "limit = 60", "max_tokens = 96", "train_tokens = 16384", ""]))
+    result = CliRunner().invoke(app, ["study", str(cfg)])
+    assert result.exit_code == 0, result.output
+    steps = json.loads((tmp_path / "study" / "steps.json").read_text())
+    assert steps["harvest activations"]["summary"]["documents"] == 60
+    assert steps["train SAE"]["summary"]["explained_variance"] > 0
+    assert "random control" in steps["experiment reduced_probes"]["summary"]["finding"]
+    assert "data:image/png;base64," in (tmp_path / "study" / "report.html").read_text()
