@@ -186,6 +186,7 @@ def emotion_vector_analysis(acts: Activations, cfg: RankConfig, emotions: list[s
             geo["ratings_note"] = "no human ratings file given (--ratings); see the README"
         sign = [1.0 if clusters.get(e, {}).get("cluster") in POSITIVE_CLUSTERS else -1.0 for e in emotions]
         geo["pc1_vs_cluster_valence_sign_r"] = Fe.pearson(scores[:, 0], torch.tensor(sign))
+        geo["pc2_vs_cluster_valence_sign_r"] = Fe.pearson(scores[:, 1], torch.tensor(sign))
         k_clusters = min(cfg.kmeans_k, len(emotions) - 1)
         geo["kmeans"] = dict(zip(emotions, Fe.kmeans(vecs, k_clusters, seed=cfg.seed))) if k_clusters >= 2 else {}
         geo["linkage"] = Fe.hierarchical(vecs).tolist()
@@ -219,6 +220,7 @@ def run_rank(cfg: RankConfig, sae=None, model=None, tokenizer=None, db: Database
         summary[f"vector probe accuracy @ {hook}"] = round(v["projection_probe"].accuracy, 4)
         summary[f"vector logistic accuracy @ {hook}"] = round(v["logistic_probe"].accuracy, 4)
         summary[f"PC1 vs cluster valence sign r @ {hook}"] = round(v["geometry"]["pc1_vs_cluster_valence_sign_r"], 3)
+        summary[f"PC2 vs cluster valence sign r @ {hook}"] = round(v["geometry"]["pc2_vs_cluster_valence_sign_r"], 3)
         if v["geometry"]["pc1_valence_r"] is not None:
             summary[f"PC1 ~ valence r @ {hook}"] = round(v["geometry"]["pc1_valence_r"], 3)
             summary[f"PC2 ~ arousal r @ {hook}"] = round(v["geometry"]["pc2_arousal_r"], 3)

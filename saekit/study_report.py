@@ -129,11 +129,12 @@ def vector_geometry(db: Database, model_id: str, corpus_id: str, hook: str, rati
                     f"(the paper: 0.81 and 0.66; signs of PCs are arbitrary).")
     else:
         sign = torch.tensor([1.0 if clusters.get(e, {}).get("cluster") in POSITIVE_CLUSTERS else -1.0 for e in emotions])
-        r1 = Fe.pearson(scores[:, 0], sign)
+        r1, r2 = Fe.pearson(scores[:, 0], sign), Fe.pearson(scores[:, 1], sign)
         ax.scatter(scores[:, 0], scores[:, 1], c=["tab:orange" if s > 0 else "tab:blue" for s in sign])
-        sentence = (f"PC1 ({ratio[0]:.0%} of variance) separates the paper's positive from negative clusters with "
-                    f"r = {r1:.2f} (orange: positive clusters, blue: negative). No human ratings file was given, so "
-                    "the valence/arousal correlations were not computed (see README).")
+        sentence = (f"Correlation with the paper's positive (orange) vs negative (blue) clusters: PC1 "
+                    f"({ratio[0]:.0%} of variance) r = {r1:.2f}, PC2 ({ratio[1]:.0%}) r = {r2:.2f} (signs of PCs are "
+                    "arbitrary). No human ratings file was given, so the valence/arousal correlations were not "
+                    "computed (see README).")
     for i, e in enumerate(emotions):
         ax.annotate(e, (float(scores[i, 0]), float(scores[i, 1])), fontsize=7)
     ax.set_xlabel(f"PC1 ({ratio[0]:.0%})")
