@@ -219,23 +219,23 @@ def shuffled_batches(chunks: Callable[[int], Iterator[torch.Tensor]], batch_size
             buffer.append(chunk)
             held += chunk.shape[0]
             if held >= max(buffer_tokens, batch_size):
-                pool = torch.cat(buffer)
-                pool = pool[torch.randperm(pool.shape[0], generator=gen)]
-                n_full = pool.shape[0] // batch_size
-                for b in range(n_full):
-                    yield pool[b * batch_size:(b + 1) * batch_size]
-                rest = pool[n_full * batch_size:]
+                rest = yield from _drain(buffer, batch_size, gen)
                 buffer, held = [rest], rest.shape[0]
         if not got_any:
             raise TrainError("the activation source yielded no training tokens")
         if held >= batch_size:  # end of epoch: flush what is buffered
-            pool = torch.cat(buffer)
-            pool = pool[torch.randperm(pool.shape[0], generator=gen)]
-            n_full = pool.shape[0] // batch_size
-            for b in range(n_full):
-                yield pool[b * batch_size:(b + 1) * batch_size]
-            rest = pool[n_full * batch_size:]
+            rest = yield from _drain(buffer, batch_size, gen)
             buffer, held = [rest], rest.shape[0]
+
+
+def _drain(buffer: list[torch.Tensor], batch_size: int, gen: torch.Generator):
+    """Shuffle the buffer, yield every full batch, and return the leftover rows."""
+    pool = torch.cat(buffer)
+    pool = pool[torch.randperm(pool.shape[0], generator=gen)]
+    n_full = pool.shape[0] // batch_size
+    for b in range(n_full):
+        yield pool[b * batch_size:(b + 1) * batch_size]
+    return pool[n_full * batch_size:]
 
 
 @dataclass

@@ -9,6 +9,17 @@ import pytest
 from saekit.corpus import Record
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP waits dominate."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     from saekit.model import load_model

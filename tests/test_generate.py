@@ -158,16 +158,6 @@ def test_prompt_names_emotion_topic_count_and_person():
 # ---------------------------------------------------------------------------- with models
 
 
-@pytest.fixture
-def one_thread():
-    """Decoding a 135M model is far faster on one thread when other processes share the 2 cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _check_outputs(cfg: G.GenerateConfig, report: dict) -> list[dict]:
     out, replies, report_path = G.output_paths(cfg.out)
