@@ -206,7 +206,10 @@ def plot_effects(rows: list[dict], title: str, path: Path) -> Path:
                         marker="x", linestyle="--", capsize=3, color=color, alpha=0.6, label=f"{cond} (control)")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("strength")
-    ax.set_ylabel(f"effect on {rows[0]['metric'] if rows else ''} (vs no intervention)")
+    metrics = sorted({r["metric"] for r in rows})
+    what = metrics[0] if len(metrics) == 1 else ("log P(each condition's own emotion word)"
+                                                 if all(m.startswith("logp:") for m in metrics) else "each condition's metric")
+    ax.set_ylabel(f"effect on {what} (vs no intervention)")
     ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
