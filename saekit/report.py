@@ -17,6 +17,9 @@ from typing import Any
 from saekit.db import Database
 from saekit.experiments import PRIMARY, bootstrap_ci, spearman
 
+# A bootstrap over fewer prompts than this says little about the population of prompts.
+MIN_PROMPTS_FOR_VERDICT = 5
+
 COLUMNS = ["condition", "strength", "metric", "effect", "95% CI", "control", "control 95% CI", "effect - control",
            "95% CI ", "n", "verdict"]
 TRACE_COLUMNS = ["scenario", "emotion", "statistic", "value", "control", "control range", "n", "verdict"]
@@ -87,8 +90,8 @@ def effects(exp: dict, data: list[dict]) -> list[dict[str, Any]]:
         paired = [eff[p] - ctl[p] for p in eff if p in ctl]
         dm, dlo, dhi = bootstrap_ci(paired, n_boot, seed=seed) if paired else (math.nan,) * 3
         ref_lo, ref_hi = (dlo, dhi) if paired else (lo, hi)
-        if math.isnan(ref_lo) or len(eff) < 2:
-            verdict = "too few prompts"
+        if math.isnan(ref_lo) or len(eff) < MIN_PROMPTS_FOR_VERDICT:
+            verdict = f"too few prompts (n < {MIN_PROMPTS_FOR_VERDICT})"
         elif ref_lo > 0:
             verdict = "above control" if paired else "positive"
         elif ref_hi < 0:

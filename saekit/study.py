@@ -238,10 +238,12 @@ def experiment_sentence(summary: dict[str, Any]) -> str:
     above = sum(v in ("above control", "positive") for v in verdicts)
     below = sum(v in ("below control", "negative") for v in verdicts)
     nulls = sum(v.startswith("null") for v in verdicts)
+    few = sum(v.startswith("too few") for v in verdicts)
     i = cols.index("effect - control") if "effect - control" in cols else len(cols) - 4
     best = max(rows, key=lambda r: abs(float(r[i])) if r[i] not in ("-", "nan", "") else -1)
     return (f"Of {len(rows)} condition x strength settings, {above} raise the metric beyond their random control, "
-            f"{below} lower it and {nulls} are null (95% bootstrap intervals over prompts); the largest difference "
+            f"{below} lower it, {nulls} are null and {few} have too few prompts for a verdict (95% bootstrap "
+            f"intervals over prompts); the largest difference "
             f"from control is {best[0]} at strength {best[1]}: {best[i]} {best[i + 1]}.")
 
 
