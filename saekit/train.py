@@ -228,6 +228,17 @@ def shuffled_batches(chunks: Callable[[int], Iterator[torch.Tensor]], batch_size
             buffer, held = [rest], rest.shape[0]
 
 
+def first_rows(chunks: Iterator[torch.Tensor], max_tokens: int, d_in: int) -> torch.Tensor:
+    """The first max_tokens rows of a stream of [n, D] chunks, reading no more chunks than needed."""
+    out, n = [], 0
+    for chunk in chunks:
+        out.append(chunk)
+        n += chunk.shape[0]
+        if n >= max_tokens:
+            break
+    return torch.cat(out)[:max_tokens] if out else torch.zeros(0, d_in)
+
+
 def _drain(buffer: list[torch.Tensor], batch_size: int, gen: torch.Generator):
     """Shuffle the buffer, yield every full batch, and return the leftover rows."""
     pool = torch.cat(buffer)
@@ -304,14 +315,8 @@ class HarvestSource:
         return shuffled_batches(chunks, batch_size, seed, self.buffer_tokens)
 
     def held_out(self, max_tokens: int) -> torch.Tensor:
-        out, n = [], 0
-        for a, docs, pos in self.acts.iter_shards(self.hook):
-            rows = a[self._rows(docs, pos, held=True)].float()
-            out.append(rows)
-            n += rows.shape[0]
-            if n >= max_tokens:
-                break
-        return torch.cat(out)[:max_tokens] if out else torch.zeros(0, self.d_in)
+        return first_rows((a[self._rows(docs, pos, held=True)].float()
+                           for a, docs, pos in self.acts.iter_shards(self.hook)), max_tokens, self.d_in)
 
     def held_out_texts(self, max_docs: int) -> list[str]:
         cfg = self.acts.manifest.get("config", {})
@@ -364,13 +369,7 @@ class StreamSource:
         return shuffled_batches(chunks, batch_size, seed, self.buffer_tokens)
 
     def held_out(self, max_tokens: int) -> torch.Tensor:
-        out, n = [], 0
-        for a in self._acts(self.held):
-            out.append(a)
-            n += a.shape[0]
-            if n >= max_tokens:
-                break
-        return torch.cat(out)[:max_tokens] if out else torch.zeros(0, self.d_in)
+        return first_rows(self._acts(self.held), max_tokens, self.d_in)
 
     def held_out_texts(self, max_docs: int) -> list[str]:
         return [r.text for r in self.held[:max_docs]]
