@@ -33,6 +33,12 @@ def artifacts_dir() -> Path:
     return path
 
 
+def fault_point(name: str) -> None:
+    """Die like kill -9 here when $SAEKIT_FAULT names this point: crash tests without timing races."""
+    if name in os.environ.get("SAEKIT_FAULT", "").split(","):
+        os._exit(137)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file."""
     path = Path(path)
