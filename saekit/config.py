@@ -6,6 +6,7 @@ Every stage has one dataclass; the resolved config is saved beside every output 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -35,13 +36,37 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         obj = cls(**kwargs)
     except TypeError as e:  # a required field is missing
         raise ConfigError(f"{where}: {e}") from e
-    check = getattr(obj, "validate", None)
+    check_config(obj, where)
+    return obj
+
+
+def check_config(cfg: Any, where: str = "config") -> None:
+    """Refuse non-finite numbers, then run the dataclass' own `validate`; both as ConfigErrors naming `where`.
+
+    For configs built in Python as well as loaded ones (`from_dict` calls it).
+    """
+    for f in dataclasses.fields(cfg):
+        _check_finite(getattr(cfg, f.name), f"{where}.{f.name}")
+    check = getattr(cfg, "validate", None)
     if check is not None:
         try:
             check()
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from e
-    return obj
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """NaN or inf (TOML allows both literals) would run to NaN results that look like data."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} is {value}: it must be a finite number")
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}")
+    elif dataclasses.is_dataclass(value):
+        check_config(value, where)
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -85,10 +110,16 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder, not a TOML file")
+    if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); TOML files must be UTF-8") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from e
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Literal, Sequence
 
 import torch
 
-from saekit.config import ConfigError, from_dict, load_toml, to_dict
+from saekit.config import ConfigError, check_config, from_dict, load_toml, to_dict
 from saekit.corpus import NEUTRAL, load_corpus, load_scenario
 from saekit.db import Database
 from saekit.interventions import (Ablate, Clamp, InterventionError, Scale, Splice, Steer, check_edits,
@@ -179,7 +179,7 @@ def condition_emotion(c: ConditionSpec) -> str | None:
 def load_spec(spec: str | Path | dict | ExperimentSpec) -> ExperimentSpec:
     """An ExperimentSpec from a TOML path, a dict or itself; unknown fields are errors."""
     if isinstance(spec, ExperimentSpec):
-        spec.validate()
+        check_config(spec, "experiment spec")
         return spec
     if isinstance(spec, dict):
         return from_dict(ExperimentSpec, spec, where="experiment spec")

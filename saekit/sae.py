@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from sae_lens import SAE, __version__ as SAE_LENS_VERSION  # noqa: F401  (re-exported for provenance)
 from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME
@@ -38,9 +39,11 @@ from sae_lens.saes.sae import SAEMetadata, TrainingSAE, TrainStepInput, TrainSte
 from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
+from saekit.artifacts import fault_point
 from saekit.model import d_model, hub_offline, hub_reachable
 
 ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard")
+SAE_FILES = (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME)
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 # sae-lens converters that read only safetensors / numpy (allow_pickle=False) files; the others
 # (connor_rob_hook_z, goodfire, deepseek_r1, qwen_scope, dictionary_learning_1) torch.load pickles.
@@ -216,23 +219,86 @@ def fold_activation_scale(sae: TrainingSAE, scaling_factor: float) -> None:
 
 
 def save_sae(sae: TrainingSAE, folder: str | Path, log_sparsity_F: torch.Tensor | None = None) -> Path:
-    """Save the inference form of a training SAE in SAELens' format, atomically (whole folder).
+    """Save the inference form of a training SAE in SAELens' format, replacing the folder by renames.
 
-    A topk SAE trained with decoder-norm rescaling has the norms folded in; a batchtopk SAE is
-    saved as the JumpReLU SAE it becomes at inference, as sae-lens' own trainer does.
+    The new SAE is written whole under a temporary name, the old folder is renamed aside, the new
+    one renamed in, and the old folder's other files (checkpoints, metrics) moved over before the
+    old SAE is deleted: at every instant one complete SAE exists, and `recover_sae_folder` finishes
+    or undoes a save that a kill interrupted. A topk SAE trained with decoder-norm rescaling has the
+    norms folded in; a batchtopk SAE is saved as the JumpReLU SAE it becomes at inference, as
+    sae-lens' own trainer does.
     """
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    sae.save_inference_model(tmp)
+    if folder.exists() and not folder.is_dir():
+        raise SAEError(f"{folder} is a file, not a folder: the SAE cannot be saved there")
+    recover_sae_folder(folder)
+    new = partial_path_for(folder)
+    sae.save_inference_model(new)
+    fault_point("save_sae.weights_written")
     if log_sparsity_F is not None:
-        save_file({"sparsity": log_sparsity_F.detach().float().cpu().contiguous()}, str(tmp / SPARSITY_FILENAME))
-    keep = [p for p in folder.iterdir() if p.name not in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME,
-                                                           SPARSITY_FILENAME)] if folder.exists() else []
-    for p in keep:  # checkpoints, metrics and the like live beside the SAE files
-        os.replace(p, tmp / p.name)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+        save_file({"sparsity": log_sparsity_F.detach().float().cpu().contiguous()}, str(new / SPARSITY_FILENAME))
+    fault_point("save_sae.new_complete")
+    if folder.exists():
+        os.replace(folder, aside_path_for(folder))
+        fault_point("save_sae.old_aside")
+    os.replace(new, folder)
+    fault_point("save_sae.new_in")
+    _retire_aside(folder)
+    return folder
+
+
+def partial_path_for(folder: Path) -> Path:
+    """Where save_sae writes the new folder before renaming it in."""
+    return folder.with_name(f".{folder.name}.partial")
+
+
+def aside_path_for(folder: Path) -> Path:
+    """Where save_sae keeps the old folder while the new one is renamed in."""
+    return folder.with_name(f".{folder.name}.old")
+
+
+def recover_sae_folder(folder: str | Path) -> None:
+    """Finish or undo a save_sae that a kill interrupted, so that `folder` holds all its files again.
+
+    Only for writers (save_sae, training): a reader would race a live save. Readers use `sae_files_folder`.
+    """
+    folder = Path(folder)
+    new, aside = partial_path_for(folder), aside_path_for(folder)
+    if aside.exists() and new.exists():  # killed between renaming the old folder aside and the new one in
+        if folder.exists():  # recreated meanwhile: keep what was put there too
+            _move_entries(folder, new)
+            shutil.rmtree(folder)
+        os.replace(new, folder)
+    _retire_aside(folder)
+    shutil.rmtree(new, ignore_errors=True)  # an unfinished write; the old folder was never touched
+
+
+def _retire_aside(folder: Path) -> None:
+    """Move the old folder's checkpoints, metrics and the like into the new one, then delete the old SAE."""
+    aside = aside_path_for(folder)
+    if not aside.exists():
+        return
+    if not folder.exists():  # only outside meddling gets here: the old folder is the best there is
+        os.replace(aside, folder)
+        return
+    _move_entries(aside, folder, skip=SAE_FILES)
+    shutil.rmtree(aside)
+
+
+def _move_entries(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
+    """Rename every entry of src into dst, except those named in skip or already in dst."""
+    for p in sorted(src.iterdir()):
+        if p.name not in skip and not (dst / p.name).exists():
+            os.replace(p, dst / p.name)
+            fault_point("save_sae.entry_moved")
+
+
+def sae_files_folder(folder: Path) -> Path:
+    """Where the SAE of `folder` is readable now: the folder itself, or the complete new folder of a
+    save_sae killed between its two renames (reading never renames, so it cannot race a live save)."""
+    new, aside = partial_path_for(folder), aside_path_for(folder)
+    if not (folder / SAE_WEIGHTS_FILENAME).exists() and aside.exists() and new.exists():
+        return new
     return folder
 
 
@@ -258,18 +324,18 @@ class LoadedSAE:
     log_sparsity: torch.Tensor | None
 
 
-def is_sae_folder(path: str | Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / SAE_CFG_FILENAME).exists()
-
-
 def check_sae_folder(folder: Path) -> None:
     """Refuse folders without safetensors weights; never fall back to pickled files."""
+    if folder.exists() and not folder.is_dir():
+        raise SAEError(f"{folder} is a file, not an SAE folder (SAELens format: a folder holding "
+                       f"{SAE_CFG_FILENAME} and {SAE_WEIGHTS_FILENAME})")
     if not folder.is_dir():
         raise SAEError(f"SAE folder {folder} does not exist")
     weights = folder / SAE_WEIGHTS_FILENAME
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if not weights.exists():
-        found = f"; it holds pickled files {pickles}, which saekit never unpickles" if pickles else ""
+        found = (f"; it holds pickled files {pickles}, which saekit never unpickles: it reads only safetensors"
+                 if pickles else "")
         raise SAEError(f"{folder} has no {SAE_WEIGHTS_FILENAME}{found}. Convert the SAE to SAELens' "
                        f"format (cfg.json + {SAE_WEIGHTS_FILENAME}) first")
     if not (folder / SAE_CFG_FILENAME).exists():
@@ -287,13 +353,9 @@ def load_sae(release_or_path: str | Path, sae_id: str | None = None, model=None,
     With `model`, the SAE's d_in and hook are checked against it (`check_against_model`).
     """
     path = Path(str(release_or_path)).expanduser()
-    if path.exists() or str(release_or_path).startswith((".", "/", "~")):
-        check_sae_folder(path)
-        try:
-            sae = SAE.load_from_disk(path, device=device, dtype=dtype)
-        except (KeyError, ValueError, TypeError) as e:
-            raise SAEError(f"cannot load the SAE in {path}: {e}") from e
-        sparsity = _read_sparsity(path)
+    folder = sae_files_folder(path)
+    if folder.exists() or str(release_or_path).startswith((".", "/", "~")):
+        sae, sparsity = _load_from_folder(folder, device, dtype)
         source = str(path)
     else:
         sae, sparsity = _load_from_registry(str(release_or_path), sae_id, device, dtype or "float32")
@@ -304,11 +366,33 @@ def load_sae(release_or_path: str | Path, sae_id: str | None = None, model=None,
     return loaded
 
 
-def _read_sparsity(folder: Path) -> torch.Tensor | None:
-    from safetensors.torch import load_file
-
+def _load_from_folder(folder: Path, device: str, dtype: str | None) -> tuple[SAE, torch.Tensor | None]:
+    """The SAE and its log sparsity from a SAELens folder; unreadable files are SAEErrors naming the file."""
+    check_sae_folder(folder)
+    try:
+        sae = SAE.load_from_disk(folder, device=device, dtype=dtype)
+    except SafetensorError as e:
+        raise SAEError(f"{folder / SAE_WEIGHTS_FILENAME} is truncated or corrupt ({e}); "
+                       "save or download the SAE again") from e
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise SAEError(f"cannot load the SAE in {folder}: {e}") from e
+    check_finite_weights(sae, folder / SAE_WEIGHTS_FILENAME)
     path = folder / SPARSITY_FILENAME
-    return load_file(str(path)).get("sparsity") if path.exists() else None
+    if not path.exists():
+        return sae, None
+    try:
+        return sae, load_file(str(path)).get("sparsity")
+    except SafetensorError as e:
+        raise SAEError(f"{path} is truncated or corrupt ({e}); delete it or save the SAE again") from e
+
+
+def check_finite_weights(sae: SAE, where: str | Path) -> None:
+    """Refuse an SAE with NaN or inf weights: every feature read through it would be NaN."""
+    for name, t in sae.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise SAEError(f"{where}: tensor {name!r} holds {bad} NaN/inf values; the SAE is unusable "
+                           "(retrain it or restore a good copy)")
 
 
 def _load_from_registry(release: str, sae_id: str | None, device: str, dtype: str):
@@ -331,6 +415,7 @@ def _load_from_registry(release: str, sae_id: str | None, device: str, dtype: st
         why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hugging Face hub is unreachable"
         raise SAEError(f"cannot download {release}/{sae_id}: {why}. Pass a local SAELens folder instead")
     sae, _, sparsity = SAE.from_pretrained_with_cfg_and_sparsity(release, sae_id, device=device, dtype=dtype)
+    check_finite_weights(sae, f"release {release!r}, SAE {sae_id!r}")
     return sae, sparsity
 
 
@@ -365,11 +450,6 @@ def check_against_model(loaded: LoadedSAE | SAE, model, hook: str | None = None)
     if sae.cfg.d_in != width:
         raise SAEError(f"SAE d_in is {sae.cfg.d_in} but {where} is {width}: this SAE was trained on "
                        f"another model or hook (SAE model: {sae.cfg.metadata.model_name!r})")
-
-
-def sae_hook(loaded: LoadedSAE | SAE) -> str | None:
-    sae = loaded.sae if isinstance(loaded, LoadedSAE) else loaded
-    return sae.cfg.metadata.hook_name
 
 
 def describe(loaded: LoadedSAE) -> dict[str, Any]:

@@ -142,9 +142,11 @@ class StudyRun:
         return summarize(Path(hcfg.out))
 
     def _train(self, tcfg, key: str, tick) -> dict[str, Any]:
+        from saekit.sae import recover_sae_folder
         from saekit.train import list_checkpoints, read_metrics, train_sae
 
         out = Path(tcfg.out)
+        recover_sae_folder(out)  # a kill inside save_sae can leave the stamp in its aside folder
         stamp = out / "study_key.json"
         same = stamp.exists() and json.loads(stamp.read_text()).get("key") == key
         if out.exists() and not same:

@@ -27,18 +27,19 @@ import math
 import os
 import shutil
 import time
-from contextlib import contextmanager
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Protocol
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from saekit import __version__
 from saekit import distributed as D
 from saekit.artifacts import atomic_write_json, content_hash
-from saekit.config import load_config, to_dict
+from saekit.config import check_config, load_config, to_dict
 from saekit.corpus import load_corpus
 from saekit.harvest import Activations, check_hooks, forward_capture, load_shard, stop_layer, tokenize
 from saekit.model import DEFAULT_MODEL, load_model, parse_dtype
@@ -58,6 +59,10 @@ class TrainError(RuntimeError):
 
 class TrainingDiverged(TrainError):
     """The loss or gradient became NaN/inf or exploded; the last good checkpoint is kept."""
+
+
+class CorruptCheckpoint(TrainError):
+    """A checkpoint's files cannot be read (truncated or damaged on disk)."""
 
 
 @dataclass
@@ -155,10 +160,22 @@ class TrainConfig:
                 raise ValueError(f"k must be positive, got {self.k}")
             if self.architecture == "topk" and self.k != int(self.k):
                 raise ValueError(f"topk needs a whole k, got {self.k}")
-            if self.d_sae and self.k >= self.d_sae:
-                raise ValueError(f"k ({self.k}) must be less than d_sae ({self.d_sae})")
+            if self.d_sae:
+                self.check_k(self.d_sae)
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("l1_coefficient", "l0_coefficient", "aux_loss_coefficient", "jumprelu_init_threshold",
+                     "lr_end"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_grad_norm", "jumprelu_bandwidth"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_loss_ratio <= 1:
+            raise ValueError(f"max_loss_ratio must exceed 1, got {self.max_loss_ratio}")
         if self.lr_warm_up_steps + self.lr_decay_steps > self.total_steps:
             raise ValueError("lr_warm_up_steps + lr_decay_steps exceed the number of steps")
         if self.checkpoint_every < 0:
@@ -180,6 +197,11 @@ class TrainConfig:
 
     def resolved_d_sae(self, d_in: int) -> int:
         return self.d_sae or self.expansion_factor * d_in
+
+    def check_k(self, d_sae: int, how: str = "") -> None:
+        """TopK needs fewer active latents than latents; with d_sae = 0 that is known only with d_in."""
+        if self.architecture in ("topk", "batchtopk") and self.k >= d_sae:
+            raise ValueError(f"k ({self.k}) must be less than d_sae ({d_sae}{how}); lower k or widen the SAE")
 
 
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
@@ -468,7 +490,11 @@ def estimate_scale(source: ActivationSource, cfg: TrainConfig) -> float:
     """sqrt(d_in) / mean token norm, from the first batches (sae-lens' expected_average_only_in)."""
     batches = source.batches(cfg.batch_size, cfg.seed + 7919)
     norms = torch.cat([next(batches).norm(dim=-1) for _ in range(cfg.n_batches_for_norm_estimate)])
-    return float(source.d_in ** 0.5 / norms.mean())
+    mean = float(norms.mean())
+    if not math.isfinite(mean) or mean == 0:
+        raise TrainError(f"the activations' mean norm is {mean}: they hold NaN/inf or are all zero; "
+                         "check the harvest (rerun it if its shards are damaged)")
+    return source.d_in ** 0.5 / mean
 
 
 def train_step(state: TrainState, batch_BD: torch.Tensor, cfg: TrainConfig) -> StepReport:
@@ -476,6 +502,9 @@ def train_step(state: TrainState, batch_BD: torch.Tensor, cfg: TrainConfig) -> S
     sae = state.sae
     sae.train()
     full_BD = batch_BD.to(cfg.device, parse_dtype(cfg.dtype))
+    if not bool(torch.isfinite(full_BD).all()):
+        raise TrainingDiverged(f"the activations of step {state.step} hold NaN or inf: the activation source "
+                               "is damaged (rerun the harvest, or check where the activations come from)")
     if state.scale is not None:
         full_BD = full_BD * state.scale
     x_BD = D.local_rows(full_BD)  # this rank's share of the global batch (all of it for one process)
@@ -621,14 +650,28 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 
 def load_checkpoint(state: TrainState, cfg: TrainConfig, path: Path) -> None:
-    """Restore SAE, optimizer, firing statistics and step from a checkpoint folder."""
-    meta = json.loads((path / CKPT_STATE).read_text())
-    if meta["identity"] != config_identity(cfg):
-        old = meta["config"]
+    """Restore SAE, optimizer, firing statistics and step from a checkpoint folder.
+
+    Unreadable files raise CorruptCheckpoint; a checkpoint of another config raises TrainError.
+    """
+    try:
+        meta = json.loads((path / CKPT_STATE).read_text())
+        tensors = load_file(str(path / CKPT_TENSORS))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({e})") from e
+    if meta.get("identity") != config_identity(cfg):
+        old = meta.get("config", {})
         diff = sorted(k for k, v in to_dict(cfg).items() if old.get(k) != v)
         raise TrainError(f"checkpoint {path} was written with a different config (differs in {diff}); "
                          "resume with the same config or train into another out folder")
-    tensors = load_file(str(path / CKPT_TENSORS))
+    try:
+        _apply_checkpoint(state, meta, tensors)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CorruptCheckpoint(f"checkpoint {path} is incomplete ({type(e).__name__}: {e})") from e
+    state.last_checkpoint = path
+
+
+def _apply_checkpoint(state: TrainState, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
     S.load_training_state(state.sae, {k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
     opt_state: dict[int, dict] = {}
     for k, v in tensors.items():
@@ -641,7 +684,26 @@ def load_checkpoint(state: TrainState, cfg: TrainConfig, path: Path) -> None:
     state.step, state.tokens = meta["step"], meta["tokens"]
     state.scale, state.first_loss = meta["scale"], meta["first_loss"]
     state.window_tokens = meta["window_tokens"]
-    state.last_checkpoint = path
+
+
+def resume_from_latest(state: TrainState, cfg: TrainConfig, checkpoints: list[Path]) -> Path:
+    """Load the newest readable checkpoint, skipping damaged ones with a warning.
+
+    The data order is a pure function of the step, so resuming from an older checkpoint only
+    repeats some steps and still ends at the uninterrupted run's weights.
+    """
+    skipped = []
+    for path in reversed(checkpoints):
+        try:
+            load_checkpoint(state, cfg, path)
+        except CorruptCheckpoint as e:
+            skipped.append(str(e))
+            continue
+        if skipped:
+            warnings.warn(f"{'; '.join(skipped)}; resuming from the older {path} instead", stacklevel=2)
+        return path
+    raise TrainError(f"no checkpoint can be read: {'; '.join(skipped)}. Delete {checkpoints[0].parent} "
+                     "to train from scratch")
 
 
 # ---------------------------------------------------------------------------- the run
@@ -669,11 +731,16 @@ def train_sae(cfg: TrainConfig, activations=None, model=None,
     `progress(report)` is called after every step. With `resume`, training continues from the last
     checkpoint in cfg.out; without it, a folder holding checkpoints is refused.
     """
-    cfg.validate()
+    check_config(cfg, "train config")
     D.setup(cfg.device)
     if cfg.batch_size % D.world():
         raise TrainError(f"batch_size {cfg.batch_size} does not split evenly over {D.world()} processes")
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"out {out} is a file, not a folder; choose another out folder")
+    if D.is_main():  # a kill inside save_sae may have left the checkpoints in its aside folder
+        S.recover_sae_folder(out)
+    D.barrier()
     existing = list_checkpoints(out)
     if existing and not resume:
         raise TrainError(f"{out} holds checkpoints of an earlier run (last: {existing[-1].name}); "
@@ -681,9 +748,13 @@ def train_sae(cfg: TrainConfig, activations=None, model=None,
     source = open_source(cfg, activations, model)
     if model is None and isinstance(source, StreamSource):
         model = source.model
+    try:
+        cfg.check_k(cfg.resolved_d_sae(source.d_in), f" = expansion_factor {cfg.expansion_factor} x d_in {source.d_in}")
+    except ValueError as e:
+        raise TrainError(str(e)) from e
     state = init_state(cfg, source.d_in)
     if resume and existing:
-        load_checkpoint(state, cfg, existing[-1])
+        resume_from_latest(state, cfg, existing)
     if cfg.normalize_activations == "expected_average_only_in" and state.scale is None:
         state.scale = estimate_scale(source, cfg)
     logger = _wandb_logger(cfg) if D.is_main() else None
@@ -696,16 +767,17 @@ def train_sae(cfg: TrainConfig, activations=None, model=None,
         except TrainingDiverged as e:
             kept = state.last_checkpoint or (list_checkpoints(out) or [None])[-1]
             where = f"the last good checkpoint {kept} is kept" if kept else "no checkpoint was written yet"
-            raise TrainingDiverged(f"{e}; training stopped ({where}). Lower lr or check the activations") from e
+            raise TrainingDiverged(f"{e}; training stopped ({where}). Check the activations' scale (mean norm; "
+                                   "normalize_activations = \"expected_average_only_in\" rescales them), then lower "
+                                   "lr or max_grad_norm") from e
         report.tokens_per_s = (state.tokens - start_tokens) / max(time.perf_counter() - started, 1e-9)
         if progress is not None:
             progress(report)
         if logger is not None and state.step % cfg.log_every == 0:
             logger(report)
-        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.total_steps:
-            _save_on_main(state, cfg, out)
+        if state.step == cfg.total_steps or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
+            _save_on_main(state, cfg, out)  # the last one lets a run killed while saving the SAE finish
     elapsed = time.perf_counter() - started
-    _save_on_main(state, cfg, out)
     if D.is_main():
         finish(state, cfg, source, out, model, elapsed, state.tokens - start_tokens)
     D.barrier()
@@ -773,26 +845,3 @@ def _wandb_logger(cfg: TrainConfig):
         run.log({"loss": r.loss, "mse": r.mse, "l0": r.l0, "explained_variance": r.explained_variance,
                  "lr": r.lr, "dead_fraction": r.dead_fraction, "tokens_per_s": r.tokens_per_s}, step=r.step)
     return log
-
-
-@contextmanager
-def rich_progress(cfg: TrainConfig, console=None):
-    """A rich progress bar over training tokens showing loss, L0, explained variance and tokens/s.
-
-        with rich_progress(cfg) as bar:
-            train_sae(cfg, progress=bar)
-    """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} tok"),
-                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                   console=console, transient=False)
-    task = bar.add_task("train", total=cfg.total_steps * cfg.batch_size, stats="")
-
-    def update(r: StepReport) -> None:
-        stats = (f"loss {r.loss:.4g}  L0 {r.l0:.1f}  EV {r.explained_variance:.3f}  "
-                 f"dead {r.dead_fraction:.1%}  {r.tokens_per_s:,.0f} tok/s")
-        bar.update(task, completed=r.tokens, stats=stats)
-
-    with bar:
-        yield update

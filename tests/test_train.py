@@ -169,7 +169,7 @@ class Poisoned:
         return []
 
 
-@pytest.mark.parametrize("how,match", [(lambda b: b * float("nan"), "loss is nan"),
+@pytest.mark.parametrize("how,match", [(lambda b: b * float("nan"), "activations of step 13 hold NaN"),
                                        (lambda b: b * 1e4, "exploded")])
 def test_bad_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, how, match):
     src, _ = source(2000)
