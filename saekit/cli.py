@@ -24,10 +24,6 @@ console = Console(stderr=True)
 out_console = Console()
 
 
-class UserError(Exception):
-    pass
-
-
 def _fail(e: Exception) -> None:
     console.print("[bold red]error:[/]", escape(str(e)), soft_wrap=True)
     raise typer.Exit(2)
@@ -39,7 +35,7 @@ def _errors():
     from saekit.harvest import HarvestError
     from saekit.model import ModelLoadError
 
-    return (ConfigError, CorpusError, HarvestError, ModelLoadError, UserError, FileNotFoundError)
+    return (ConfigError, CorpusError, HarvestError, ModelLoadError, FileNotFoundError)
 
 
 def _config(cls, path: Path | None, overrides: dict):
@@ -205,9 +201,11 @@ def rank(
 
 
 def _rank(cfg, Database, run_rank):
+    from saekit.db import check_database_path
     from saekit.harvest import Activations
     from saekit.model import load_model
 
+    check_database_path(cfg.db)  # a wrong --db is refused before the model loads
     acts = Activations.open(cfg.activations)
     model = load_model(acts.manifest["model"])
     loaded = None
@@ -227,31 +225,34 @@ def query(
     csv: Annotated[Optional[Path], typer.Option(help="Write the result as CSV here.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON here.")] = None,
     parquet: Annotated[Optional[Path], typer.Option(help="Write the result as Parquet here.")] = None,
-    limit: Annotated[int, typer.Option(help="Rows to print (files get all rows).")] = 50,
+    limit: Annotated[int, typer.Option(min=0, help="Rows to print (files get all rows).")] = 50,
+    allow_file_reads: Annotated[bool, typer.Option(
+        "--allow-file-reads", help="Let the query read other files (read_csv, read_text, glob); writing stays refused.")] = False,
 ) -> None:
     """Run read-only SQL on the feature database; print a table or write CSV, JSON or Parquet."""
-    from saekit.db import DatabaseError, read_only_query, write_table
+    from saekit.db import DatabaseError, head, open_readonly, write_batches
 
+    outputs = {fmt: path for fmt, path in (("csv", csv), ("json", json_out), ("parquet", parquet)) if path}
     try:
-        table = read_only_query(sql, db)
-        written = []
-        for fmt, path in (("csv", csv), ("json", json_out), ("parquet", parquet)):
-            if path:
-                write_table(table, path, fmt)
-                written.append(str(path))
+        with open_readonly(db, allow_files=allow_file_reads) as d:
+            if outputs:
+                rows = write_batches(d.stream(sql), outputs)
+            else:
+                table, more = head(d.stream(sql, batch_rows=limit + 1), limit)
     except DatabaseError as e:
         _fail(e)
-    if written:
-        console.print(f"wrote {table.num_rows} rows to {', '.join(written)}")
+    if outputs:
+        console.print(f"wrote {rows} rows to {', '.join(map(str, outputs.values()))}", markup=False)
         return
     out = Table(show_lines=False)
     for name in table.column_names:
         out.add_column(name)
-    for row in table.slice(0, limit).to_pylist():
+    for row in table.to_pylist():
         out.add_row(*[_cell(v) for v in row.values()])
     out_console.print(out)
-    if table.num_rows > limit:
-        console.print(f"({table.num_rows} rows, {limit} shown; --limit or --csv for more)")
+    if more:
+        console.print(f"(more than {limit} rows; --limit N to show more, --csv/--json/--parquet to export all)",
+                      soft_wrap=True)
 
 
 def _cell(v) -> str:
@@ -321,7 +322,7 @@ def experiment_report(
 
     try:
         summary = report(experiment, db_path=db, out_dir=out)
-    except (DatabaseError, ExperimentError) as e:
+    except (DatabaseError, ExperimentError, ValueError) as e:  # ValueError: report's "no experiment ..."
         _fail(e)
     table = Table(title=summary["title"])
     for c in summary["columns"]:
@@ -345,7 +346,7 @@ def study(
     config: Annotated[Path, typer.Argument(help="Study TOML (see analysis/study.toml).")] = Path("analysis/study.toml"),
 ) -> None:
     """The main job: harvest, train the SAE, rank, run experiments, write the report; finished steps are skipped."""
-    from saekit.db import DatabaseError
+    from saekit.db import DatabaseError, check_database_path
     from saekit.sae import SAEError
     from saekit.experiments import ExperimentError
     from saekit.study import load_study_config, run_study
@@ -354,6 +355,7 @@ def study(
     started = time.perf_counter()
     try:
         cfg = load_study_config(config)
+        check_database_path(cfg.db)  # before hours of harvesting and training, not at the ranking step
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                       TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console) as bar:
             overall = bar.add_task("study", total=None, note="")

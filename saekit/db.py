@@ -2,9 +2,11 @@
 
 One DuckDB file (default artifacts/saekit.duckdb, or $SAEKIT_DB) with the schema in schema.sql,
 documented in analysis/SCHEMA.md. Results are written with `replace`, which deletes the rows of
-the same scope and inserts the new ones in one transaction, so a crash mid-write leaves the
-previous rows intact. DuckDB allows one writing process per file; a second one gets a clear
-`DatabaseBusy` error after a short wait instead of a corrupt file.
+the same scope and inserts the new ones in one transaction; a command's writes all go through
+`Database.run`, one transaction with the run's 'done' mark, so a crash mid-write leaves the
+previous rows intact and the run is marked 'failed' by the next writer. DuckDB allows one writing
+process per file; a second one gets a clear `DatabaseBusy` error after a short wait instead of a
+corrupt file. User SQL goes through `open_readonly`, a handle that cannot write anything.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import json
 import os
 import platform
 import re
+import socket
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -26,6 +29,16 @@ import duckdb
 from saekit.artifacts import artifacts_dir
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
+EXPLAINABLE_STATEMENTS = {"SELECT", "PRAGMA"}
+"""What EXPLAIN may wrap: EXPLAIN ANALYZE runs its statement, so COPY, INSTALL, ... under it would write."""
+
+SANDBOX = {"enable_external_access": False, "autoinstall_known_extensions": False,
+           "autoload_known_extensions": False, "lock_configuration": True}
+"""Connection settings for user SQL: no files or network beyond the database, no extensions,
+and no SET to undo it. Read-only opening alone still lets COPY ... TO and read_text() through."""
+
+DUCKDB_MAGIC = b"DUCK"
+"""Bytes 8-11 of every DuckDB database file."""
 
 
 class DatabaseError(RuntimeError):
@@ -56,13 +69,37 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _open(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
+def check_database_path(path: str | Path | None, must_exist: bool = False) -> Path:
+    """The database path, refused early when it is a folder or a file that is not a DuckDB database.
+
+    DuckDB itself would open a CSV as an in-memory database (so nothing gets written) and give
+    obscure errors for the rest; a missing file is created by writers and refused for readers.
+    """
+    path = Path(path) if path else default_path()
+    if path.is_dir():
+        raise DatabaseError(f"database path {path} is a folder; give a file, e.g. {path / 'saekit.duckdb'}")
+    if not path.exists():
+        if must_exist:
+            raise DatabaseError(f"no database at {path}; run `saekit study` (or a ranking) to create it")
+        return path
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError as e:
+        raise DatabaseError(f"cannot read the database {path}: {e}") from e
+    if head[8:12] != DUCKDB_MAGIC:
+        raise DatabaseError(f"{path} exists but is not a DuckDB database; give a .duckdb file, or a new path "
+                            "to create one (--db or $SAEKIT_DB)")
+    return path
+
+
+def _open(path: Path, read_only: bool, wait_s: float, config: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as e:
-            if "lock" not in str(e).lower():
+            return duckdb.connect(str(path), read_only=read_only, config=dict(config))
+        except duckdb.Error as e:
+            if not isinstance(e, duckdb.IOException) or "lock" not in str(e).lower():
                 raise DatabaseError(f"cannot open {path}: {e}") from e
             if time.monotonic() >= deadline:
                 holder = re.search(r"PID (\d+)", str(e))
@@ -74,21 +111,37 @@ def _open(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnecti
             time.sleep(0.2)
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 class Database:
     """A connection to the feature database, with run bookkeeping and transactional replacement."""
 
-    def __init__(self, path: str | Path | None = None, read_only: bool = False, wait_s: float = 10.0):
-        self.path = Path(path) if path else default_path()
-        if read_only and not self.path.exists():
-            raise DatabaseError(f"no database at {self.path}; run `saekit study` (or a ranking) to create it")
+    def __init__(self, path: str | Path | None = None, read_only: bool = False, wait_s: float = 10.0,
+                 config: Mapping[str, Any] | None = None):
+        self.path = check_database_path(path, must_exist=read_only)
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.read_only = read_only
-        self.con = _open(self.path, read_only, wait_s)
+        self._in_transaction = False
+        self._streams: list = []
+        self.con = _open(self.path, read_only, wait_s, config or {})
         if not read_only:
             self._exec(schema_sql())
+            self._fail_dead_runs()
 
     def close(self) -> None:
+        """Close the connection and any result still streaming: an open stream keeps DuckDB's
+        instance of the file alive, and a later open with other settings would be refused."""
+        for reader in self._streams:
+            reader.close()
         self.con.close()
 
     def __enter__(self) -> "Database":
@@ -104,28 +157,61 @@ class Database:
     # ------------------------------------------------------------------ runs
 
     def start_run(self, kind: str, config: Mapping[str, Any] | None = None, run_id: str | None = None) -> str:
+        """Record a run as 'running', with this process's pid and host so a killed run can be found."""
         run_id = run_id or f"{kind}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
         self._exec(
-            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, NULL, 'running')",
+            "INSERT OR REPLACE INTO runs (run_id, kind, config, versions, started_at, status, pid, host) "
+            "VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
             [run_id, kind, json.dumps(config or {}, default=str), json.dumps(package_versions()),
-             dt.datetime.now(dt.UTC).replace(tzinfo=None)],
+             dt.datetime.now(dt.UTC).replace(tzinfo=None), os.getpid(), socket.gethostname()],
         )
         return run_id
 
     def finish_run(self, run_id: str, status: str = "done") -> None:
         self._exec("UPDATE runs SET finished_at = ?, status = ? WHERE run_id = ?",
-                         [dt.datetime.now(dt.UTC).replace(tzinfo=None), status, run_id])
+                   [dt.datetime.now(dt.UTC).replace(tzinfo=None), status, run_id])
+
+    @contextmanager
+    def run(self, kind: str, config: Mapping[str, Any] | None = None) -> Iterator[str]:
+        """A run whose writes and 'done' mark land in one transaction, or not at all.
+
+        The 'running' row is committed first: an exception marks it 'failed' at once, a killed
+        process leaves it for the next writer to mark 'failed' (see _fail_dead_runs).
+        """
+        run_id = self.start_run(kind, config)
+        try:
+            with self.transaction():
+                yield run_id
+                self.finish_run(run_id)
+        except BaseException:
+            self.finish_run(run_id, "failed")
+            raise
+
+    def _fail_dead_runs(self) -> None:
+        """Mark 'failed' the runs started on this host whose process is gone (killed mid-run)."""
+        rows = self.sql("SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ? AND pid IS NOT NULL",
+                        [socket.gethostname()])
+        for run_id, pid in rows:
+            if not _process_alive(pid):
+                self.finish_run(run_id, "failed")
 
     # ------------------------------------------------------------------ writing
 
     @contextmanager
     def transaction(self) -> Iterator["Database"]:
+        """One transaction; a nested call joins the outer one, so `replace` works inside `run`."""
+        if self._in_transaction:
+            yield self
+            return
         self.con.begin()
+        self._in_transaction = True
         try:
             yield self
         except BaseException:
             self.con.rollback()
             raise
+        finally:
+            self._in_transaction = False
         self.con.commit()
 
     def delete(self, table: str, where: Mapping[str, Any]) -> None:
@@ -167,6 +253,24 @@ class Database:
         """All rows of a query (fetched at once: DuckDB refuses new work while a result is open)."""
         return self.con.execute(query, params or []).fetchall()
 
+    def stream(self, sql: str, batch_rows: int = 65_536):
+        """The rows of one read-only statement as a pyarrow RecordBatchReader: nothing is materialised.
+
+        Writing statements are refused first (see check_read_only); errors arise as DatabaseError.
+        """
+        import pyarrow as pa
+
+        check_read_only(self.con, sql)
+        try:
+            rel = self.con.sql(sql)
+            if rel is None:
+                return pa.RecordBatchReader.from_batches(pa.schema([]), [])
+            reader = rel.to_arrow_reader(batch_rows)
+        except duckdb.Error as e:
+            raise _query_failed(e) from e
+        self._streams.append(reader)
+        return pa.RecordBatchReader.from_batches(reader.schema, _as_database_errors(reader))
+
     def scalar(self, query: str, params: Sequence | None = None) -> Any:
         rows = self.sql(query, params)
         return rows[0][0] if rows else None
@@ -189,39 +293,154 @@ class Database:
             raise DatabaseError(f"bad table name {table!r}")
 
 
-def read_only_query(sql: str, path: str | Path | None = None):
-    """Run one read-only statement and return a pyarrow Table; writing statements are refused."""
-    db = Database(path, read_only=True)
+# ---------------------------------------------------------------------------- user SQL
+
+
+def open_readonly(path: str | Path | None = None, allow_files: bool = False) -> Database:
+    """The handle for user SQL (`saekit query`, notebooks, the browser): nothing it runs can write.
+
+    The file is opened read-only with the SANDBOX settings. allow_files lets queries read other
+    files (read_csv, glob); statements that write files stay refused by `Database.stream`.
+    """
+    return Database(path, read_only=True, config=dict(SANDBOX, enable_external_access=allow_files))
+
+
+def _statement_kind(con: duckdb.DuckDBPyConnection, sql: str) -> str:
     try:
-        try:
-            statements = db.con.extract_statements(sql)
-        except duckdb.Error as e:
-            raise DatabaseError(f"cannot parse the query: {e}") from e
-        if len(statements) != 1:
-            raise DatabaseError(f"give exactly one statement, got {len(statements)}")
-        kind = statements[0].type.name
-        if kind not in READ_ONLY_STATEMENTS:
-            raise DatabaseError(f"refused: {kind} statements write to the database; `saekit query` is read-only "
-                                "(use SELECT)")
-        try:
-            return db.con.sql(sql).to_arrow_table()
-        except duckdb.Error as e:
-            raise DatabaseError(f"query failed: {e}") from e
-    finally:
-        db.close()
+        statements = con.extract_statements(sql)
+    except duckdb.Error as e:
+        raise DatabaseError(f"cannot parse the query: {e}") from e
+    if len(statements) != 1:
+        raise DatabaseError(f"give exactly one statement, got {len(statements)}")
+    return statements[0].type.name
 
 
-def write_table(table, path: Path, fmt: str) -> None:
-    """Write a pyarrow Table as csv, json (records) or parquet."""
+def _explained(sql: str) -> str:
+    """The statement an EXPLAIN wraps: what follows EXPLAIN, ANALYZE and an option list, comments skipped."""
+    tokens = duckdb.tokenize(sql)
+    ends = [pos for pos, _ in tokens[1:]] + [len(sql)]
+    depth = 0
+    for (pos, kind), end in zip(tokens, ends):
+        text = sql[pos:end].strip().upper()
+        if kind == duckdb.token_type.operator:
+            depth += text.count("(") - text.count(")")
+        elif kind != duckdb.token_type.comment and depth == 0 and text not in ("EXPLAIN", "ANALYZE", "ANALYSE"):
+            return sql[pos:]
+    return ""
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse anything but one SELECT or PRAGMA, or an EXPLAIN of one (EXPLAIN ANALYZE runs it)."""
+    kind, allowed, where = _statement_kind(con, sql), READ_ONLY_STATEMENTS, ""
+    if kind == "EXPLAIN":
+        kind, allowed, where = _statement_kind(con, _explained(sql)), EXPLAINABLE_STATEMENTS, " (under EXPLAIN)"
+    if kind not in allowed:
+        raise DatabaseError(f"refused: {kind} statements{where}: queries are read-only and run only SELECT, "
+                            "PRAGMA, or EXPLAIN of those")
+
+
+def _query_failed(e: Exception) -> DatabaseError:
+    hint = ("; reading other files is off (saekit query --allow-file-reads, or open_readonly(allow_files=True))"
+            if "disabled by configuration" in str(e) else "")
+    return DatabaseError(f"query failed: {e}{hint}")
+
+
+def _as_database_errors(reader) -> Iterator:
+    """The reader's batches, with a failure part-way through the query raised as a DatabaseError."""
+    try:
+        yield from reader
+    except (duckdb.Error, OSError) as e:
+        raise _query_failed(e) from e
+
+
+def read_only_query(sql: str, path: str | Path | None = None, allow_files: bool = False):
+    """Run one read-only statement and return all its rows as a pyarrow Table (see open_readonly)."""
+    with open_readonly(path, allow_files) as db:
+        return db.stream(sql).read_all()
+
+
+def head(reader, n: int):
+    """The first n rows of a stream as a pyarrow Table, and whether more follow; reads no further."""
+    import pyarrow as pa
+
+    batches, rows = [], 0
+    for batch in reader:
+        batches.append(batch)
+        rows += batch.num_rows
+        if rows > n:
+            break
+    return pa.Table.from_batches(batches, schema=reader.schema).slice(0, n), rows > n
+
+
+EXPORT_FORMATS = ("csv", "json", "parquet")
+
+
+class _JsonRecordsWriter:
+    """A JSON list of row objects, written batch by batch."""
+
+    def __init__(self, path: Path, schema) -> None:
+        self.f = open(path, "w", encoding="utf-8")
+        self.sep = "[\n"
+
+    def write_batch(self, batch) -> None:
+        for row in batch.to_pylist():
+            self.f.write(self.sep + json.dumps(row, default=str))
+            self.sep = ",\n"
+
+    def __enter__(self) -> "_JsonRecordsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.write("[]\n" if self.sep == "[\n" else "\n]\n")
+        self.f.close()
+
+
+def _writer(fmt: str, path: Path, schema):
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
+    return {"csv": pacsv.CSVWriter, "json": _JsonRecordsWriter, "parquet": pq.ParquetWriter}[fmt](path, schema)
+
+
+def _export_path(path: str | Path) -> Path:
+    """An export file's path, checked before any row is read: a folder is refused, missing parents made."""
     path = Path(path)
-    if fmt == "csv":
-        pacsv.write_csv(table, path)
-    elif fmt == "parquet":
-        pq.write_table(table, path)
-    elif fmt == "json":
-        path.write_text(json.dumps(table.to_pylist(), indent=1, default=str) + "\n")
-    else:
-        raise DatabaseError(f"unknown output format {fmt!r}; choose csv, json or parquet")
+    if path.is_dir():
+        raise DatabaseError(f"{path} is a folder; give a file name for the result, e.g. {path / 'result.csv'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatabaseError(f"cannot create the folder {path.parent} for {path}: {e.strerror}") from e
+    return path
+
+
+def write_batches(reader, outputs: Mapping[str, str | Path]) -> int:
+    """Stream a result into csv, json (records) or parquet files, all in one pass; returns the rows.
+
+    Each file is written under a temporary name and renamed at the end, so a failed query leaves
+    any previous file of that name as it was.
+    """
+    import pyarrow as pa
+
+    unknown = set(outputs) - set(EXPORT_FORMATS)
+    if unknown:
+        raise DatabaseError(f"unknown output format {sorted(unknown)}; choose from {EXPORT_FORMATS}")
+    paths = {fmt: _export_path(p) for fmt, p in outputs.items()}
+    partial = {fmt: p.with_name(f".{p.name}.partial") for fmt, p in paths.items()}
+    rows = 0
+    try:
+        with ExitStack() as stack:
+            writers = [stack.enter_context(_writer(fmt, partial[fmt], reader.schema)) for fmt in paths]
+            for batch in reader:
+                for w in writers:
+                    w.write_batch(batch)
+                rows += batch.num_rows
+        for fmt, p in paths.items():
+            os.replace(partial[fmt], p)
+    except (OSError, pa.ArrowException) as e:
+        hint = "; CSV holds no list or struct columns: use --json or --parquet" if "Unsupported Type" in str(e) else ""
+        raise DatabaseError(f"cannot write {', '.join(map(str, paths.values()))}: {e}{hint}") from e
+    finally:
+        for tmp in partial.values():
+            tmp.unlink(missing_ok=True)
+    return rows

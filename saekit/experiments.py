@@ -160,6 +160,8 @@ class ExperimentSpec:
                 raise ValueError(f"condition {c.name!r}: give features (indices or 'top N selective for <emotion>') or an emotion")
             if isinstance(c.features, str) and not TOP_RE.match(c.features):
                 raise ValueError(f"condition {c.name!r}: features {c.features!r} should read 'top N selective for <emotion>'")
+            if isinstance(c.features, str) and int(TOP_RE.match(c.features).group(1)) < 1:
+                raise ValueError(f"condition {c.name!r}: {c.features!r} selects no features; N must be at least 1")
         for name in ("controls", "norm_texts", "n_bootstrap", "trace_features"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from saekit import features as Fe
+from saekit.artifacts import fault_point
 from saekit.config import to_dict
 from saekit.corpus import NEUTRAL, emotion_table
 from saekit.db import Database
@@ -257,39 +258,43 @@ def run_rank(cfg: RankConfig, sae=None, model=None, tokenizer=None, db: Database
 
 
 def write_results(db: Database, cfg: RankConfig, acts: Activations, emotions, labels, vec, sae_part, sae, model) -> str:
-    """All rows of one ranking, each table's scope replaced in one transaction, tagged with a run id."""
-    run = db.start_run("rank", to_dict(cfg))
+    """All rows of one ranking, each table's scope replaced, and the run's 'done' mark, in one transaction.
+
+    A crash or kill part-way leaves the previous ranking whole (and this run 'failed', see Database.run).
+    """
     model_id = acts.manifest["model"]
     clusters = emotion_table()
     ratings = read_ratings(cfg.ratings)
-    with db.transaction():
-        db.delete("models", {"model_id": model_id})
-        db.insert("models", [{"model_id": model_id, "source": model_id, "n_layers": acts.manifest["n_layers"],
-                              "d_model": acts.manifest["d_model"], "run_id": run,
-                              "d_vocab": int(model.cfg.d_vocab) if model is not None else None}])
-        db.delete("corpora", {"corpus_id": cfg.corpus_id})
-        db.insert("corpora", [{"corpus_id": cfg.corpus_id, "source": acts.manifest["config"]["corpus"],
-                               "n_records": len(acts.documents), "run_id": run}])
+    with db.run("rank", to_dict(cfg)) as run:
+        db.replace("models", {"model_id": model_id},
+                   [{"model_id": model_id, "source": model_id, "n_layers": acts.manifest["n_layers"],
+                     "d_model": acts.manifest["d_model"], "run_id": run,
+                     "d_vocab": int(model.cfg.d_vocab) if model is not None else None}])
+        db.replace("corpora", {"corpus_id": cfg.corpus_id},
+                   [{"corpus_id": cfg.corpus_id, "source": acts.manifest["config"]["corpus"],
+                     "n_records": len(acts.documents), "run_id": run}])
         for e in emotions:
             db.delete("emotions", {"emotion": e})
         db.insert("emotions", [{"emotion": e, "cluster": clusters.get(e, {}).get("cluster"),
                                 "valence": ratings.get(e, (None, None))[0], "arousal": ratings.get(e, (None, None))[1]}
                                for e in emotions])
-        db.delete("stories", {"corpus_id": cfg.corpus_id})
-        db.insert("stories", _story_rows(acts, cfg.corpus_id, run))
+        db.replace("stories", {"corpus_id": cfg.corpus_id}, _story_rows(acts, cfg.corpus_id, run))
+        fault_point("rank.write_results")
         for hook, v in vec.items():
-            db.delete("emotion_vectors", {"model_id": model_id, "corpus_id": cfg.corpus_id, "hook": hook})
-            db.insert("emotion_vectors", [{"model_id": model_id, "corpus_id": cfg.corpus_id, "hook": hook, "emotion": e,
-                                           "norm": float(v["vectors"][j].norm()), "neutral_pcs": v["neutral_pcs"],
-                                           "vector": v["vectors"][j].tolist(), "run_id": run}
-                                          for j, e in enumerate(emotions)])
-            for method in ("projection_probe", "logistic_probe"):
-                db.insert("probe_results", [_probe_row(run, cfg.corpus_id, hook, None,
-                                                       "vector_projection" if method == "projection_probe" else "vector_logistic",
-                                                       v[method])])
-    if sae_part is None:
-        db.finish_run(run)
-        return run
+            scope = {"model_id": model_id, "corpus_id": cfg.corpus_id, "hook": hook}
+            db.replace("emotion_vectors", scope,
+                       [dict(scope, emotion=e, norm=float(v["vectors"][j].norm()), neutral_pcs=v["neutral_pcs"],
+                             vector=v["vectors"][j].tolist(), run_id=run) for j, e in enumerate(emotions)])
+            for method, key in (("vector_projection", "projection_probe"), ("vector_logistic", "logistic_probe")):
+                db.replace("probe_results", dict(scope, method=method),
+                           [_probe_row(run, model_id, cfg.corpus_id, hook, None, method, v[key])])
+        if sae_part is not None:
+            _write_sae_results(db, run, cfg, model_id, emotions, sae_part, sae)
+    return run
+
+
+def _write_sae_results(db: Database, run: str, cfg: RankConfig, model_id: str, emotions, sae_part, sae) -> None:
+    """The SAE's rows (its features, their statistics, examples, alignments and probe), scope by scope."""
     sae_id = cfg.sae if cfg.sae_id is None else f"{cfg.sae}:{cfg.sae_id}"
     sel, enc, hook = sae_part["sel"], sae_part["enc"], sae_part["hook"]
     scope = {"sae_id": sae_id, "corpus_id": cfg.corpus_id}
@@ -308,28 +313,21 @@ def write_results(db: Database, cfg: RankConfig, acts: Activations, emotions, la
                     "max_activation": enc["peak_F"].tolist(), "run_id": [run] * F}
     if sae_part["lens"] is not None:
         feature_rows["promoted_tokens"], feature_rows["suppressed_tokens"] = sae_part["lens"]
-    with db.transaction():
-        db.delete("saes", {"sae_id": sae_id})
-        db.insert("saes", [dict(_sae_quality(cfg), sae_id=sae_id, model_id=model_id, hook=hook, layer=hook_layer(hook),
-                                architecture=sae.cfg.architecture(), d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae,
-                                path=cfg.sae, run_id=run)])
-        db.delete("features", {"sae_id": sae_id})
-        db.insert("features", feature_rows)
-        db.delete("feature_emotion_stats", scope)
-        db.insert("feature_emotion_stats", stats)
-        db.delete("feature_examples", scope)
-        db.insert("feature_examples", [dict(r, sae_id=sae_id, corpus_id=cfg.corpus_id, run_id=run)
-                                       for r in sae_part["examples"]])
-        db.delete("vector_feature_alignment", scope)
-        rows = []
-        for e, cos in sae_part["align"].items():
-            order = cos.argsort(descending=True)[: 10]
-            rows += [{"sae_id": sae_id, "corpus_id": cfg.corpus_id, "emotion": e, "feature": int(f),
-                      "cosine": float(cos[f]), "alignment_rank": r + 1, "run_id": run} for r, f in enumerate(order)]
-        db.insert("vector_feature_alignment", rows)
-        db.insert("probe_results", [_probe_row(run, cfg.corpus_id, hook, sae_id, "sae_top_features", sae_part["probe"])])
-    db.finish_run(run)
-    return run
+    alignment = []
+    for e, cos in sae_part["align"].items():
+        order = cos.argsort(descending=True)[: 10]
+        alignment += [dict(scope, emotion=e, feature=int(f), cosine=float(cos[f]), alignment_rank=r + 1, run_id=run)
+                      for r, f in enumerate(order)]
+    db.replace("saes", {"sae_id": sae_id},
+               [dict(_sae_quality(cfg), sae_id=sae_id, model_id=model_id, hook=hook, layer=hook_layer(hook),
+                     architecture=sae.cfg.architecture(), d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae, path=cfg.sae,
+                     run_id=run)])
+    db.replace("features", {"sae_id": sae_id}, feature_rows)
+    db.replace("feature_emotion_stats", scope, stats)
+    db.replace("feature_examples", scope, [dict(r, **scope, run_id=run) for r in sae_part["examples"]])
+    db.replace("vector_feature_alignment", scope, alignment)
+    db.replace("probe_results", dict(scope, method="sae_top_features"),
+               [_probe_row(run, model_id, cfg.corpus_id, hook, sae_id, "sae_top_features", sae_part["probe"])])
 
 
 SAE_METRICS_FILE = "metrics.json"         # written beside an SAE by `saekit train`
@@ -370,9 +368,9 @@ def _story_rows(acts: Activations, corpus_id: str, run: str) -> list[dict]:
     return rows
 
 
-def _probe_row(run, corpus_id, hook, sae_id, method, p: Fe.ProbeResult) -> dict:
+def _probe_row(run, model_id, corpus_id, hook, sae_id, method, p: Fe.ProbeResult) -> dict:
     import json
 
-    return {"run_id": run, "corpus_id": corpus_id, "hook": hook, "sae_id": sae_id, "method": method,
+    return {"run_id": run, "model_id": model_id, "corpus_id": corpus_id, "hook": hook, "sae_id": sae_id, "method": method,
             "accuracy": p.accuracy, "chance": p.chance, "majority": p.majority, "n_test": p.n_test,
             "precision": json.dumps(p.precision), "recall": json.dumps(p.recall), "confusion": json.dumps(p.confusion)}

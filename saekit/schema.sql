@@ -1,6 +1,8 @@
 -- The saekit feature database (DuckDB). Documented table by table in analysis/SCHEMA.md;
 -- tests/test_db.py checks that document against a real database built from this file.
 -- Every result row carries the run that produced it (runs.run_id).
+-- Columns added after a table's first release go at its end, and in the upgrade block at the bottom,
+-- so a database made by an older saekit gets them when a writer opens it.
 
 CREATE TABLE IF NOT EXISTS runs (
     run_id          VARCHAR PRIMARY KEY,
@@ -9,7 +11,9 @@ CREATE TABLE IF NOT EXISTS runs (
     versions        JSON,
     started_at      TIMESTAMP NOT NULL,
     finished_at     TIMESTAMP,
-    status          VARCHAR NOT NULL
+    status          VARCHAR NOT NULL,
+    pid             INTEGER,
+    host            VARCHAR
 );
 
 CREATE TABLE IF NOT EXISTS models (
@@ -148,6 +152,7 @@ CREATE TABLE IF NOT EXISTS probe_results (
     precision       JSON,
     recall          JSON,
     confusion       JSON,
+    model_id        VARCHAR,
     PRIMARY KEY (run_id, corpus_id, hook, method)
 );
 
@@ -172,3 +177,8 @@ CREATE TABLE IF NOT EXISTS intervention_results (
     value           DOUBLE,
     run_id          VARCHAR
 );
+
+-- upgrades of databases made by older versions (no-ops on new ones)
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
+ALTER TABLE probe_results ADD COLUMN IF NOT EXISTS model_id VARCHAR;

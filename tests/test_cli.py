@@ -54,3 +54,40 @@ def test_corpus_commands():
     assert result.exit_code == 0 and "grief-stricken" in result.output and "length_histogram" in result.output
 
 
+
+
+def test_database_commands_give_messages_not_tracebacks(tmp_path):
+    from saekit.db import Database
+
+    db = tmp_path / "f.duckdb"
+    with Database(db) as d:
+        d.insert("emotions", [{"emotion": "calm"}])
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    result = runner.invoke(app, ["query", "--db", str(db), "SELECT 1", "--csv", str(folder)])
+    assert result.exit_code == 2 and f"{folder} is a folder" in result.output
+    assert list(folder.iterdir()) == []
+    out = tmp_path / "new" / "deeper" / "x.json"  # missing folders are created
+    result = runner.invoke(app, ["query", "--db", str(db), "SELECT emotion FROM emotions", "--json", str(out)])
+    assert result.exit_code == 0 and json.loads(out.read_text()) == [{"emotion": "calm"}]
+    blocked = tmp_path / "afile"
+    blocked.write_text("x")
+    result = runner.invoke(app, ["query", "--db", str(db), "SELECT 1", "--csv", str(blocked / "x.csv")])
+    assert result.exit_code == 2 and f"cannot create the folder {blocked}" in result.output
+    csv = tmp_path / "x.csv"
+    csv.write_text("a\n1\n")
+    result = runner.invoke(app, ["db", "--db", str(csv)])
+    assert result.exit_code == 2 and f"{csv} exists but is not a DuckDB database" in result.output
+    result = runner.invoke(app, ["experiment", "report", "no-such-experiment", "--db", str(db)])
+    assert result.exit_code == 2 and "no experiment 'no-such-experiment'" in result.output and str(db) in result.output
+    result = runner.invoke(app, ["query", "--db", str(db), "SELECT 1", "--limit", "-1"])
+    assert result.exit_code == 2 and "--limit" in result.output
+
+
+def test_top_zero_features_is_refused_not_called_an_unknown_emotion(tmp_path):
+    spec = tmp_path / "spec.toml"
+    spec.write_text('name = "x"\ntask = "probes"\nmodel = "tiny"\nhook = "blocks.1.hook_resid_post"\nsae = "s"\n'
+                    '[[conditions]]\nname = "afraid_off"\nkind = "ablate"\nfeatures = "top 0 selective for afraid"\n')
+    result = runner.invoke(app, ["experiment", "run", str(spec), "--db", str(tmp_path / "f.duckdb")])
+    assert result.exit_code == 2 and "selects no features; N must be at least 1" in result.output
+    assert "unknown emotion" not in result.output

@@ -1,9 +1,11 @@
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from saekit import db as D
@@ -80,10 +82,12 @@ def test_query_is_read_only_and_exports(tmp_path):
     for sql in ("DELETE FROM emotions", "DROP TABLE emotions", "INSERT INTO emotions VALUES ('x', 'y', 1, 2)"):
         with pytest.raises(D.DatabaseError, match="refused.*read-only"):
             D.read_only_query(sql, path)
-    for fmt in ("csv", "json", "parquet"):
-        D.write_table(table, tmp_path / f"out.{fmt}", fmt)
+    outputs = {fmt: tmp_path / f"out.{fmt}" for fmt in ("csv", "json", "parquet")}
+    assert D.write_batches(table.to_reader(), outputs) == 2
     assert json.loads((tmp_path / "out.json").read_text()) == [{"emotion": "afraid"}, {"emotion": "calm"}]
-    assert (tmp_path / "out.csv").read_text().splitlines()[0] == '"emotion"'
+    assert (tmp_path / "out.csv").read_text().splitlines() == ['"emotion"', '"afraid"', '"calm"']
+    assert pq.read_table(tmp_path / "out.parquet").equals(table)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.duckdb", "out.csv", "out.json", "out.parquet"]
     with pytest.raises(D.DatabaseError, match="no database"):
         D.read_only_query("SELECT 1", tmp_path / "missing.duckdb")
 
@@ -102,3 +106,36 @@ def test_second_writer_gets_clear_message(tmp_path):
         holder.wait()
     with D.Database(path) as db:  # usable again, not corrupt
         assert ("runs", 0) in db.tables()
+
+
+def test_database_from_an_older_saekit_is_upgraded_in_place(tmp_path):
+    """runs gained pid and host, probe_results model_id: a writer adds them and keeps every row."""
+    import duckdb
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE runs (run_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, config JSON, versions JSON, "
+                "started_at TIMESTAMP NOT NULL, finished_at TIMESTAMP, status VARCHAR NOT NULL)")
+    con.execute("CREATE TABLE probe_results (run_id VARCHAR NOT NULL, corpus_id VARCHAR NOT NULL, hook VARCHAR NOT NULL, "
+                "sae_id VARCHAR, method VARCHAR NOT NULL, accuracy DOUBLE, chance DOUBLE, majority DOUBLE, "
+                "n_test INTEGER, precision JSON, recall JSON, confusion JSON, PRIMARY KEY (run_id, corpus_id, hook, method))")
+    con.execute("INSERT INTO runs VALUES ('r1', 'rank', '{}', '{}', TIMESTAMP '2025-01-01', TIMESTAMP '2025-01-01', 'done')")
+    con.execute("INSERT INTO probe_results (run_id, corpus_id, hook, method, accuracy) VALUES ('r1', 'c', 'h', 'm', 0.5)")
+    con.close()
+    with D.Database(path) as db:
+        assert db.columns() == documented_schema()
+        assert db.sql("SELECT run_id, status, pid FROM runs") == [("r1", "done", None)]
+        assert db.sql("SELECT accuracy, model_id FROM probe_results") == [(0.5, None)]
+        run = db.start_run("rank")
+        assert db.sql("SELECT pid FROM runs WHERE run_id = ?", [run]) == [(os.getpid(),)]
+
+
+def test_run_commits_all_writes_with_its_done_mark_or_none(tmp_path):
+    with D.Database(tmp_path / "f.duckdb") as db:
+        with db.run("rank") as run1:
+            db.replace("feature_emotion_stats", {"sae_id": "s1", "corpus_id": "c"}, stat_rows(run1, 0.6))
+        with pytest.raises(ZeroDivisionError), db.run("rank") as run2:
+            db.replace("feature_emotion_stats", {"sae_id": "s1", "corpus_id": "c"}, stat_rows(run2, 0.9))
+            1 / 0
+        assert db.sql("SELECT DISTINCT run_id, auroc FROM feature_emotion_stats") == [(run1, 0.6)]
+        assert dict(db.sql("SELECT run_id, status FROM runs")) == {run1: "done", run2: "failed"}
