@@ -39,29 +39,58 @@ def fault_point(name: str) -> None:
         os._exit(137)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+def _read_umask() -> int:
+    """The process umask, from /proc where it can be read without changing it (os.umask can only set it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+FILE_MODE = 0o666 & ~_read_umask()
+"""Permissions of every file saekit writes: what the user's umask gives a new file (mkstemp gives 0600)."""
+
+
+def match_umask(*paths: Path) -> None:
+    """Give files a library wrote (safetensors' save_file, sae-lens: 0600) the user's usual permissions."""
+    for path in paths:
+        os.chmod(path, FILE_MODE)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file.
+
+    Fault points (see fault_point): "write:<name>" with the bytes in the temporary file, not yet
+    renamed; "written:<name>" just after the rename.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        fault_point(f"write:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fault_point(f"written:{path.name}")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def tmp_path_for(path: Path) -> Path:
-    """The name a file is written under before its atomic rename; never a finished file's name."""
-    return path.with_name(f".{path.name}.partial")
 
 
 def content_hash(obj: Any, n: int = 12) -> str:

@@ -7,18 +7,21 @@ Layout of an output folder:
                                 "doc_index", "position", "token_id" [T]; per-doc "<hook>/mean", "<hook>/max"
     pooled.safetensors          per-document pooled vectors of all shards, [n_docs, D] per hook
 
-Shards are written under a temporary name and renamed when complete, and the manifest is
-rewritten after each one, so an interrupted run loses no finished shard and never takes a
-half-written file for a finished one.
+Every file is written under a temporary name and renamed when complete (saekit.artifacts), and
+the manifest is rewritten after each shard, so an interrupted run (kill -9 included) loses no
+finished shard and never takes a half-written file for a finished one. The manifest records each
+file's sha256: a resume redoes a shard whose bytes differ, and readers refuse one (hashed on first read).
 
 Under torchrun (saekit.distributed) rank r of W harvests the shards s with s % W == r and records
 them in its own part file `.manifest.rank<r>.json`; after a barrier rank 0 merges the parts into
-manifest.json and pooled.safetensors. A rerun (with any number of processes) resumes from the
-manifest and every part file, so shards finished by a rank that died are kept.
+manifest.json and pooled.safetensors. Until then a folder of shards and part files without a
+finished manifest reads as an unfinished harvest; a rerun (with any number of processes) resumes
+from the manifest and every part file, so shards finished by a rank that died are kept.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import warnings
@@ -27,13 +30,13 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save as save_safetensors
 
 from saekit import __version__
 from saekit import distributed as D
-from saekit.artifacts import (MANIFEST, POOLED, SHARD_PATTERN, atomic_write_json, content_hash,
-                              file_sha256, tmp_path_for)
+from saekit.artifacts import (MANIFEST, POOLED, SHARD_PATTERN, atomic_write_bytes, atomic_write_json,
+                              content_hash, file_sha256)
 from saekit.config import to_dict
 from saekit.corpus import CorpusError, Record, load_corpus
 from saekit.model import (DEFAULT_MODEL, RESIDUAL_HOOK, d_model, is_bridge, load_hf, load_model, n_layers,
@@ -186,21 +189,54 @@ def forward_capture(model, token_ids: list[list[int]], hooks: list[str], pad_id:
     return {h: captured[h] for h in hooks}, mask_BT
 
 
-def _read_manifest(out: Path) -> dict | None:
+_MANIFEST_KEYS = ("identity", "documents", "shards", "hooks", "d_model")
+_PART = re.compile(r"\.manifest\.rank\d+\.json")
+_OURS = re.compile(r"\.?(shard-\d+\.safetensors|manifest(\.rank\d+)?\.json|pooled\.safetensors)")
+"""Files a harvest writes, finished or under their temporary names."""
+_LEFTOVER = re.compile(_OURS.pattern + r"(\.\w+)?\.(tmp|partial)")
+"""Temporary files a killed write leaves behind."""
+VALUE_LIMIT = 1.8e19
+"""Larger magnitudes square past float32's largest number: training losses would only say inf."""
+
+
+def _read_json(path: Path) -> dict:
     import json
 
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:  # written atomically: only a hand edit or a foreign file is broken
+        raise HarvestError(f"{path} is corrupt ({e}); delete it and rerun the harvest "
+                           "(the shards it lists are harvested again)") from e
+
+
+def _read_manifest(out: Path) -> dict | None:
     path = out / MANIFEST
     if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise HarvestError(f"{path} is corrupt ({e}); delete the folder {out} and harvest again") from e
+    manifest = _read_json(path)
+    missing = [k for k in _MANIFEST_KEYS if k not in manifest] if isinstance(manifest, dict) else _MANIFEST_KEYS
+    if missing:
+        raise HarvestError(f"{path} is not a saekit harvest manifest (no {missing[0]!r}); "
+                           f"delete the folder {out} and harvest again")
+    return manifest
 
 
-def _shard_done(out: Path, entry: dict) -> bool:
+def _on_disk(out: Path, entry: dict | None) -> bool:
+    """The shard's file is there with the recorded size (cheap: no read)."""
+    if entry is None:
+        return False
     path = out / entry["file"]
     return path.exists() and path.stat().st_size == entry["bytes"]
+
+
+def _finished(out: Path, entry: dict | None, checked: set[tuple[str, str]]) -> bool:
+    """For resuming: the file is there with the recorded size and sha256 (hashed once per `checked`)."""
+    if not _on_disk(out, entry):
+        return False
+    key = (entry["file"], entry["sha256"])
+    if key not in checked and file_sha256(out / entry["file"]) == entry["sha256"]:
+        checked.add(key)
+    return key in checked
 
 
 def _part_name(rank: int, world: int) -> str:
@@ -208,19 +244,31 @@ def _part_name(rank: int, world: int) -> str:
     return MANIFEST if world == 1 else f".manifest.rank{rank}.json"
 
 
-def _merge_parts(out: Path, manifest: dict) -> list[Path]:
-    """Add the finished shards recorded in part files of this identity to `manifest`; the parts read."""
-    import json
+def _merge_parts(out: Path, manifest: dict, done: Callable[[dict | None], bool]) -> list[Path]:
+    """Take from the part files the shards `done` accepts where `manifest` has none it accepts; the parts read.
 
-    parts = sorted(out.glob(".manifest.rank*.json"))
+    A part of another config means the folder holds another unfinished harvest: refused, as for the manifest.
+    """
+    parts = sorted(p for p in out.iterdir() if _PART.fullmatch(p.name))
     for part in parts:
-        try:
-            entries = json.loads(part.read_text())
-        except json.JSONDecodeError:  # written atomically, so only a foreign file can be broken
-            continue
-        if entries.get("identity") == manifest["identity"]:
-            manifest["shards"].update({k: e for k, e in entries["shards"].items() if _shard_done(out, e)})
+        entries = _read_json(part)
+        if entries.get("identity") != manifest["identity"]:
+            raise HarvestError(f"{out} holds an unfinished harvest with a different config or corpus ({part.name}); "
+                               "choose another --out or delete the folder")
+        for k, e in entries["shards"].items():
+            if not done(manifest["shards"].get(k)) and done(e):
+                manifest["shards"][k] = e
     return parts
+
+
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], checked: set[tuple[str, str]],
+                   metadata: dict[str, str] | None = None) -> dict:
+    """Write a safetensors file atomically; its manifest entry (name, size, sha256), already checked."""
+    data = save_safetensors(tensors, metadata)
+    atomic_write_bytes(path, data)
+    entry = {"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    checked.add((entry["file"], entry["sha256"]))
+    return entry
 
 
 def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
@@ -230,12 +278,15 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
     `model` is a TransformerBridge (any hook) or a plain transformers model with `tokenizer`
     (residual hooks, captured by plain forward hooks: the fast path). Without one, residual
     hooks load the plain model and others the bridge.
-    Resumes: shards the manifest lists as finished (and whose size matches) are skipped.
+    Resumes: shards the manifest or a part file lists as finished, with that size and sha256, are
+    skipped; any other shard (missing, altered, unrecorded) is harvested again.
     `progress(docs_done, docs_total, tokens_done)` is called after every batch.
     """
     cfg.validate()
-    D.setup(cfg.device)  # before the model loads: on CUDA it picks this rank's GPU
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise HarvestError(f"out {out} exists and is not a folder; name a folder for the harvest")
+    D.setup(cfg.device)  # before the model loads: on CUDA it picks this rank's GPU
     if records is None:
         records = load_corpus(cfg.corpus, text_column=cfg.text_column, label_column=cfg.label_column)
     if cfg.limit:
@@ -279,48 +330,52 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
                           for i, p in enumerate(pieces)],
             "shards": {}, "complete": False,
         }
-    _merge_parts(out, manifest)
-    if D.is_main() and not (out / MANIFEST).exists():  # so an interrupted run reads as unfinished
-        atomic_write_json(out / MANIFEST, manifest)
+    # Until rank 0 finishes, manifest.json may not exist (several processes) or be incomplete: the
+    # folder reads as an unfinished harvest either way (Activations.open).
+    _merge_parts(out, manifest, lambda e: _on_disk(out, e))
+    checked: set[tuple[str, str]] = set()
+    todo = [s for s in range(rank, len(shards), world) if not _finished(out, manifest["shards"].get(str(s)), checked)]
     stop_at = stop_layer(model, cfg.hooks)
     store = parse_dtype(cfg.store_dtype)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    docs_done = sum(len(shards[int(k)]) for k, e in manifest["shards"].items() if _shard_done(out, e))
+    docs_done = sum(len(shards[int(k)]) for k in manifest["shards"] if int(k) not in todo)
     tokens_done = 0
-    for s, members in enumerate(shards):
-        entry = manifest["shards"].get(str(s))
-        if s % world != rank or (entry is not None and _shard_done(out, entry)):
-            continue
+    for s in todo:
+        members = shards[s]
         tensors = _harvest_shard(model, [pieces[i] for i in members], cfg, stop_at, pad_id, store,
                                  first_doc=members[0], on_batch=lambda d, t: progress and progress(docs_done + d, len(pieces), tokens_done + t))
-        path = out / SHARD_PATTERN.format(s)
-        tmp = tmp_path_for(path)
-        save_file(tensors, str(tmp), metadata={"shard": str(s)})
-        os.replace(tmp, path)
-        manifest["shards"][str(s)] = {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path),
-                                      "docs": [members[0], members[-1] + 1],
-                                      "n_tokens": int(tensors["doc_index"].numel())}
+        problem = out_of_range(tensors)
+        if problem:
+            raise HarvestError(f"the model's activations for shard {s} of {out} are out of range: {problem} "
+                               f"(an overflow in dtype {cfg.dtype}? try dtype float32)")
+        entry = _write_tensors(out / SHARD_PATTERN.format(s), tensors, checked, metadata={"shard": str(s)})
+        manifest["shards"][str(s)] = entry | {"docs": [members[0], members[-1] + 1],
+                                              "n_tokens": int(tensors["doc_index"].numel())}
         atomic_write_json(out / _part_name(rank, world), manifest)
         docs_done += len(members)
         tokens_done += int(tensors["doc_index"].numel())
     D.barrier()
     if D.is_main():
-        _finish_manifest(out, manifest, len(shards), cfg.hooks)
+        _finish_manifest(out, manifest, len(shards), cfg.hooks, checked)
     D.barrier()
     return out
 
 
-def _finish_manifest(out: Path, manifest: dict, n_shards: int, hooks: list[str]) -> None:
+def _finish_manifest(out: Path, manifest: dict, n_shards: int, hooks: list[str], checked: set[tuple[str, str]]) -> None:
     """Merge the ranks' part files, check every shard is there once, write pooled vectors and manifest."""
-    parts = _merge_parts(out, manifest)
-    missing = [s for s in range(n_shards) if str(s) not in manifest["shards"]]
+    def done(entry):
+        return _finished(out, entry, checked)
+
+    parts = _merge_parts(out, manifest, done)
+    missing = [s for s in range(n_shards) if not done(manifest["shards"].get(str(s)))]
     if missing:
-        raise HarvestError(f"shards {missing} of {out} were not finished by any rank; rerun the harvest to resume")
-    _write_pooled(out, manifest, hooks)
+        raise HarvestError(f"shards {missing} of {out} were not finished by any rank (or were altered since); "
+                           "rerun the harvest to resume")
+    manifest["pooled"] = _write_pooled(out, manifest, hooks, checked)
     manifest["complete"] = True
     atomic_write_json(out / MANIFEST, manifest)
-    for part in parts:
-        part.unlink(missing_ok=True)
+    for path in parts + [p for p in out.iterdir() if _LEFTOVER.fullmatch(p.name)]:
+        path.unlink(missing_ok=True)
 
 
 def _harvest_shard(model, pieces: list[Piece], cfg: HarvestConfig, stop_at, pad_id, store, first_doc: int,
@@ -353,23 +408,73 @@ def _harvest_shard(model, pieces: list[Piece], cfg: HarvestConfig, stop_at, pad_
     return tensors
 
 
-def _write_pooled(out: Path, manifest: dict, hooks: list[str]) -> None:
-    shards = [load_shard(out, manifest["shards"][k]["file"]) for k in sorted(manifest["shards"], key=int)]
-    pooled = {f"{h}/{kind}": torch.cat([s[f"{h}/{kind}"] for s in shards]).contiguous()
-              for h in hooks for kind in ("mean", "max")}
-    tmp = tmp_path_for(out / POOLED)
-    save_file(pooled, str(tmp))
-    os.replace(tmp, out / POOLED)
+def _write_pooled(out: Path, manifest: dict, hooks: list[str], checked: set[tuple[str, str]]) -> dict:
+    """pooled.safetensors from the shards' per-document vectors; its manifest entry."""
+    keys = [f"{h}/{kind}" for h in hooks for kind in ("mean", "max")]
+    pooled: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+    for k in sorted(manifest["shards"], key=int):
+        tensors = load_shard(out, manifest["shards"][k], checked)
+        for key in keys:
+            pooled[key].append(tensors[key])
+    return _write_tensors(out / POOLED, {k: torch.cat(v).contiguous() for k, v in pooled.items()}, checked)
 
 
-def load_shard(out: Path, name: str) -> dict[str, torch.Tensor]:
-    path = Path(out) / name
+def out_of_range(tensors: dict[str, torch.Tensor]) -> str | None:
+    """What is wrong with the first float tensor holding NaN, inf or values beyond VALUE_LIMIT; None if none."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.numel():
+            lo, hi = (float(v) for v in torch.aminmax(t))
+            if not -VALUE_LIMIT <= lo <= hi <= VALUE_LIMIT:  # False for NaN too
+                return f"{name!r} holds values from {lo:.3g} to {hi:.3g}"
+    return None
+
+
+def load_shard(out: Path, entry: dict, checked: set[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """A harvest file's tensors (a shard or pooled.safetensors), as `entry` in the manifest describes it.
+
+    The first read in the scope of `checked` (a harvest run, an opened folder) hashes the file
+    against the recorded sha256, so a file altered since the harvest is refused, not used; every
+    read refuses NaN, inf and values too large to square in float32.
+    """
+    path = Path(out) / entry["file"]
     if not path.exists():
-        raise HarvestError(f"shard {path} is missing; rerun the harvest to rebuild it")
+        raise HarvestError(f"{path} is missing; rerun the harvest to rebuild it")
+    key = (entry["file"], entry.get("sha256"))
+    if key[1] is not None and key not in checked:
+        if file_sha256(path) != key[1]:
+            raise HarvestError(f"{path} is corrupt: its contents differ from the sha256 in {Path(out) / MANIFEST} "
+                               "(altered or truncated since the harvest); rerun the same harvest to redo it")
+        checked.add(key)
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise HarvestError(f"shard {path} is corrupt ({e}); delete it and rerun the harvest to rebuild it") from e
+        raise HarvestError(f"{path} is corrupt ({e}); delete it and rerun the harvest to rebuild it") from e
+    problem = out_of_range(tensors)
+    if problem:
+        raise HarvestError(f"{path}: {problem}, out of the range training can use; "
+                           "the file was altered or the model overflowed: rerun the harvest (in float32)")
+    return tensors
+
+
+def _started(path: Path) -> bool:
+    """Whether a folder without a manifest holds what an interrupted harvest leaves (shards, part files)."""
+    return path.is_dir() and any(_OURS.match(name) for name in os.listdir(path))
+
+
+def _check_widths(path: Path, manifest: dict) -> None:
+    """The manifest's d_model and document count against the pooled vectors' shapes (read from the header)."""
+    pooled = path / POOLED
+    try:
+        with safe_open(str(pooled), "pt") as f:
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise HarvestError(f"{pooled} is missing or corrupt ({e}); rerun the harvest") from e
+    want = [len(manifest["documents"]), manifest["d_model"]]
+    for key, shape in shapes.items():
+        if list(shape) != want:
+            raise HarvestError(f"{path / MANIFEST} says d_model {want[1]} for {want[0]} documents, but {pooled} "
+                               f"holds {key!r} with shape {list(shape)} (d_model {shape[-1]}): the manifest was "
+                               "edited or the files come from different harvests; rerun the harvest")
 
 
 @dataclass
@@ -377,28 +482,35 @@ class Activations:
     """A finished harvest folder: its manifest, pooled vectors and per-token shards."""
     path: Path
     manifest: dict
+    checked: set[tuple[str, str]] = field(default_factory=set, repr=False)
+    """Files whose sha256 this object has verified: each is hashed once, on first read."""
 
     @classmethod
     def open(cls, path: str | Path) -> "Activations":
         path = Path(path)
         manifest = _read_manifest(path)
+        if manifest is None and _started(path):
+            raise HarvestError(f"the harvest in {path} is unfinished (shards but no {MANIFEST} yet); "
+                               "rerun it with the same config to resume")
         if manifest is None:
             raise HarvestError(f"{path} has no {MANIFEST}: not a harvest folder (run `saekit harvest` first)")
         if not manifest.get("complete"):
             raise HarvestError(f"the harvest in {path} is unfinished; rerun it with the same config to resume")
+        _check_widths(path, manifest)
         return cls(path, manifest)
 
     @property
     def documents(self) -> list[dict]:
         return self.manifest["documents"]
 
+    def read(self, entry: dict) -> dict[str, torch.Tensor]:
+        """The tensors of a file the manifest lists (an entry of manifest["shards"]), verified on first read."""
+        return load_shard(self.path, entry, self.checked)
+
     def pooled(self, hook: str, kind: Literal["mean", "max"] = "mean") -> torch.Tensor:
         """[n_docs, D] pooled activations, in manifest document order."""
         self._check_hook(hook)
-        try:
-            return load_file(str(self.path / POOLED))[f"{hook}/{kind}"]
-        except (SafetensorError, OSError) as e:
-            raise HarvestError(f"{self.path / POOLED} is corrupt ({e}); rerun the harvest") from e
+        return self.read(self.manifest.get("pooled", {"file": POOLED}))[f"{hook}/{kind}"]
 
     def iter_shards(self, hook: str):
         """Yields (acts_TD, doc_index_T, position_T) shard by shard."""
@@ -412,7 +524,7 @@ class Activations:
             raise HarvestError(f"{self.path} kept only pooled vectors for {hook}; per-token activations "
                                f"exist for {self.manifest['token_hooks']}")
         for k in sorted(self.manifest["shards"], key=int):
-            t = load_shard(self.path, self.manifest["shards"][k]["file"])
+            t = self.read(self.manifest["shards"][k])
             yield {"acts": t[hook], "doc_index": t["doc_index"], "position": t["position"], "token_id": t["token_id"]}
 
     def tokens(self, hook: str) -> torch.Tensor:
@@ -420,9 +532,10 @@ class Activations:
         return torch.cat([a for a, _, _ in self.iter_shards(hook)])
 
     def verify(self) -> list[str]:
-        """Problems with the folder's shards: missing, resized or altered files."""
+        """Problems with the folder's files: missing, resized or altered shards and pooled vectors."""
         problems = []
-        for entry in self.manifest["shards"].values():
+        entries = list(self.manifest["shards"].values()) + [e for e in [self.manifest.get("pooled")] if e]
+        for entry in entries:
             p = self.path / entry["file"]
             if not p.exists():
                 problems.append(f"{p}: missing")

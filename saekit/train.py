@@ -41,7 +41,7 @@ from saekit import distributed as D
 from saekit.artifacts import atomic_write_json, content_hash
 from saekit.config import check_config, load_config, to_dict
 from saekit.corpus import load_corpus
-from saekit.harvest import Activations, check_hooks, forward_capture, load_shard, stop_layer, tokenize
+from saekit.harvest import Activations, check_hooks, forward_capture, stop_layer, tokenize
 from saekit.model import DEFAULT_MODEL, load_model, parse_dtype
 from saekit import sae as S
 
@@ -332,7 +332,7 @@ class HarvestSource:
             gen = torch.Generator().manual_seed(seed * 7_919 + epoch)
             for i in torch.randperm(len(shards), generator=gen).tolist():
                 entry = self.acts.manifest["shards"][shards[i]]
-                t = load_shard(self.acts.path, entry["file"])
+                t = self.acts.read(entry)
                 yield t[self.hook][self._rows(t["doc_index"], t["position"], held=False)].float()
         return shuffled_batches(chunks, batch_size, seed, self.buffer_tokens)
 

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -28,9 +27,9 @@ def toml(path: Path, fields: dict) -> Path:
     return path
 
 
-def torchrun(*args, nproc: int = 2, check: bool = True) -> subprocess.CompletedProcess:
-    """`torchrun --standalone` (a free rendezvous port) with 2 CPU processes."""
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def torchrun(*args, nproc: int = 2, check: bool = True, fault: str = "") -> subprocess.CompletedProcess:
+    """`torchrun --standalone` (a free rendezvous port) with 2 CPU processes; `fault`: SAEKIT_FAULT for them."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "SAEKIT_FAULT": fault}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if check and done.returncode != 0:
@@ -51,7 +50,7 @@ def same_harvest(a: Path, b: Path) -> None:
     assert ma["documents"] == mb["documents"] and ma["identity"] == mb["identity"]
     assert mb["complete"] and sorted(mb["shards"], key=int) == [str(s) for s in range(5)]
     assert [e["sha256"] for _, e in sorted(ma["shards"].items())] == [e["sha256"] for _, e in sorted(mb["shards"].items())]
-    assert not list(b.glob(".manifest.rank*")), "part files are merged and removed"
+    assert not [p.name for p in b.iterdir() if p.name.startswith(".")], "parts and temporaries are removed"
     acts_a, acts_b = H.Activations.open(a), H.Activations.open(b)
     assert acts_b.verify() == []
     torch.testing.assert_close(acts_b.tokens(HOOK), acts_a.tokens(HOOK), atol=0, rtol=0)
@@ -64,37 +63,44 @@ def test_two_process_harvest_equals_one_process(work):
     same_harvest(ref, root / "two")
 
 
-KILL_RANK_1 = textwrap.dedent("""
-    import os, sys
-    from saekit import harvest as H
-    from saekit.config import from_dict, load_toml
-
-    cfg = from_dict(H.HarvestConfig, load_toml(sys.argv[1]) | {"out": sys.argv[2]}, where="test")
-
-    batches = []
-
-    def die_in_second_shard(docs, total, tokens):  # rank 1 dies in its second shard (one batch per shard)
-        batches.append(docs)
-        if os.environ["RANK"] == "1" and len(batches) > cfg.docs_per_shard // cfg.batch_size:
-            os._exit(3)
-
-    H.harvest(cfg, progress=die_in_second_shard)
-""")
-
-
 def test_shards_of_a_dead_rank_are_resumed(work):
+    """Rank 1 dies (kill -9) after its second shard is renamed but before any manifest.json exists."""
     root, ref, config = work
     out = root / "killed"
-    script = root / "kill_rank_1.py"
-    script.write_text(KILL_RANK_1)
-    assert torchrun(str(script), str(config), str(out), check=False).returncode != 0
-    first = out / "shard-00001.safetensors"  # rank 1's first shard (rank r does shards s % 2 == r)
-    assert first.exists() and ".manifest.rank1.json" in os.listdir(out)
+    killed = torchrun("-m", "saekit", "harvest", "--config", str(config), "--out", str(out), check=False,
+                      fault="written:shard-00003.safetensors")  # rank r does shards s % 2 == r
+    assert killed.returncode != 0
+    first = out / "shard-00001.safetensors"
+    part = json.loads((out / ".manifest.rank1.json").read_text())
+    assert first.exists() and (out / "shard-00003.safetensors").exists()
+    assert "1" in part["shards"] and "3" not in part["shards"], "shard 3 was renamed but not recorded"
+    assert not (out / "manifest.json").exists()
     with pytest.raises(H.HarvestError, match="unfinished"):
         H.Activations.open(out)
     mtime = first.stat().st_mtime_ns
     torchrun("-m", "saekit", "harvest", "--config", str(config), "--out", str(out))
     assert first.stat().st_mtime_ns == mtime, "a finished shard is not harvested again"
+    same_harvest(ref, out)
+
+
+def test_folder_without_final_manifest_resumes_from_part_files(work):
+    """Killed while writing the final manifest: the parts' sha256 decide what is kept; an altered shard is redone."""
+    root, ref, config = work
+    out = root / "no-manifest"
+    killed = torchrun("-m", "saekit", "harvest", "--config", str(config), "--out", str(out), check=False,
+                      fault="write:manifest.json")
+    assert killed.returncode != 0 and not (out / "manifest.json").exists()
+    assert {".manifest.rank0.json", ".manifest.rank1.json", "pooled.safetensors"} <= set(os.listdir(out))
+    with pytest.raises(H.HarvestError, match="unfinished"):
+        H.Activations.open(out)
+    altered = out / "shard-00002.safetensors"
+    data = bytearray(altered.read_bytes())
+    data[-4:] = bytes(4)  # the same size, other values
+    altered.write_bytes(bytes(data))
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
+    assert H.harvest(H.HarvestConfig(**HARVEST, out=str(out))) == out  # one process resumes two
+    changed = sorted(p.name for p in out.glob("shard-*") if p.stat().st_mtime_ns != mtimes[p.name])
+    assert changed == ["shard-00002.safetensors"]
     same_harvest(ref, out)
 
 
