@@ -33,9 +33,14 @@ def _errors():
     from saekit.config import ConfigError
     from saekit.corpus import CorpusError
     from saekit.harvest import HarvestError
+    from saekit.db import DatabaseError
     from saekit.model import ModelLoadError
+    from saekit.sae import SAEError
+    from saekit.tokens import TokenRuleError
+    from saekit.train import TrainError
 
-    return (ConfigError, CorpusError, HarvestError, ModelLoadError, FileNotFoundError)
+    return (ConfigError, CorpusError, HarvestError, ModelLoadError, SAEError, TrainError, DatabaseError,
+            TokenRuleError, FileNotFoundError)
 
 
 def _config(cls, path: Path | None, overrides: dict):

@@ -134,6 +134,7 @@ class Database:
         self._streams: list = []
         self.con = _open(self.path, read_only, wait_s, config or {})
         if not read_only:
+            self._set_aside_old_examples()
             self._exec(schema_sql())
             self._fail_dead_runs()
 
@@ -186,6 +187,14 @@ class Database:
         except BaseException:
             self.finish_run(run_id, "failed")
             raise
+
+    def _set_aside_old_examples(self) -> None:
+        """feature_examples before the token rule had no `kind` in its primary key, which an upgrade
+        cannot change: such a table is kept under another name and a new one is created."""
+        cols = [r[0] for r in self.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'feature_examples'").fetchall()]
+        if cols and "kind" not in cols:
+            self._exec("ALTER TABLE feature_examples RENAME TO feature_examples_before_token_rule")
 
     def _fail_dead_runs(self) -> None:
         """Mark 'failed' the runs started on this host whose process is gone (killed mid-run)."""

@@ -40,6 +40,7 @@ from saekit.db import Database
 from saekit.interventions import (Ablate, Clamp, InterventionError, Scale, Splice, Steer, check_edits,
                                   mean_resid_norm, patched)
 from saekit.model import DEFAULT_MODEL, format_chat
+from saekit.tokens import TokenRule
 
 TASKS = ("probes", "impossible_task", "trace", "side_effects")
 METRICS = {"probes": ("p_word", "logp_word"), "impossible_task": ("margin_sum", "margin_mean"),
@@ -117,8 +118,10 @@ class ExperimentSpec:
     conditions: list[ConditionSpec] = field(default_factory=list)
     steer_hooks: list[str] | None = None
     """Steering hooks (default [hook]); each needs an emotion vector at that hook in the database."""
-    positions: Literal["all", "last", "all_but_first"] = "all"
-    """Token positions edited."""
+    positions: Literal["counted", "all", "last", "all_but_first"] = "counted"
+    """Token positions edited: counted = those the SAE's token rule counts (as ranked, with its
+    norm filter if it has one; all but the first by default), the same positions the clamp
+    strengths and the metrics are measured on."""
     prompts: PromptSpec = field(default_factory=PromptSpec)
     metrics: list[str] | None = None
     """Default: every metric of the task."""
@@ -228,6 +231,8 @@ class Resolved:
     """hook -> emotion -> vector, for trace readings."""
     emotion_features: dict[str, list[int]] = field(default_factory=dict)
     mean_norms: dict[str, float] = field(default_factory=dict)
+    token_rule: TokenRule = field(default_factory=TokenRule)
+    """The positions counted: the ranking's rule for the SAE (features.max_activation was measured on it)."""
 
     def settings(self) -> list[Setting]:
         """Baseline first, then each condition over its strengths, then its controls."""
@@ -259,6 +264,14 @@ def _known_emotions(db: Database | None, sae_id: str | None, spec: ExperimentSpe
         rows = db.sql("SELECT DISTINCT emotion FROM emotion_vectors WHERE model_id = ? AND corpus_id = ?",
                       [spec.model, spec.corpus_id])
     return sorted(r[0] for r in rows)
+
+
+def ranked_token_rule(db: Database | None, sae_id: str | None) -> TokenRule:
+    """The token rule the SAE was ranked with (the default rule when there is none to read)."""
+    if db is None or sae_id is None:
+        return TokenRule()
+    stored = db.scalar("SELECT token_rule FROM saes WHERE sae_id = ?", [sae_id])
+    return TokenRule.from_mapping(json.loads(stored)) if stored else TokenRule()
 
 
 def find_sae_id(db: Database | None, sae: str) -> str | None:
@@ -371,6 +384,7 @@ def resolve(spec: ExperimentSpec, db: Database | None, sae=None) -> Resolved:
             sae = load_sae(spec.sae).sae
         res.sae, res.d_sae = sae, int(sae.cfg.d_sae)
         res.sae_id = find_sae_id(db, spec.sae)
+        res.token_rule = ranked_token_rule(db, res.sae_id)
     stats = _feature_stats(db, res.sae_id)
     steer_hooks = spec.steer_hooks or [spec.hook]
     steer_emotions = sorted({c.emotion for c in spec.conditions if c.kind == "steer"})
@@ -422,8 +436,9 @@ def make_edits(res: Resolved, setting: Setting, mask_BT: torch.Tensor | None) ->
     if setting.kind == "none":
         return []
     t = setting.target
+    rule = res.token_rule if res.spec.positions == "counted" else None
     if setting.kind == "steer":
-        return [Steer(h, torch.tensor(v), setting.strength, res.mean_norms[h], positions=mask_BT)
+        return [Steer(h, torch.tensor(v), setting.strength, res.mean_norms[h], positions=mask_BT, rule=rule)
                 for h, v in t.vectors.items()]
     cond = next(c for c in res.spec.conditions if c.name == setting.condition)
     if setting.kind == "ablate":
@@ -434,7 +449,7 @@ def make_edits(res: Resolved, setting: Setting, mask_BT: torch.Tensor | None) ->
         edit = Clamp(t.features, [setting.strength * m for m in t.max_activation])
     else:
         edit = Clamp(t.features, setting.strength)
-    return [Splice(res.sae, [edit], positions=mask_BT)]
+    return [Splice(res.sae, [edit], positions=mask_BT, rule=rule)]
 
 
 # ---------------------------------------------------------------------------- batches and metrics
@@ -451,10 +466,13 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return tokens, mask
 
 
-def positions_mask(kind: str, mask_BT: torch.Tensor) -> torch.Tensor:
-    """Which real tokens an intervention touches: all, the last of each row, or all but the first."""
+def positions_mask(kind: str, mask_BT: torch.Tensor, rule: TokenRule = TokenRule()) -> torch.Tensor:
+    """Which real tokens an intervention touches: those the token rule counts (its position part;
+    Splice and Steer apply its norm filter), all, the last of each row, or all but the first."""
     if kind == "all":
         return mask_BT.clone()
+    if kind == "counted":
+        return mask_BT & rule.keep_positions(torch.arange(mask_BT.shape[1]))[None, :]
     out = torch.zeros_like(mask_BT)
     lengths = mask_BT.sum(1)
     if kind == "last":
@@ -471,7 +489,7 @@ def run_logits(model, res: Resolved, setting: Setting, seqs: Sequence[Sequence[i
     """Log-probabilities [B, T, V] of a right-padded batch under one setting, and the real-token mask."""
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     tokens, mask = pad(seqs, pad_id)
-    where = edit_mask(mask) if edit_mask is not None else positions_mask(res.spec.positions, mask)
+    where = edit_mask(mask) if edit_mask is not None else positions_mask(res.spec.positions, mask, res.token_rule)
     device = next(model.parameters()).device
     with patched(model, make_edits(res, setting, where.to(device))):
         logits = model(tokens.to(device), attention_mask=mask.long().to(device))
@@ -659,7 +677,7 @@ class SideEffectsTask(Task):
                 kls = [0.0] * len(self.items)
             else:
                 logp, mask = run_logits(self.model, self.res, setting, self.seqs)
-                kls = kl_per_text(self.clean, logp, mask)
+                kls = kl_per_text(self.clean, logp, positions_mask("counted", mask, self.res.token_rule))
             for it, kl in zip(self.items, kls):
                 rows += _rows(setting, it["id"], {"kl": kl})
         if self.spec.wants("generations") and self.spec.prompts.generate and not setting.is_control:
@@ -839,6 +857,7 @@ def resolved_dict(res: Resolved) -> dict[str, Any]:
         return d
 
     return {"spec": to_dict(res.spec), "sae_id": res.sae_id, "d_sae": res.d_sae,
+            "token_rule": json.loads(res.token_rule.to_json()),
             "targets": {k: target(t) for k, t in res.targets.items()},
             "controls": {k: [target(t) for t in ts] for k, ts in res.controls.items()},
             "emotion_features": res.emotion_features, "mean_resid_norm": res.mean_norms}
@@ -878,7 +897,8 @@ def run_experiment(spec: str | Path | dict | ExperimentSpec, db_path: str | Path
     try:
         if any(c.kind == "steer" for c in spec.conditions):
             for h in spec.steer_hooks or [spec.hook]:
-                res.mean_norms[h] = mean_resid_norm(model, h, _neutral_ids(model.tokenizer, max(spec.norm_texts, 1)))
+                res.mean_norms[h] = mean_resid_norm(model, h, _neutral_ids(model.tokenizer, max(spec.norm_texts, 1)),
+                                                    res.token_rule)
         settings = [Setting("trace", "none", Target("none"), None, False)] if spec.task == "trace" else res.settings()
         rows: list[Row] = []
         done: dict[tuple, list[Row]] = {}
@@ -906,7 +926,8 @@ def run_experiment(spec: str | Path | dict | ExperimentSpec, db_path: str | Path
 
                 wdb.insert("experiments", [{"experiment_id": run_id, "name": spec.name, "model_id": spec.model,
                                             "sae_id": res.sae_id or spec.sae, "spec": json.dumps(stored, default=str),
-                                            "created_at": dt.datetime.now(dt.UTC).replace(tzinfo=None), "run_id": run_id}])
+                                            "created_at": dt.datetime.now(dt.UTC).replace(tzinfo=None), "run_id": run_id,
+                                            "token_rule": res.token_rule.to_json()}])
                 wdb.insert("intervention_results", [dict(r, experiment_id=run_id, run_id=run_id) for r in rows])
             wdb.finish_run(run_id)
     except BaseException:

@@ -29,6 +29,8 @@ from typing import Iterator, Sequence, Union
 
 import torch
 
+from saekit.tokens import TokenRule
+
 Positions = Union[None, Sequence[int], torch.Tensor]
 
 
@@ -125,6 +127,15 @@ def position_mask(positions: Positions, shape_BT: tuple[int, int], device) -> to
     return mask
 
 
+def _edit_mask(positions: Positions, rule: TokenRule | None, act_BTD: torch.Tensor) -> torch.Tensor | None:
+    """Where an edit applies: the given positions, less those a norm-filtering token rule drops."""
+    mask = position_mask(positions, act_BTD.shape[:2], act_BTD.device)
+    if rule is None or not rule.uses_norm:
+        return mask
+    norm_ok = rule.norm_ok(act_BTD)
+    return norm_ok if mask is None else mask & norm_ok
+
+
 @dataclass
 class Splice:
     """An SAE spliced into its hook point, with feature edits, keeping the reconstruction error."""
@@ -133,6 +144,9 @@ class Splice:
     hook: str | None = None
     """The hook point (default: the SAE's cfg.metadata.hook_name)."""
     positions: Positions = None
+    rule: TokenRule | None = None
+    """Narrows `positions` to the tokens a norm-filtering token rule counts (its position part is
+    expressed through `positions`)."""
 
     def __post_init__(self) -> None:
         self.hook = self.hook or self.sae.cfg.metadata.hook_name
@@ -161,7 +175,7 @@ class Splice:
             both = sae.decode(torch.stack([edit_features(feats, self.edits), feats]))
             out = both[0] + (x - both[1])
         out = out.to(act_BTD.dtype)
-        mask = position_mask(self.positions, act_BTD.shape[:2], act_BTD.device)
+        mask = _edit_mask(self.positions, self.rule, act_BTD)
         return out if mask is None else torch.where(mask[..., None], out, act_BTD)
 
 
@@ -173,6 +187,8 @@ class Steer:
     strength: float
     scale: float = 1.0
     positions: Positions = None
+    rule: TokenRule | None = None
+    """As in Splice: positions whose norm the token rule filters out are left alone."""
     unit: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -188,7 +204,7 @@ class Steer:
 
     def __call__(self, act_BTD: torch.Tensor, hook=None) -> torch.Tensor:
         add_D = self.added.to(device=act_BTD.device, dtype=act_BTD.dtype)
-        mask = position_mask(self.positions, act_BTD.shape[:2], act_BTD.device)
+        mask = _edit_mask(self.positions, self.rule, act_BTD)
         if mask is None:
             return act_BTD + add_D
         return act_BTD + mask[..., None].to(act_BTD.dtype) * add_D
@@ -243,9 +259,9 @@ def _remove(point, edits) -> None:
 
 
 @torch.no_grad()
-def mean_resid_norm(model, hook: str, token_ids: Sequence[Sequence[int]], skip_first: bool = True) -> float:
-    """Mean L2 norm of the activations at `hook` over real tokens (the first token, an attention
-    sink with an outsized norm, left out unless skip_first is False)."""
+def mean_resid_norm(model, hook: str, token_ids: Sequence[Sequence[int]], rule: TokenRule = TokenRule()) -> float:
+    """Mean L2 norm of the activations at `hook` over the tokens `rule` counts (by default all but
+    the first, an attention sink with an outsized norm)."""
     from saekit.model import n_layers
 
     total, count = 0.0, 0
@@ -261,8 +277,8 @@ def mean_resid_norm(model, hook: str, token_ids: Sequence[Sequence[int]], skip_f
     for ids in token_ids:
         model.run_with_hooks(torch.tensor([list(ids)], device=device), fwd_hooks=[(hook, grab)],
                              stop_at_layer=stop, return_type=None)
-        norms = seen["a"][0].float().norm(dim=-1)
-        norms = norms[1:] if skip_first and len(norms) > 1 else norms
+        x_TD = seen["a"][0].float()
+        norms = x_TD.norm(dim=-1)[rule.keep(torch.arange(len(x_TD), device=x_TD.device), x_TD)]
         total += float(norms.sum())
         count += len(norms)
     if count == 0:

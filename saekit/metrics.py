@@ -19,6 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from saekit.tokens import TokenRule
+
 
 @torch.no_grad()
 def activation_metrics(sae, acts_ND: torch.Tensor, batch_size: int = 4096,
@@ -67,27 +69,31 @@ def _pad(token_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return tokens_BT, mask_BT
 
 
-def splice_hook(sae, mode: str, keep_BT: torch.Tensor):
+def splice_hook(sae, mode: str, keep_BT: torch.Tensor, rule: TokenRule | None = None):
     """A forward hook replacing the activation with the SAE's output ("sae"), the output plus the
-    error term ("sae+error") or zeros ("zero") at the positions in keep_BT; others stay clean."""
+    error term ("sae+error") or zeros ("zero") at the positions in keep_BT (narrowed by the
+    rule's norm filter when it has one); others stay clean."""
     def hook(act_BTD, hook=None):
         x_BTD = act_BTD
+        keep = keep_BT.to(x_BTD.device)
+        if rule is not None:
+            keep = keep & rule.norm_ok(x_BTD)
         if mode == "zero":
             new_BTD = torch.zeros_like(x_BTD)
         else:
             recon_BTD = sae.decode(sae.encode(x_BTD.to(sae.dtype))).to(x_BTD.dtype)
             new_BTD = recon_BTD + (x_BTD - recon_BTD) if mode == "sae+error" else recon_BTD
-        return torch.where(keep_BT[..., None].to(x_BTD.device), new_BTD, x_BTD)
+        return torch.where(keep[..., None], new_BTD, x_BTD)
     return hook
 
 
 @torch.no_grad()
 def lm_metrics(model, sae, hook: str, texts: list[str], max_tokens: int = 512, batch_size: int = 8,
-               skip_first: bool = True) -> dict[str, Any]:
+               rule: TokenRule = TokenRule()) -> dict[str, Any]:
     """LM loss recovered and KL with the SAE spliced in at `hook`, over held-out texts.
 
-    The splice covers every real token (all but the first when `skip_first`, matching training
-    that left first tokens out). loss_recovered = (L_zero - L_sae) / (L_zero - L_clean).
+    The splice covers the real tokens that `rule` counts (as in training; by default all but the
+    first); the others stay clean. loss_recovered = (L_zero - L_sae) / (L_zero - L_clean).
     """
     tok = model.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -98,15 +104,13 @@ def lm_metrics(model, sae, hook: str, texts: list[str], max_tokens: int = 512, b
     n_pred = 0
     for b in range(0, len(ids), batch_size):
         tokens_BT, mask_BT = _pad(ids[b:b + batch_size], pad_id)
-        keep_BT = mask_BT.clone()
-        if skip_first:
-            keep_BT[:, 0] = False
+        keep_BT = rule.keep_padded(mask_BT)
         tokens_BT, mask_BT = tokens_BT.to(device), mask_BT.to(device)
         pred_mask = mask_BT[:, 1:]  # predictions of real next tokens
         n_pred += int(pred_mask.sum())
 
         def run(mode: str | None) -> torch.Tensor:
-            hooks = [] if mode is None else [(hook, splice_hook(sae, mode, keep_BT))]
+            hooks = [] if mode is None else [(hook, splice_hook(sae, mode, keep_BT, rule))]
             logits = model.run_with_hooks(tokens_BT, attention_mask=mask_BT.long(), fwd_hooks=hooks)
             return logits[:, :-1].float().log_softmax(-1)
 
@@ -133,7 +137,7 @@ def lm_metrics(model, sae, hook: str, texts: list[str], max_tokens: int = 512, b
 
     return {
         "texts": len(ids), "predicted_tokens": n_pred, "hook": hook,
-        "splice_positions": "all but the first token" if skip_first else "all tokens",
+        "splice_positions": rule.describe(),
         "loss_clean": loss["clean"], "loss_sae": loss["sae"], "loss_sae_with_error": loss["sae+error"],
         "loss_zero_ablation": loss["zero"],
         "loss_recovered": recovered(loss["sae"]),

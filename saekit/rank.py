@@ -9,18 +9,21 @@ split. Without an SAE only the emotion-vector half runs.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from saekit import evidence as Ev
 from saekit import features as Fe
 from saekit.artifacts import fault_point
 from saekit.config import to_dict
 from saekit.corpus import NEUTRAL, emotion_table
 from saekit.db import Database
-from saekit.harvest import Activations, hook_layer, pool_start
+from saekit.harvest import Activations, hook_layer
+from saekit.tokens import TokenRule
 
 
 @dataclass
@@ -37,8 +40,16 @@ class RankConfig:
     probe_features_per_emotion: int = 5
     """Top selective features per emotion fed to the held-out classifier."""
     n_examples: int = 5
-    """Top-activating stories stored per feature."""
+    """Examples stored per feature and kind (top stories by pooled mean; top windows by peak token)."""
     logit_lens_tokens: int = 10
+    own_word_top: int = 100
+    """The logit-lens check: does an emotion's own word rank among its direction's top N promoted tokens?"""
+    lens_random: int = 200
+    """Random directions of equal norm that give the check's chance rate."""
+    skip_first: int | None = None
+    """Positions left out at the start of every text (saekit.tokens); None: the SAE's training rule, else 1."""
+    max_norm_ratio: float | None = None
+    """Also leave out positions above this multiple of the median norm (0: off); None: the SAE's training rule."""
     n_aligned: int = 10
     """SAE features stored per emotion vector, by decoder cosine."""
     neutral_variance: float = 0.5
@@ -48,82 +59,6 @@ class RankConfig:
     """CSV of human valence/arousal ratings (columns word, valence, arousal; Warriner et al. 2013
     and NRC-VAD column names are recognised). Not shipped: their licences do not allow it."""
     seed: int = 0
-
-
-# ---------------------------------------------------------------------------- encoding
-
-
-@torch.no_grad()
-def encode_documents(acts: Activations, hook: str, encode: Callable[[torch.Tensor], torch.Tensor],
-                     d_sae: int, chunk: int = 4096) -> dict[str, torch.Tensor]:
-    """Per-document pooled SAE activations and per-feature token statistics.
-
-    Returns mean_NF (from the pooling offset), max_NF, argmax_NF (token position of each max),
-    and over all tokens fire_F (count active), sum_F, peak_F, plus n_tokens.
-    """
-    docs = acts.documents
-    N, offset = len(docs), acts.manifest["pool_offset"]
-    mean_NF = torch.zeros(N, d_sae)
-    max_NF = torch.zeros(N, d_sae)
-    argmax_NF = torch.zeros(N, d_sae, dtype=torch.int32)
-    fire_F = torch.zeros(d_sae)
-    sum_F = torch.zeros(d_sae, dtype=torch.float64)
-    peak_F = torch.zeros(d_sae)
-    n_tokens = 0
-    for shard in acts.iter_shard_tensors(hook):
-        x_TD = shard["acts"].float()
-        feats_TF = torch.cat([encode(x_TD[i:i + chunk]).float() for i in range(0, len(x_TD), chunk)])
-        fire_F += (feats_TF > 0).sum(0)
-        sum_F += feats_TF.sum(0, dtype=torch.float64)
-        peak_F = torch.maximum(peak_F, feats_TF.max(0).values)
-        n_tokens += len(feats_TF)
-        doc_index = shard["doc_index"]
-        bounds = torch.nonzero(torch.diff(doc_index, prepend=doc_index[:1] - 1)).flatten().tolist() + [len(doc_index)]
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            d = int(doc_index[a])
-            f = feats_TF[a:b]
-            mean_NF[d] = f[pool_start(b - a, offset):].mean(0)
-            max_NF[d], argmax_NF[d] = f.max(0)
-    return {"mean_NF": mean_NF, "max_NF": max_NF, "argmax_NF": argmax_NF, "fire_F": fire_F,
-            "sum_F": sum_F, "peak_F": peak_F, "n_tokens": torch.tensor(n_tokens)}
-
-
-def top_examples(enc: dict[str, torch.Tensor], acts: Activations, hook: str, tokenizer, n: int,
-                 before: int = 8, after: int = 4) -> list[dict[str, Any]]:
-    """The n stories where each (ever-active) feature peaks, with the token span around the peak."""
-    docs = acts.documents
-    token_ids = torch.cat([s["token_id"] for s in acts.iter_shard_tensors(hook)])
-    vals, idx = enc["max_NF"].topk(min(n, len(docs)), dim=0)      # [n, F]
-    alive = torch.nonzero(enc["peak_F"] > 0).flatten().tolist()
-    rows = []
-    for f in alive:
-        for r in range(vals.shape[0]):
-            if vals[r, f] <= 0:
-                break
-            d = int(idx[r, f])
-            doc = docs[d]
-            pos = int(enc["argmax_NF"][d, f])
-            start, end = max(0, pos - before), min(doc["n_tokens"], pos + after + 1)
-            ids = token_ids[doc["token_offset"] + start: doc["token_offset"] + end].tolist()
-            rows.append({"feature": f, "example_rank": r + 1, "story_id": doc["id"], "token_start": start,
-                         "token_end": end, "activation": float(vals[r, f]),
-                         "snippet": tokenizer.decode(ids) if tokenizer is not None else ""})
-    return rows
-
-
-@torch.no_grad()
-def logit_lens(W_dec_FD: torch.Tensor, W_U_VD: torch.Tensor, norm_D: torch.Tensor | None, tokenizer,
-               n: int, chunk: int = 1024) -> tuple[list[list[str]], list[list[str]]]:
-    """Tokens each decoder direction promotes and suppresses most through the unembedding."""
-    W = W_U_VD.float() if norm_D is None else W_U_VD.float() * norm_D.float()
-    promoted, suppressed = [], []
-    for i in range(0, len(W_dec_FD), chunk):
-        logits_FV = W_dec_FD[i:i + chunk].float() @ W.T
-        top = logits_FV.topk(n, dim=1).indices.tolist()
-        bottom = (-logits_FV).topk(n, dim=1).indices.tolist()
-        promoted += [[tokenizer.decode([t]) for t in row] for row in top]
-        suppressed += [[tokenizer.decode([t]) for t in row] for row in bottom]
-    return promoted, suppressed
 
 
 # ---------------------------------------------------------------------------- ratings
@@ -206,58 +141,129 @@ def run_rank(cfg: RankConfig, sae=None, model=None, tokenizer=None, db: Database
     torch.manual_seed(cfg.seed)
     acts = Activations.open(cfg.activations)
     docs = acts.documents
+    hook = sae.cfg.metadata.hook_name if sae is not None else None
+    if hook is not None and hook not in acts.manifest["hooks"]:
+        raise ValueError(f"the SAE reads {hook}, but {cfg.activations} harvested {acts.manifest['hooks']}")
+    rule = resolve_token_rule(cfg, acts, hook)
+    skipped = {i: f"{d['id']}: no counted tokens ({d['n_tokens']} tokens, rule: {rule.describe()})"
+               for i, d in enumerate(docs) if d["n_tokens"] <= rule.skip_first}
     labels = [d["label"] for d in docs]
     emotions = sorted({lab for lab in labels if lab and lab != NEUTRAL})
     if len(emotions) < 2:
         raise ValueError(f"{cfg.activations}: need stories of at least 2 emotions, found {emotions}")
-    train = [i for i, d in enumerate(docs) if d["split"] == "train" and labels[i] in emotions]
-    test = [i for i, d in enumerate(docs) if d["split"] == "test" and labels[i] in emotions]
-    neutral = [i for i, d in enumerate(docs) if labels[i] == NEUTRAL and "dialogue" in d["id"]] or \
-              [i for i, d in enumerate(docs) if labels[i] == NEUTRAL]
+    train, test, neutral = _splits(docs, labels, emotions, skipped)
     vec = emotion_vector_analysis(acts, cfg, emotions, train, test, labels, neutral)
     summary: dict[str, Any] = {"emotions": len(emotions), "train_stories": len(train), "test_stories": len(test),
-                               "chance": round(1 / len(emotions), 4)}
-    for hook, v in vec.items():
-        summary[f"vector probe accuracy @ {hook}"] = round(v["projection_probe"].accuracy, 4)
-        summary[f"vector logistic accuracy @ {hook}"] = round(v["logistic_probe"].accuracy, 4)
-        summary[f"PC1 vs cluster valence sign r @ {hook}"] = round(v["geometry"]["pc1_vs_cluster_valence_sign_r"], 3)
-        summary[f"PC2 vs cluster valence sign r @ {hook}"] = round(v["geometry"]["pc2_vs_cluster_valence_sign_r"], 3)
+                               "chance": round(1 / len(emotions), 4), "token rule": rule.describe()}
+    unembed = None
+    if model is not None:
+        from saekit.model import unembed as model_unembed
+
+        unembed = model_unembed(model)
+        tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+    for h, v in vec.items():
+        summary[f"vector probe accuracy @ {h}"] = round(v["projection_probe"].accuracy, 4)
+        summary[f"vector logistic accuracy @ {h}"] = round(v["logistic_probe"].accuracy, 4)
+        summary[f"PC1 vs cluster valence sign r @ {h}"] = round(v["geometry"]["pc1_vs_cluster_valence_sign_r"], 3)
+        summary[f"PC2 vs cluster valence sign r @ {h}"] = round(v["geometry"]["pc2_vs_cluster_valence_sign_r"], 3)
         if v["geometry"]["pc1_valence_r"] is not None:
-            summary[f"PC1 ~ valence r @ {hook}"] = round(v["geometry"]["pc1_valence_r"], 3)
-            summary[f"PC2 ~ arousal r @ {hook}"] = round(v["geometry"]["pc2_arousal_r"], 3)
+            summary[f"PC1 ~ valence r @ {h}"] = round(v["geometry"]["pc1_valence_r"], 3)
+            summary[f"PC2 ~ arousal r @ {h}"] = round(v["geometry"]["pc2_arousal_r"], 3)
+        if unembed is not None:
+            v["lens"] = Ev.logit_lens(v["vectors"], *unembed, n=cfg.logit_lens_tokens)
+            v["own_word"] = Ev.own_word_check(v["vectors"], emotions, *unembed, tokenizer, top=cfg.own_word_top,
+                                              n_random=cfg.lens_random, seed=cfg.seed)
+            summary[f"own word in top {cfg.own_word_top} @ {h} (random mean)"] = \
+                f"{v['own_word']['hits']}/{len(emotions)} ({v['own_word']['random_mean_hits']:.1f}, p={v['own_word']['p_value']:.3f})"
 
     sae_part = None
     if sae is not None:
-        hook = sae.cfg.metadata.hook_name
-        if hook not in acts.manifest["hooks"]:
-            raise ValueError(f"the SAE reads {hook}, but {cfg.activations} harvested {acts.manifest['hooks']}")
-        enc = encode_documents(acts, hook, sae.encode, sae.cfg.d_sae)
-        sel = Fe.selectivity(enc["mean_NF"][train], [labels[i] for i in train], emotions)
-        chosen = sorted({f for e in emotions for f in sel.top(e, cfg.probe_features_per_emotion)})
-        probe = Fe.logistic_probe(enc["mean_NF"][train][:, chosen], [labels[i] for i in train],
-                                  enc["mean_NF"][test][:, chosen], [labels[i] for i in test], emotions, seed=cfg.seed)
-        W_dec = sae.W_dec.detach().float()
-        align = {e: Fe.cosine_matrix(vec[hook]["vectors"][j:j + 1], W_dec)[0] for j, e in enumerate(emotions)} \
-            if hook in vec else {}
-        examples = top_examples(enc, acts, hook, tokenizer, cfg.n_examples)
-        lens = None
-        if model is not None:
-            from saekit.model import unembed
-
-            W_U, norm = unembed(model)
-            lens = logit_lens(W_dec, W_U, norm, tokenizer, cfg.logit_lens_tokens)
-        sae_part = {"hook": hook, "enc": enc, "sel": sel, "probe": probe, "chosen": chosen, "align": align,
-                    "examples": examples, "lens": lens}
+        sae_part = sae_evidence(cfg, acts, sae, rule, emotions, labels, train, test, vec, unembed, tokenizer)
+        enc, sel = sae_part["enc"], sae_part["sel"]
+        skipped.update(enc.skipped)
+        summary["counted tokens"] = enc.n_tokens
+        summary["dropped tokens (first positions / norm)"] = f"{enc.n_dropped_first} / {enc.n_dropped_norm}"
         summary["SAE features"] = sae.cfg.d_sae
-        summary[f"SAE top-feature probe accuracy @ {hook}"] = round(probe.accuracy, 4)
+        summary[f"SAE top-feature probe accuracy @ {hook}"] = round(sae_part["probe"].accuracy, 4)
         summary["features with q < 0.05 for some emotion"] = int((sel.q_value < 0.05).any(0).sum())
-        summary["features never active on the corpus"] = int((enc["peak_F"] <= 0).sum())
+        summary["features never active on counted tokens"] = int((enc.peak_F <= 0).sum())
+        top1 = sel.rank.argmin(dim=1)
+        prec = sae_part["precision"][torch.arange(len(emotions)), top1]
+        summary[f"top feature's top-{cfg.n_examples} stories from its emotion (median)"] = round(float(prec.median()), 3)
+        if "own_word" in sae_part:
+            ow = sae_part["own_word"]
+            summary[f"own word in top {cfg.own_word_top} @ top SAE features (random mean)"] = \
+                f"{ow['hits']}/{len(emotions)} ({ow['random_mean_hits']:.1f}, p={ow['p_value']:.3f})"
+    summary["texts skipped (no counted tokens)"] = len(skipped)
     if db is not None:
-        write_results(db, cfg, acts, emotions, labels, vec, sae_part, sae, model)
-    return {"summary": summary, "vectors": vec, "sae": sae_part, "emotions": emotions}
+        write_results(db, cfg, acts, emotions, labels, vec, sae_part, sae, model, rule, skipped)
+    return {"summary": summary, "vectors": vec, "sae": sae_part, "emotions": emotions, "token_rule": rule,
+            "skipped": skipped}
 
 
-def write_results(db: Database, cfg: RankConfig, acts: Activations, emotions, labels, vec, sae_part, sae, model) -> str:
+def _splits(docs, labels, emotions, skipped) -> tuple[list[int], list[int], list[int]]:
+    """Train and test emotion stories and the neutral texts, leaving out texts with no counted tokens."""
+    ok = [i for i in range(len(docs)) if i not in skipped]
+    train = [i for i in ok if docs[i]["split"] == "train" and labels[i] in emotions]
+    test = [i for i in ok if docs[i]["split"] == "test" and labels[i] in emotions]
+    neutral = [i for i in ok if labels[i] == NEUTRAL and "dialogue" in docs[i]["id"]] or \
+              [i for i in ok if labels[i] == NEUTRAL]
+    return train, test, neutral
+
+
+def resolve_token_rule(cfg: RankConfig, acts: Activations, hook: str | None) -> TokenRule:
+    """The SAE's training rule (from its saekit_train.json) unless the config overrides a field."""
+    trained = _trained_token_rule(cfg.sae)
+    skip = trained.skip_first if cfg.skip_first is None else cfg.skip_first
+    ratio = trained.max_norm_ratio if cfg.max_norm_ratio is None else cfg.max_norm_ratio
+    ref = trained.reference_norm if ratio == trained.max_norm_ratio and skip == trained.skip_first else None
+    rule = TokenRule(skip_first=skip, max_norm_ratio=ratio, reference_norm=ref if ratio else None)
+    if rule.uses_norm and rule.reference_norm is None:
+        if hook is None:
+            raise ValueError("the norm filter (max_norm_ratio) needs per-token activations: rank with an SAE")
+        first = next(iter(acts.iter_shard_tensors(hook)))
+        rule = rule.with_reference(first["acts"], first["position"])
+    return rule
+
+
+def _trained_token_rule(sae_folder: str | None) -> TokenRule:
+    record = Path(sae_folder) / SAE_TRAIN_RECORD if sae_folder else None
+    if record is None or not record.is_file():
+        return TokenRule()
+    data = json.loads(record.read_text())
+    if "token_rule" in data:
+        return TokenRule.from_mapping(data["token_rule"])
+    return TokenRule(skip_first=int(data.get("config", {}).get("exclude_first_token", True)))
+
+
+def sae_evidence(cfg: RankConfig, acts: Activations, sae, rule: TokenRule, emotions, labels, train, test, vec,
+                 unembed, tokenizer) -> dict[str, Any]:
+    """Selectivity, probe, examples, histograms, alignment and logit lens of every SAE feature."""
+    hook = sae.cfg.metadata.hook_name
+    enc = Ev.encode_documents(acts, hook, sae.encode, sae.cfg.d_sae, rule)
+    train = [i for i in train if i not in enc.skipped]
+    test = [i for i in test if i not in enc.skipped]
+    sel = Fe.selectivity(enc.mean_NF[train], [labels[i] for i in train], emotions)
+    chosen = sorted({f for e in emotions for f in sel.top(e, cfg.probe_features_per_emotion)})
+    probe = Fe.logistic_probe(enc.mean_NF[train][:, chosen], [labels[i] for i in train],
+                              enc.mean_NF[test][:, chosen], [labels[i] for i in test], emotions, seed=cfg.seed)
+    W_dec = sae.W_dec.detach().float()
+    align = {e: Fe.cosine_matrix(vec[hook]["vectors"][j:j + 1], W_dec)[0] for j, e in enumerate(emotions)} \
+        if hook in vec else {}
+    part = {"hook": hook, "enc": enc, "sel": sel, "probe": probe, "chosen": chosen, "align": align,
+            "examples": Ev.top_examples(enc, acts, hook, sae.encode, rule, tokenizer, cfg.n_examples),
+            "precision": Ev.story_precision(enc, labels, emotions, cfg.n_examples), "lens": None}
+    if unembed is not None:
+        part["lens"] = Ev.logit_lens(W_dec, *unembed, n=cfg.logit_lens_tokens)
+        top1 = sel.rank.argmin(dim=1)
+        part["top_features"] = top1.tolist()
+        part["own_word"] = Ev.own_word_check(W_dec[top1], emotions, *unembed, tokenizer, top=cfg.own_word_top,
+                                             n_random=cfg.lens_random, seed=cfg.seed)
+    return part
+
+
+def write_results(db: Database, cfg: RankConfig, acts: Activations, emotions, labels, vec, sae_part, sae, model,
+                  rule: TokenRule = TokenRule(), skipped: dict[int, str] | None = None) -> str:
     """All rows of one ranking, each table's scope replaced, and the run's 'done' mark, in one transaction.
 
     A crash or kill part-way leaves the previous ranking whole (and this run 'failed', see Database.run).
@@ -282,18 +288,42 @@ def write_results(db: Database, cfg: RankConfig, acts: Activations, emotions, la
         fault_point("rank.write_results")
         for hook, v in vec.items():
             scope = {"model_id": model_id, "corpus_id": cfg.corpus_id, "hook": hook}
+            lens = _lens_columns(v.get("lens"), model)
             db.replace("emotion_vectors", scope,
                        [dict(scope, emotion=e, norm=float(v["vectors"][j].norm()), neutral_pcs=v["neutral_pcs"],
-                             vector=v["vectors"][j].tolist(), run_id=run) for j, e in enumerate(emotions)])
+                             vector=v["vectors"][j].tolist(), run_id=run, **{k: c[j] for k, c in lens.items()})
+                        for j, e in enumerate(emotions)])
+            db.replace("lens_checks", dict(scope, direction="emotion_vector"),
+                       _lens_check_rows(v.get("own_word"), dict(scope, direction="emotion_vector"), run))
             for method, key in (("vector_projection", "projection_probe"), ("vector_logistic", "logistic_probe")):
                 db.replace("probe_results", dict(scope, method=method),
                            [_probe_row(run, model_id, cfg.corpus_id, hook, None, method, v[key])])
         if sae_part is not None:
-            _write_sae_results(db, run, cfg, model_id, emotions, sae_part, sae)
+            _write_sae_results(db, run, cfg, model_id, emotions, sae_part, sae, model, rule, skipped or {})
     return run
 
 
-def _write_sae_results(db: Database, run: str, cfg: RankConfig, model_id: str, emotions, sae_part, sae) -> None:
+def _lens_columns(lens: Ev.LogitLens | None, model) -> dict[str, list]:
+    """Logit-lens columns (token strings and their logits), one list entry per direction."""
+    if lens is None:
+        return {}
+    decode = lambda rows: [[model.tokenizer.decode([t]) for t in row] for row in rows]  # noqa: E731
+    return {"promoted_tokens": decode(lens.promoted_ids), "promoted_logits": lens.promoted_logits,
+            "suppressed_tokens": decode(lens.suppressed_ids), "suppressed_logits": lens.suppressed_logits}
+
+
+def _lens_check_rows(check: dict | None, scope: dict, run: str, features: list[int] | None = None) -> list[dict]:
+    if check is None:
+        return []
+    return [dict(scope, emotion=r["emotion"], feature=features[j] if features else None,
+                 own_word_rank=r["own_word_rank"], own_word_in_top=r["own_word_in_top"], best_token=r["best_token"],
+                 random_rate=r["random_rate"], top_n=check["top"], n_random=check["n_random"], set_hits=check["hits"],
+                 set_random_mean=check["random_mean_hits"], set_p_value=check["p_value"], run_id=run)
+            for j, r in enumerate(check["per_emotion"])]
+
+
+def _write_sae_results(db: Database, run: str, cfg: RankConfig, model_id: str, emotions, sae_part, sae, model,
+                       rule: TokenRule, skipped: dict[int, str]) -> None:
     """The SAE's rows (its features, their statistics, examples, alignments and probe), scope by scope."""
     sae_id = cfg.sae if cfg.sae_id is None else f"{cfg.sae}:{cfg.sae_id}"
     sel, enc, hook = sae_part["sel"], sae_part["enc"], sae_part["hook"]
@@ -305,27 +335,36 @@ def _write_sae_results(db: Database, run: str, cfg: RankConfig, model_id: str, e
              "emotion": [emotions[i] for i in e_idx.tolist()], "run_id": [run] * (E * F)}
     for col, t in (("mean_in", sel.mean_in), ("mean_out", sel.mean_out), ("cohens_d", sel.cohens_d),
                    ("auroc", sel.auroc), ("rate_in", sel.rate_in), ("rate_out", sel.rate_out),
-                   ("p_value", sel.p_value), ("q_value", sel.q_value), ("selectivity_rank", sel.rank)):
+                   ("p_value", sel.p_value), ("q_value", sel.q_value), ("selectivity_rank", sel.rank),
+                   ("top_story_precision", sae_part["precision"])):
         stats[col] = t.flatten().tolist()
-    n_tok = max(int(enc["n_tokens"]), 1)
+    n_tok = max(enc.n_tokens, 1)
+    rule_json = rule.to_json()
     feature_rows = {"sae_id": [sae_id] * F, "feature": list(range(F)),
-                    "firing_rate": (enc["fire_F"] / n_tok).tolist(), "mean_activation": (enc["sum_F"] / n_tok).tolist(),
-                    "max_activation": enc["peak_F"].tolist(), "run_id": [run] * F}
+                    "firing_rate": (enc.fire_F / n_tok).tolist(), "mean_activation": (enc.sum_F / n_tok).tolist(),
+                    "max_activation": enc.peak_F.tolist(), "hist_counts": enc.hist_FB.tolist(),
+                    "token_rule": [rule_json] * F, "run_id": [run] * F}
     if sae_part["lens"] is not None:
-        feature_rows["promoted_tokens"], feature_rows["suppressed_tokens"] = sae_part["lens"]
+        feature_rows.update(_lens_columns(sae_part["lens"], model))
     alignment = []
     for e, cos in sae_part["align"].items():
-        order = cos.argsort(descending=True)[: 10]
+        order = cos.argsort(descending=True)[: cfg.n_aligned]
         alignment += [dict(scope, emotion=e, feature=int(f), cosine=float(cos[f]), alignment_rank=r + 1, run_id=run)
                       for r, f in enumerate(order)]
     db.replace("saes", {"sae_id": sae_id},
                [dict(_sae_quality(cfg), sae_id=sae_id, model_id=model_id, hook=hook, layer=hook_layer(hook),
                      architecture=sae.cfg.architecture(), d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae, path=cfg.sae,
-                     run_id=run)])
+                     run_id=run, token_rule=rule_json, counted_tokens=enc.n_tokens,
+                     dropped_tokens=enc.n_dropped_first + enc.n_dropped_norm,
+                     skipped_texts=json.dumps(sorted(skipped.values())))])
     db.replace("features", {"sae_id": sae_id}, feature_rows)
     db.replace("feature_emotion_stats", scope, stats)
     db.replace("feature_examples", scope, [dict(r, **scope, run_id=run) for r in sae_part["examples"]])
     db.replace("vector_feature_alignment", scope, alignment)
+    check_scope = {"model_id": model_id, "corpus_id": cfg.corpus_id, "hook": hook, "direction": "sae_top_feature",
+                   "sae_id": sae_id}
+    db.replace("lens_checks", check_scope,
+               _lens_check_rows(sae_part.get("own_word"), check_scope, run, sae_part.get("top_features")))
     db.replace("probe_results", dict(scope, method="sae_top_features"),
                [_probe_row(run, model_id, cfg.corpus_id, hook, sae_id, "sae_top_features", sae_part["probe"])])
 

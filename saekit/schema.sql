@@ -42,7 +42,11 @@ CREATE TABLE IF NOT EXISTS saes (
     ce_loss_recovered   DOUBLE,
     kl_divergence       DOUBLE,
     metrics             JSON,
-    run_id              VARCHAR
+    run_id              VARCHAR,
+    token_rule          JSON,
+    counted_tokens      BIGINT,
+    dropped_tokens      BIGINT,
+    skipped_texts       JSON
 );
 
 CREATE TABLE IF NOT EXISTS corpora (
@@ -81,6 +85,10 @@ CREATE TABLE IF NOT EXISTS features (
     promoted_tokens VARCHAR[],
     suppressed_tokens VARCHAR[],
     run_id          VARCHAR,
+    promoted_logits DOUBLE[],
+    suppressed_logits DOUBLE[],
+    hist_counts     BIGINT[],
+    token_rule      JSON,
     PRIMARY KEY (sae_id, feature)
 );
 
@@ -99,6 +107,7 @@ CREATE TABLE IF NOT EXISTS feature_emotion_stats (
     q_value         DOUBLE,
     selectivity_rank INTEGER,
     run_id          VARCHAR,
+    top_story_precision DOUBLE,
     PRIMARY KEY (sae_id, corpus_id, feature, emotion)
 );
 
@@ -106,14 +115,19 @@ CREATE TABLE IF NOT EXISTS feature_examples (
     sae_id          VARCHAR NOT NULL,
     corpus_id       VARCHAR NOT NULL,
     feature         INTEGER NOT NULL,
+    kind            VARCHAR NOT NULL,
     example_rank    INTEGER NOT NULL,
     story_id        VARCHAR,
+    emotion         VARCHAR,
     token_start     INTEGER,
     token_end       INTEGER,
     activation      DOUBLE,
     snippet         VARCHAR,
+    token_ids       INTEGER[],
+    tokens          VARCHAR[],
+    token_activations DOUBLE[],
     run_id          VARCHAR,
-    PRIMARY KEY (sae_id, corpus_id, feature, example_rank)
+    PRIMARY KEY (sae_id, corpus_id, feature, kind, example_rank)
 );
 
 CREATE TABLE IF NOT EXISTS emotion_vectors (
@@ -125,7 +139,31 @@ CREATE TABLE IF NOT EXISTS emotion_vectors (
     neutral_pcs     INTEGER,
     vector          FLOAT[],
     run_id          VARCHAR,
+    promoted_tokens VARCHAR[],
+    promoted_logits DOUBLE[],
+    suppressed_tokens VARCHAR[],
+    suppressed_logits DOUBLE[],
     PRIMARY KEY (model_id, corpus_id, hook, emotion)
+);
+
+CREATE TABLE IF NOT EXISTS lens_checks (
+    model_id        VARCHAR NOT NULL,
+    corpus_id       VARCHAR NOT NULL,
+    hook            VARCHAR NOT NULL,
+    direction       VARCHAR NOT NULL,
+    sae_id          VARCHAR,
+    emotion         VARCHAR NOT NULL,
+    feature         INTEGER,
+    own_word_rank   INTEGER,
+    own_word_in_top BOOLEAN,
+    best_token      VARCHAR,
+    random_rate     DOUBLE,
+    top_n           INTEGER,
+    n_random        INTEGER,
+    set_hits        INTEGER,
+    set_random_mean DOUBLE,
+    set_p_value     DOUBLE,
+    run_id          VARCHAR
 );
 
 CREATE TABLE IF NOT EXISTS vector_feature_alignment (
@@ -163,7 +201,8 @@ CREATE TABLE IF NOT EXISTS experiments (
     sae_id          VARCHAR,
     spec            JSON,
     created_at      TIMESTAMP,
-    run_id          VARCHAR
+    run_id          VARCHAR,
+    token_rule      JSON
 );
 
 CREATE TABLE IF NOT EXISTS intervention_results (
@@ -182,3 +221,17 @@ CREATE TABLE IF NOT EXISTS intervention_results (
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
 ALTER TABLE probe_results ADD COLUMN IF NOT EXISTS model_id VARCHAR;
+ALTER TABLE saes ADD COLUMN IF NOT EXISTS token_rule JSON;
+ALTER TABLE saes ADD COLUMN IF NOT EXISTS counted_tokens BIGINT;
+ALTER TABLE saes ADD COLUMN IF NOT EXISTS dropped_tokens BIGINT;
+ALTER TABLE saes ADD COLUMN IF NOT EXISTS skipped_texts JSON;
+ALTER TABLE features ADD COLUMN IF NOT EXISTS promoted_logits DOUBLE[];
+ALTER TABLE features ADD COLUMN IF NOT EXISTS suppressed_logits DOUBLE[];
+ALTER TABLE features ADD COLUMN IF NOT EXISTS hist_counts BIGINT[];
+ALTER TABLE features ADD COLUMN IF NOT EXISTS token_rule JSON;
+ALTER TABLE feature_emotion_stats ADD COLUMN IF NOT EXISTS top_story_precision DOUBLE;
+ALTER TABLE emotion_vectors ADD COLUMN IF NOT EXISTS promoted_tokens VARCHAR[];
+ALTER TABLE emotion_vectors ADD COLUMN IF NOT EXISTS promoted_logits DOUBLE[];
+ALTER TABLE emotion_vectors ADD COLUMN IF NOT EXISTS suppressed_tokens VARCHAR[];
+ALTER TABLE emotion_vectors ADD COLUMN IF NOT EXISTS suppressed_logits DOUBLE[];
+ALTER TABLE experiments ADD COLUMN IF NOT EXISTS token_rule JSON;

@@ -76,15 +76,21 @@ class TokenRule:
         """Boolean mask [T] of the positions `skip_first` keeps (the norm filter not applied)."""
         return position_T >= self.skip_first
 
+    def norm_ok(self, x_SD: torch.Tensor) -> torch.Tensor:
+        """Boolean mask [...] of the vectors the norm filter keeps (all of them when it is off)."""
+        if not self.uses_norm:
+            return torch.ones(x_SD.shape[:-1], dtype=torch.bool, device=x_SD.device)
+        if self.reference_norm is None:
+            raise TokenRuleError("the norm filter needs a reference norm: call with_reference() first")
+        return x_SD.float().norm(dim=-1) <= self.max_norm_ratio * self.reference_norm
+
     def keep(self, position_T: torch.Tensor, x_TD: torch.Tensor | None = None) -> torch.Tensor:
         """Boolean mask [T] of the positions that count."""
         mask_T = self.keep_positions(position_T)
         if self.uses_norm:
-            if self.reference_norm is None:
-                raise TokenRuleError("the norm filter needs a reference norm: call with_reference() first")
             if x_TD is None:
                 raise TokenRuleError("the norm filter needs the activations, not only the positions")
-            mask_T &= x_TD.float().norm(dim=-1) <= self.max_norm_ratio * self.reference_norm
+            mask_T &= self.norm_ok(x_TD)
         return mask_T
 
     def keep_padded(self, mask_BT: torch.Tensor, x_BTD: torch.Tensor | None = None) -> torch.Tensor:

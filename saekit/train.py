@@ -44,6 +44,7 @@ from saekit.corpus import load_corpus
 from saekit.harvest import Activations, check_hooks, forward_capture, stop_layer, tokenize
 from saekit.model import DEFAULT_MODEL, load_model, parse_dtype
 from saekit import sae as S
+from saekit.tokens import TokenRule
 
 CHECKPOINTS = "checkpoints"
 CKPT_TENSORS = "state.safetensors"
@@ -122,6 +123,9 @@ class TrainConfig:
     """TopK only: select, decode and back-propagate only the k active latents (same maths as sae-lens)."""
     exclude_first_token: bool = True
     """Leave out each text's first token: its residual stream is an outlier (attention sink)."""
+    max_norm_ratio: float = 0.0
+    """Also leave out positions whose residual norm exceeds this multiple of the median (0: off).
+    With exclude_first_token this is the token rule (saekit.tokens) stored with the SAE."""
     shuffle_buffer_tokens: int = 65536
     max_tokens: int = 512
     """Streaming: texts are truncated to this many tokens."""
@@ -204,6 +208,11 @@ class TrainConfig:
             raise ValueError(f"k ({self.k}) must be less than d_sae ({d_sae}{how}); lower k or widen the SAE")
 
 
+def token_rule(cfg: TrainConfig) -> TokenRule:
+    """The positions this config trains on; ranking, examples and experiments reuse it."""
+    return TokenRule(skip_first=int(cfg.exclude_first_token), max_norm_ratio=cfg.max_norm_ratio)
+
+
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     """A TrainConfig from a TOML file; unknown fields are ConfigErrors naming the field."""
     return load_config(TrainConfig, path, overrides)
@@ -215,6 +224,8 @@ def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainC
 class ActivationSource(Protocol):
     """What the trainer sees: endless shuffled batches and a fixed held-out set."""
     d_in: int
+    rule: TokenRule
+    """The positions kept, with its reference norm measured once when the rule needs one."""
 
     def batches(self, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
         """Endless [batch_size, d_in] batches, a pure function of (batch_size, seed)."""
@@ -308,22 +319,21 @@ def held_out_documents(documents: list[dict]) -> set[int]:
 class HarvestSource:
     """Per-token activations from a harvest folder; held-out documents never reach training."""
 
-    def __init__(self, acts: Activations, hook: str, exclude_first_token: bool = True,
-                 buffer_tokens: int = 65536):
+    def __init__(self, acts: Activations, hook: str, rule: TokenRule = TokenRule(), buffer_tokens: int = 65536):
         acts._check_hook(hook)
         self.acts, self.hook = acts, hook
-        self.exclude_first = exclude_first_token
+        if rule.uses_norm and rule.reference_norm is None:
+            first = next(iter(acts.iter_shard_tensors(hook)))
+            rule = rule.with_reference(first["acts"], first["position"])
+        self.rule = rule
         self.buffer_tokens = buffer_tokens
         self.d_in = int(acts.manifest["d_model"])
         held = held_out_documents(acts.documents)
         self.is_held_F = torch.zeros(len(acts.documents), dtype=torch.bool)
         self.is_held_F[list(held)] = True
 
-    def _rows(self, docs_T, pos_T, held: bool) -> torch.Tensor:
-        keep = self.is_held_F[docs_T] == held
-        if self.exclude_first:
-            keep &= pos_T > 0
-        return keep
+    def _rows(self, docs_T, pos_T, x_TD, held: bool) -> torch.Tensor:
+        return (self.is_held_F[docs_T] == held) & self.rule.keep(pos_T, x_TD)
 
     def batches(self, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
         shards = sorted(self.acts.manifest["shards"], key=int)
@@ -333,11 +343,12 @@ class HarvestSource:
             for i in torch.randperm(len(shards), generator=gen).tolist():
                 entry = self.acts.manifest["shards"][shards[i]]
                 t = self.acts.read(entry)
-                yield t[self.hook][self._rows(t["doc_index"], t["position"], held=False)].float()
+                x_TD = t[self.hook]
+                yield x_TD[self._rows(t["doc_index"], t["position"], x_TD, held=False)].float()
         return shuffled_batches(chunks, batch_size, seed, self.buffer_tokens)
 
     def held_out(self, max_tokens: int) -> torch.Tensor:
-        return first_rows((a[self._rows(docs, pos, held=True)].float()
+        return first_rows((a[self._rows(docs, pos, a, held=True)].float()
                            for a, docs, pos in self.acts.iter_shards(self.hook)), max_tokens, self.d_in)
 
     def held_out_texts(self, max_docs: int) -> list[str]:
@@ -357,11 +368,11 @@ class StreamSource:
     """Activations computed on the fly by the model over a corpus (no cache on disk)."""
 
     def __init__(self, model, records, hook: str, max_tokens: int = 512, batch_docs: int = 8,
-                 exclude_first_token: bool = True, buffer_tokens: int = 65536):
+                 rule: TokenRule = TokenRule(), buffer_tokens: int = 65536):
         check_hooks(model, [hook])
         self.model, self.hook = model, hook
         self.max_tokens, self.batch_docs = max_tokens, batch_docs
-        self.exclude_first, self.buffer_tokens = exclude_first_token, buffer_tokens
+        self.rule, self.buffer_tokens = rule, buffer_tokens
         held = held_out_documents([{"split": r.split} for r in records])
         self.train = [r for i, r in enumerate(records) if i not in held]
         self.held = [r for i, r in enumerate(records) if i in held]
@@ -378,10 +389,11 @@ class StreamSource:
         for b in range(0, len(pieces), self.batch_docs):
             batch = [p.token_ids for p in pieces[b:b + self.batch_docs]]
             acts, mask_BT = forward_capture(self.model, batch, [self.hook], pad, stop)
-            keep_BT = mask_BT.bool()
-            if self.exclude_first:
-                keep_BT[:, 0] = False
-            yield acts[self.hook][keep_BT.to(acts[self.hook].device)].float().cpu()
+            x_BTD = acts[self.hook].float().cpu()
+            if self.rule.uses_norm and self.rule.reference_norm is None:   # measured once, on the first batch
+                pos_BT = torch.arange(mask_BT.shape[1]).expand_as(mask_BT)
+                self.rule = self.rule.with_reference(x_BTD[mask_BT.bool()], pos_BT[mask_BT.bool()])
+            yield x_BTD[self.rule.keep_padded(mask_BT.cpu(), x_BTD)]
 
     def batches(self, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
         def chunks(epoch):
@@ -409,10 +421,10 @@ def open_source(cfg: TrainConfig, activations=None, model=None) -> ActivationSou
         if acts.manifest.get("model") is not None and same(acts.manifest["model"]) != same(cfg.model):
             raise TrainError(f"{acts.path} was harvested from model {acts.manifest.get('model')!r}, "
                              f"but the config trains on {cfg.model!r}")
-        return HarvestSource(acts, cfg.hook, cfg.exclude_first_token, cfg.shuffle_buffer_tokens)
+        return HarvestSource(acts, cfg.hook, token_rule(cfg), cfg.shuffle_buffer_tokens)
     model = model if model is not None else load_model(cfg.model, device=cfg.device)
     return StreamSource(model, load_corpus(cfg.corpus), cfg.hook, cfg.max_tokens, cfg.stream_batch_size,
-                        cfg.exclude_first_token, cfg.shuffle_buffer_tokens)
+                        token_rule(cfg), cfg.shuffle_buffer_tokens)
 
 
 # ---------------------------------------------------------------------------- training state
@@ -797,6 +809,7 @@ def finish(state: TrainState, cfg: TrainConfig, source: ActivationSource, out: P
     from saekit import metrics as M
 
     sae = state.sae
+    rule = getattr(source, "rule", None) or token_rule(cfg)   # a user's own source may not carry one
     if state.scale is not None:
         S.fold_activation_scale(sae, state.scale)
     freq_F = state.window_fired_F / max(state.window_tokens, 1)
@@ -810,11 +823,12 @@ def finish(state: TrainState, cfg: TrainConfig, source: ActivationSource, out: P
         if texts:
             model = model if model is not None else load_model(cfg.model, device=cfg.device)
             metrics["lm"] = M.lm_metrics(model, loaded.sae, cfg.hook, texts, max_tokens=cfg.max_tokens,
-                                         skip_first=cfg.exclude_first_token)
+                                         rule=rule)
     metrics["training_window"] = {"tokens": state.window_tokens,
                                   "dead_fraction": float((freq_F == 0).float().mean()),
                                   "dense_fraction": float((freq_F > cfg.dense_threshold).float().mean())}
-    record = {"config": to_dict(cfg), "seed": cfg.seed, "versions": package_versions(),
+    metrics["token_rule"] = json.loads(rule.to_json())
+    record = {"config": to_dict(cfg), "seed": cfg.seed, "token_rule": metrics["token_rule"], "versions": package_versions(),
               "steps": state.step, "tokens": state.tokens, "seconds_this_run": round(elapsed, 2),
               "tokens_per_s_this_run": round(tokens_trained / max(elapsed, 1e-9), 1),
               "d_in": source.d_in, "d_sae": cfg.resolved_d_sae(source.d_in),

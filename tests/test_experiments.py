@@ -205,9 +205,16 @@ def test_probe_values_match_a_direct_steered_forward_pass(ranked, tiny_model):
     word = X.word_token(tiny_model.tokenizer, "calm")
     from saekit.interventions import patched
 
-    with torch.no_grad(), patched(tiny_model, Steer(HOOK, vec, 3.0, norm)):
+    assert stored["token_rule"]["skip_first"] == 1 and stored["spec"]["positions"] == "counted"
+    counted = torch.arange(ids.shape[1]) >= 1            # the default edits only the counted positions
+    with torch.no_grad(), patched(tiny_model, Steer(HOOK, vec, 3.0, norm, positions=counted)):
         lp = tiny_model(ids)[0, -1].log_softmax(-1)[word]
-    assert rows[("calm_up", "logp:calm")] == pytest.approx(float(lp), abs=1e-4)
+    with torch.no_grad(), patched(tiny_model, Steer(HOOK, vec, 3.0, norm)):
+        lp_all = tiny_model(ids)[0, -1].log_softmax(-1)[word]
+    assert rows[("calm_up", "logp:calm")] == pytest.approx(float(lp), abs=1e-5)
+    assert float(lp_all) != pytest.approx(float(lp), abs=1e-5)
+    rule = read_only_query(f"SELECT token_rule FROM experiments WHERE experiment_id = '{exp}'", ranked["db"])
+    assert json.loads(rule.to_pylist()[0]["token_rule"])["description"] == "positions >= 1"
 
 
 def test_impossible_task_margins(ranked, tiny_model):

@@ -165,3 +165,27 @@ def test_mean_resid_norm_is_the_mean_token_norm_without_the_first(tiny_model):
         _, x = clean_run(tiny_model, torch.tensor([s]))
         norms += x[0, 1:].norm(dim=-1).tolist()
     assert mean_resid_norm(tiny_model, HOOK, ids) == pytest.approx(sum(norms) / len(norms), rel=1e-5)
+
+
+def test_a_norm_filtering_rule_keeps_edits_off_outlier_positions():
+    from saekit.tokens import TokenRule
+
+    x = torch.ones(1, 4, 8)
+    x[0, 2] *= 1000.0                                    # an outlier position
+    rule = TokenRule(skip_first=0, max_norm_ratio=10.0, reference_norm=float(torch.ones(8).norm()))
+    steer = Steer(HOOK, torch.ones(8), strength=1.0, scale=2.0, rule=rule)
+    out = steer(x.clone())
+    assert torch.equal(out[0, 2], x[0, 2])
+    assert torch.allclose(out[0, [0, 1, 3]] - x[0, [0, 1, 3]], steer.added.expand(3, -1))
+    assert torch.allclose(Steer(HOOK, torch.ones(8), 1.0, 2.0)(x.clone())[0, 2] - x[0, 2], steer.added, atol=1e-3)
+
+
+def test_mean_resid_norm_follows_the_token_rule(tiny_model):
+    from saekit.tokens import TokenRule
+
+    ids = [[1, 200, 300, 400], [1, 500, 600]]
+    norms = []
+    for s in ids:
+        _, x = clean_run(tiny_model, torch.tensor([s]))
+        norms += x[0, 2:].norm(dim=-1).tolist()
+    assert mean_resid_norm(tiny_model, HOOK, ids, TokenRule(skip_first=2)) == pytest.approx(sum(norms) / len(norms), rel=1e-5)

@@ -50,7 +50,7 @@ def test_stored_stats_equal_a_direct_recomputation(ranked):
                           "WHERE emotion = 'afraid' AND selectivity_rank = 1", cfg.db).to_pylist()[0]
     docs = R.Activations.open(cfg.activations).documents
     train = [i for i, d in enumerate(docs) if d["split"] == "train" and d["label"] in EMOTIONS]
-    x = enc["mean_NF"][train, top["feature"]]
+    x = enc.mean_NF[train, top["feature"]]
     is_afraid = torch.tensor([docs[i]["label"] == "afraid" for i in train])
     assert top["mean_in"] == pytest.approx(float(x[is_afraid].mean()), rel=1e-5)
     pairs = (x[is_afraid][:, None] > x[~is_afraid][None, :]).double().mean() + \
@@ -60,10 +60,28 @@ def test_stored_stats_equal_a_direct_recomputation(ranked):
 
 def test_examples_logit_lens_vectors_and_probes_are_stored(ranked):
     cfg, result, sae = ranked
-    ex = read_only_query("SELECT * FROM feature_examples ORDER BY feature, example_rank LIMIT 5", cfg.db).to_pylist()
-    assert ex and all(e["token_end"] > e["token_start"] and e["snippet"] for e in ex)
-    feats = read_only_query("SELECT count(*) AS n, min(len(promoted_tokens)) AS k FROM features", cfg.db).to_pylist()[0]
-    assert feats == {"n": 128, "k": 10}
+    ex = read_only_query("SELECT * FROM feature_examples ORDER BY feature, kind, example_rank LIMIT 20", cfg.db).to_pylist()
+    assert ex and all(e["token_end"] > e["token_start"] >= 1 and e["snippet"] for e in ex)
+    assert all(len(e["tokens"]) == len(e["token_activations"]) == e["token_end"] - e["token_start"] for e in ex)
+    assert {e["kind"] for e in ex} == {"story", "window"}
+    feats = read_only_query("SELECT count(*) AS n, min(len(promoted_tokens)) AS k, min(len(promoted_logits)) AS kv, "
+                            "bool_and(promoted_logits[1] >= promoted_logits[10]) AS ordered, "
+                            "bool_and(list_sum(hist_counts) = round(firing_rate * (SELECT counted_tokens FROM saes))) "
+                            "AS hist_ok, min(token_rule->>'$.skip_first') AS skip FROM features", cfg.db).to_pylist()[0]
+    assert feats == {"n": 128, "k": 10, "kv": 10, "ordered": True, "hist_ok": True, "skip": "1"}
+    sae_row = read_only_query("SELECT token_rule, counted_tokens, dropped_tokens FROM saes", cfg.db).to_pylist()[0]
+    docs = R.Activations.open(cfg.activations).documents
+    assert sae_row["dropped_tokens"] == len(docs)
+    assert sae_row["counted_tokens"] == sum(d["n_tokens"] for d in docs) - len(docs)
+    assert json.loads(sae_row["token_rule"])["description"] == "positions >= 1"
+    prec = read_only_query("SELECT feature, sum(top_story_precision) AS s FROM feature_emotion_stats GROUP BY feature",
+                           cfg.db).to_pylist()
+    assert all(0 <= p["s"] <= 1 + 1e-6 for p in prec) and any(p["s"] > 0 for p in prec)
+    lens = read_only_query("SELECT direction, count(*) AS n, min(top_n) AS top FROM lens_checks GROUP BY direction "
+                           "ORDER BY direction", cfg.db).to_pylist()
+    assert lens == [{"direction": "emotion_vector", "n": 6, "top": 100}, {"direction": "sae_top_feature", "n": 3, "top": 100}]
+    vlens = read_only_query("SELECT min(len(promoted_logits)) AS k FROM emotion_vectors", cfg.db).to_pylist()[0]
+    assert vlens["k"] == 10
     vec = read_only_query("SELECT hook, count(*) AS n, min(len(vector)) AS d FROM emotion_vectors GROUP BY hook "
                           "ORDER BY hook", cfg.db).to_pylist()
     assert vec == [{"hook": "blocks.1.hook_resid_post", "n": 3, "d": 64}, {"hook": HOOK, "n": 3, "d": 64}]

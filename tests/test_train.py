@@ -9,6 +9,7 @@ from saekit import harvest as H
 from saekit import sae as S
 from saekit import train as T
 from saekit.config import ConfigError
+from saekit.tokens import TokenRule
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "blocks.1.hook_resid_post"
@@ -278,7 +279,7 @@ def test_shipped_configs_load_and_the_default_fits_the_embedded_model():
 def test_harvest_source_never_trains_on_held_out_documents(tiny_model, small_records, tmp_path):
     hc = H.HarvestConfig(model="tiny", hooks=[HOOK], out=str(tmp_path / "acts"), batch_size=4, docs_per_shard=4)
     acts = H.Activations.open(H.harvest(hc, model=tiny_model, records=small_records))
-    src = T.HarvestSource(acts, HOOK, exclude_first_token=True, buffer_tokens=50)
+    src = T.HarvestSource(acts, HOOK, TokenRule(skip_first=1), buffer_tokens=50)
     all_TD = acts.tokens(HOOK)
     docs = torch.cat([d for _, d, _ in acts.iter_shards(HOOK)])
     pos = torch.cat([p for _, _, p in acts.iter_shards(HOOK)])
@@ -291,6 +292,23 @@ def test_harvest_source_never_trains_on_held_out_documents(tiny_model, small_rec
     held_out = src.held_out(10_000)
     assert held_out.shape[0] == int((held & (pos > 0)).sum())
     assert not ({tuple(r.tolist()) for r in held_out} & train_rows)
+
+
+def test_norm_rule_leaves_outliers_out_of_training_and_is_stored(tiny_model, small_records, tmp_path):
+    hc = H.HarvestConfig(model="tiny", hooks=[HOOK], out=str(tmp_path / "acts"), batch_size=4, docs_per_shard=4)
+    acts = H.Activations.open(H.harvest(hc, model=tiny_model, records=small_records))
+    norms = torch.cat([a.norm(dim=-1) for a, _, _ in acts.iter_shards(HOOK)])
+    ratio = float(norms.max() / norms.median()) * 0.999          # drops exactly the largest norm(s)
+    src = T.HarvestSource(acts, HOOK, TokenRule(skip_first=0, max_norm_ratio=ratio), buffer_tokens=50)
+    assert src.rule.reference_norm is not None
+    kept = src.held_out(10_000).norm(dim=-1)
+    assert kept.max() <= ratio * src.rule.reference_norm
+    c = cfg(tmp_path, d_sae=64, k=4, batch_size=64, training_tokens=64 * 4, exclude_first_token=True,
+            max_norm_ratio=50.0)
+    out = T.train_sae(c, activations=acts, model=tiny_model)
+    stored = json.loads((out / T.METRICS).read_text())["token_rule"]
+    assert stored["skip_first"] == 1 and stored["max_norm_ratio"] == 50.0 and stored["reference_norm"] > 0
+    assert json.loads((out / T.TRAIN_RECORD).read_text())["token_rule"] == stored
 
 
 def test_train_from_tiny_model_streaming_records_lm_metrics(tiny_model, small_records, tmp_path):
