@@ -54,10 +54,14 @@ def sae_quality(db: Database, sae_id: str) -> Figure | None:
     ax.table(cellText=[[n.replace("_", " "), "n/a" if v is None else f"{v:.4g}"] for n, v in zip(names, vals)],
              colLabels=["metric", "value"], loc="center", cellLoc="left")
     ev, l0, rec = r.get("explained_variance"), r.get("mean_l0"), r.get("ce_loss_recovered")
+    rule = json.loads(r["token_rule"])["description"] if r.get("token_rule") else "not recorded"
     sentence = (f"The SAE ({r['architecture']}, {r['d_sae']} features at {r['hook']}) explains "
-                f"{_pct(ev)} of held-out activation variance with {_num(l0)} active features per token; "
+                f"{_pct(ev)} of held-out activation variance with {_num(l0)} active features per token, "
+                f"{_pct(r.get('dead_fraction'))} of its features never firing on held-out tokens; "
                 f"spliced into the model it recovers {_pct(rec)} of the language-model loss "
-                f"(KL {_num(r.get('kl_divergence'))} nats/token).")
+                f"(KL {_num(r.get('kl_divergence'))} nats/token). Every statistic in this report counts the "
+                f"same tokens ({rule}): {_count(r.get('counted_tokens'))} corpus tokens counted, "
+                f"{_count(r.get('dropped_tokens'))} left out.")
     return Figure("sae_quality", "SAE quality", fig, sentence)
 
 
@@ -88,21 +92,70 @@ def selectivity_heatmap(db: Database, sae_id: str, corpus_id: str) -> tuple[Figu
     return Figure("selectivity_heatmap", "Feature x emotion selectivity", fig, sentence), best
 
 
-def top_feature_table(db: Database, sae_id: str, corpus_id: str, best: list[dict]) -> str:
-    rows = []
+def top_feature_table(db: Database, sae_id: str, corpus_id: str, best: list[dict]) -> tuple[str, str]:
+    """The most selective feature per emotion with the evidence for it, and a sentence on that evidence."""
+    rows, precisions = [], []
     for b in best:
         f = b["feature"]
-        lens = _rows(db, "SELECT promoted_tokens FROM features WHERE sae_id = ? AND feature = ?", [sae_id, f])
-        ex = _rows(db, "SELECT story_id, snippet, activation FROM feature_examples WHERE sae_id = ? AND corpus_id = ? "
-                       "AND feature = ? ORDER BY example_rank LIMIT 2", [sae_id, corpus_id, f])
-        promoted = ", ".join(repr(t) for t in (lens[0]["promoted_tokens"] or [])[:6]) if lens else ""
-        examples = "<br>".join(f"<b>{html.escape(e['story_id'])}</b> ({e['activation']:.2f}): "
-                               f"...{html.escape(e['snippet'])}..." for e in ex)
+        lens = _rows(db, "SELECT promoted_tokens, promoted_logits FROM features WHERE sae_id = ? AND feature = ?",
+                     [sae_id, f])
+        ex = _rows(db, "SELECT story_id, emotion, tokens, token_activations, activation FROM feature_examples "
+                       "WHERE sae_id = ? AND corpus_id = ? AND feature = ? AND kind = 'story' ORDER BY example_rank",
+                   [sae_id, corpus_id, f])
+        prec = _rows(db, "SELECT top_story_precision AS p FROM feature_emotion_stats WHERE sae_id = ? AND corpus_id = ? "
+                         "AND feature = ? AND emotion = ?", [sae_id, corpus_id, f, b["emotion"]])
+        p = prec[0]["p"] if prec and prec[0]["p"] is not None else float("nan")
+        precisions.append(p)
+        promoted = ", ".join(f"{t!r} {v:+.1f}" for t, v in zip((lens[0]["promoted_tokens"] or [])[:5],
+                                                                  (lens[0]["promoted_logits"] or [])[:5])) if lens else ""
+        examples = "<br>".join(f"<b>{html.escape(e['story_id'])}</b> [{html.escape(e['emotion'] or '')}] "
+                               f"(mean {e['activation']:.2f}): {highlight(e['tokens'], e['token_activations'])}"
+                               for e in ex[:2])
         rows.append(f"<tr><td>{html.escape(b['emotion'])}</td><td>{f}</td><td>{b['auroc']:.3f}</td>"
-                    f"<td>{b['cohens_d']:.2f}</td><td>{b['q_value']:.2g}</td><td>{html.escape(promoted)}</td>"
-                    f"<td>{examples}</td></tr>")
-    return ("<table><tr><th>emotion</th><th>feature</th><th>AUROC</th><th>d</th><th>q</th>"
-            "<th>logit lens: promotes</th><th>top examples</th></tr>" + "".join(rows) + "</table>")
+                    f"<td>{b['cohens_d']:.2f}</td><td>{b['q_value']:.2g}</td><td>{p:.0%} of {len(ex)}</td>"
+                    f"<td>{html.escape(promoted)}</td><td>{examples}</td></tr>")
+    table = ("<table><tr><th>emotion</th><th>feature</th><th>AUROC</th><th>d</th><th>q</th>"
+             "<th>top stories from the emotion</th><th>logit lens: promotes (logit)</th>"
+             "<th>top stories by pooled mean (window around the peak; shade = activation, hover for the value)</th>"
+             "</tr>" + "".join(rows) + "</table>")
+    good = sum(p >= 0.6 for p in precisions)
+    median = float(torch.tensor(precisions).nanmedian()) if precisions else float("nan")
+    sentence = (f"Examples are the stories with the highest pooled activation, the statistic selectivity is ranked "
+                f"on: for {good} of {len(best)} emotions at least 60% of the top feature's top stories carry that "
+                f"emotion (median {median:.0%}; chance about {1 / max(len(best), 1):.0%}).")
+    return table, sentence
+
+
+def highlight(tokens: list[str] | None, values: list[float] | None) -> str:
+    """Tokens as HTML spans shaded by activation, each with its value on hover."""
+    if not tokens:
+        return ""
+    top = max(max(values or [0.0]), 1e-9)
+    return "".join(f'<span title="{v:.3g}" style="background:rgba(255,140,0,{max(v, 0) / top:.2f})">'
+                   f"{html.escape(t)}</span>" for t, v in zip(tokens, values))
+
+
+def lens_check_table(db: Database, model_id: str, corpus_id: str) -> tuple[str, str] | None:
+    """The paper's logit-lens check per hook and direction kind, next to random directions of equal norm."""
+    rows = _rows(db, "SELECT hook, direction, count(*) AS n, any_value(top_n) AS top, any_value(set_hits) AS hits, "
+                     "any_value(set_random_mean) AS rnd, any_value(set_p_value) AS p, "
+                     "string_agg(CASE WHEN own_word_in_top THEN emotion || ' (' || best_token || ', #' || "
+                     "own_word_rank || ')' END, ', ' ORDER BY own_word_rank) AS found "
+                     "FROM lens_checks WHERE model_id = ? AND corpus_id = ? GROUP BY hook, direction "
+                     "ORDER BY direction, hook", [model_id, corpus_id])
+    if not rows:
+        return None
+    body = "".join(f"<tr><td>{html.escape(r['direction'])}</td><td>{html.escape(r['hook'])}</td>"
+                   f"<td>{r['hits']} of {r['n']}</td><td>{r['rnd']:.1f}</td><td>{r['p']:.3f}</td>"
+                   f"<td>{html.escape(r['found'] or 'none')}</td></tr>" for r in rows)
+    table = ("<table><tr><th>direction</th><th>hook</th><th>own word in top</th><th>random directions (mean)</th>"
+             "<th>p</th><th>emotions whose word is promoted (token, rank)</th></tr>" + body + "</table>")
+    best = max(rows, key=lambda r: r["hits"] - r["rnd"])
+    sentence = (f"Does an emotion's direction promote its own word (any form) among its top {best['top']} tokens? "
+                f"Best: {best['direction']} at {best['hook']}, {best['hits']} of {best['n']} emotions against "
+                f"{best['rnd']:.1f} expected from random directions of equal norm (p = {best['p']:.3f})"
+                + ("; read as no evidence." if best["p"] >= 0.05 else "."))
+    return table, sentence
 
 
 def vector_geometry(db: Database, model_id: str, corpus_id: str, hook: str, ratings: dict) -> list[Figure]:
@@ -199,7 +252,11 @@ def write_report(cfg, out: Path, progress: Callable[[float, str], None] | None =
         tick(0.3, "selectivity")
         heat, best = selectivity_heatmap(db, sae_id, corpus_id)
         sections.append(("figure", heat))
-        sections.append(("html", ("Top feature per emotion", top_feature_table(db, sae_id, corpus_id, best))))
+        table, sentence = top_feature_table(db, sae_id, corpus_id, best)
+        sections.append(("html", ("Top feature per emotion", f"<p>{html.escape(sentence)}</p>{table}")))
+        if (lens := lens_check_table(db, model_id, corpus_id)) is not None:
+            sections.append(("html", ("Logit lens: do the directions promote the emotion's own word?",
+                                      f"<p>{html.escape(lens[1])}</p>{lens[0]}")))
         tick(0.5, "geometry")
         for f in vector_geometry(db, model_id, corpus_id, cfg.hook, ratings):
             sections.append(("figure", f))
@@ -243,6 +300,10 @@ def _figure_html(title: str, png: bytes, sentence: str) -> str:
 
 def _pct(v) -> str:
     return "n/a" if v is None else f"{v:.1%}"
+
+
+def _count(v) -> str:
+    return "n/a" if v is None else f"{v:,}"
 
 
 def _num(v) -> str:
