@@ -22,6 +22,7 @@ from the manifest and every part file, so shards finished by a rank that died ar
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import warnings
@@ -41,6 +42,7 @@ from saekit.config import to_dict
 from saekit.corpus import CorpusError, Record, load_corpus
 from saekit.model import (DEFAULT_MODEL, RESIDUAL_HOOK, d_model, is_bridge, load_hf, load_model, n_layers,
                           parse_dtype, residual_capture, residual_hook_names)
+from saekit.tokens import DEFAULT as DEFAULT_RULE
 
 
 class HarvestError(RuntimeError):
@@ -324,6 +326,9 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
             "saekit_version": __version__, "identity": identity, "config": to_dict(cfg),
             "model": cfg.model, "hooks": cfg.hooks, "token_hooks": cfg.stored_token_hooks, "dtype": cfg.store_dtype, "d_model": d_model(model),
             "n_layers": n_layers(model), "total_tokens": total, "pool_offset": cfg.pool_offset,
+            # every position is stored; later stages count those of the token rule (saekit.tokens)
+            "token_rule": json.loads(DEFAULT_RULE.to_json()),
+            "counted_tokens": sum(max(len(p.token_ids) - DEFAULT_RULE.skip_first, 0) for p in pieces),
             "documents": [{"id": p.doc_id, "label": by_id[p.doc_id.split("#w")[0]].emotion,
                            "split": by_id[p.doc_id.split("#w")[0]].split, "n_tokens": len(p.token_ids),
                            "token_offset": offsets[i], "shard": i // cfg.docs_per_shard}
@@ -552,5 +557,7 @@ def summarize(path: Path) -> dict:
     acts = Activations.open(path)
     m = acts.manifest
     return {"folder": str(path), "model": m["model"], "hooks": m["hooks"], "d_model": m["d_model"],
-            "documents": len(m["documents"]), "tokens": m["total_tokens"], "shards": len(m["shards"]),
+            "documents": len(m["documents"]), "tokens": m["total_tokens"],
+            "counted tokens": f"{m['counted_tokens']} ({m['token_rule']['description']})" if "token_rule" in m else "n/a",
+            "shards": len(m["shards"]),
             "dtype": m["dtype"]}

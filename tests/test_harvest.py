@@ -40,6 +40,9 @@ def test_manifest_describes_every_document_once(tiny_model, small_records, tmp_p
     covered = sorted(i for s in m["shards"].values() for i in range(*s["docs"]))
     assert covered == list(range(len(small_records)))
     assert m["config"]["pool_offset"] == 10 and m["saekit_version"]
+    assert m["token_rule"]["description"] == "positions >= 1"
+    assert m["counted_tokens"] == m["total_tokens"] - len(small_records)
+    assert H.summarize(out)["counted tokens"] == f"{m['counted_tokens']} (positions >= 1)"
 
 
 def test_pooled_mean_starts_at_offset_or_half_for_short_texts(tiny_model, small_records, tmp_path):
