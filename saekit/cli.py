@@ -191,6 +191,10 @@ def rank(
     db: Annotated[Optional[Path], typer.Option(help="Database file (default artifacts/saekit.duckdb).")] = None,
     ratings: Annotated[Optional[Path], typer.Option(help="CSV of human valence/arousal ratings (word, valence, arousal).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML file with RankConfig fields.")] = None,
+    skip_first: Annotated[Optional[int], typer.Option(
+        help="Token rule: positions left out at the start of every text (default: the SAE's training rule, else 1).")] = None,
+    max_norm_ratio: Annotated[Optional[float], typer.Option(
+        help="Token rule: also leave out positions above this multiple of the median norm (0 = off).")] = None,
 ) -> None:
     """Rank SAE features by emotion selectivity, build emotion vectors, and store all in the database."""
     from saekit.db import Database, DatabaseError
@@ -198,7 +202,8 @@ def rank(
 
     try:
         cfg = _config(RankConfig, config, {"activations": activations, "sae": sae, "sae_id": sae_id,
-                                           "db": str(db) if db else None, "ratings": str(ratings) if ratings else None})
+                                           "db": str(db) if db else None, "ratings": str(ratings) if ratings else None,
+                                           "skip_first": skip_first, "max_norm_ratio": max_norm_ratio})
         result = _rank(cfg, Database, run_rank)
     except _errors() + (DatabaseError, ValueError) as e:
         _fail(e)

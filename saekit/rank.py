@@ -52,6 +52,10 @@ class RankConfig:
     """Also leave out positions above this multiple of the median norm (0: off); None: the SAE's training rule."""
     n_aligned: int = 10
     """SAE features stored per emotion vector, by decoder cosine."""
+
+    def __post_init__(self):
+        TokenRule(skip_first=1 if self.skip_first is None else self.skip_first,
+                  max_norm_ratio=self.max_norm_ratio or 0.0)   # a bad rule fails here, before any compute
     neutral_variance: float = 0.5
     """Variance of the neutral dialogues whose principal components are projected out."""
     kmeans_k: int = 10

@@ -169,3 +169,14 @@ def test_logit_lens_values_are_the_direct_logits():
     assert lens.promoted_ids[0] == full[0].topk(4).indices.tolist()
     assert lens.promoted_logits[2] == pytest.approx(full[2].topk(4).values.tolist(), rel=1e-5)
     assert lens.suppressed_logits[1][0] == pytest.approx(float(full[1].min()), rel=1e-5)
+
+
+def test_a_bad_token_rule_is_refused_before_any_compute():
+    from typer.testing import CliRunner
+
+    from saekit.cli import app
+
+    result = CliRunner().invoke(app, ["rank", "--skip-first", "-1", "--activations", "nowhere"])
+    assert result.exit_code == 2 and "skip_first must be a whole number >= 0" in result.output
+    with pytest.raises(TokenRuleError, match="multiple above 1"):
+        TokenRule(max_norm_ratio=0.5)
