@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from saekit.artifacts import cache_dir
+from saekit.artifacts import cache_dir, match_umask
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny"
@@ -191,6 +191,7 @@ def _save_folder(target: Path, model, tok, source: str) -> None:
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     (tmp / "saekit_source.json").write_text(json.dumps({"source": source}) + "\n")
+    match_umask(*(p for p in tmp.iterdir() if p.is_file()))
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
 

@@ -39,7 +39,7 @@ from sae_lens.saes.sae import SAEMetadata, TrainingSAE, TrainStepInput, TrainSte
 from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
-from saekit.artifacts import fault_point
+from saekit.artifacts import fault_point, match_umask
 from saekit.model import d_model, hub_offline, hub_reachable
 
 ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard")
@@ -237,6 +237,7 @@ def save_sae(sae: TrainingSAE, folder: str | Path, log_sparsity_F: torch.Tensor 
     fault_point("save_sae.weights_written")
     if log_sparsity_F is not None:
         save_file({"sparsity": log_sparsity_F.detach().float().cpu().contiguous()}, str(new / SPARSITY_FILENAME))
+    match_umask(*(p for p in new.iterdir() if p.is_file()))
     fault_point("save_sae.new_complete")
     if folder.exists():
         os.replace(folder, aside_path_for(folder))

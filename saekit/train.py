@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 
 from saekit import __version__
 from saekit import distributed as D
-from saekit.artifacts import atomic_write_json, content_hash
+from saekit.artifacts import atomic_write_json, content_hash, match_umask
 from saekit.config import check_config, load_config, to_dict
 from saekit.corpus import load_corpus
 from saekit.harvest import Activations, check_hooks, forward_capture, stop_layer, tokenize
@@ -642,6 +642,7 @@ def save_checkpoint(state: TrainState, cfg: TrainConfig, folder: Path) -> Path:
     tensors["trainer.steps_since_fired"] = state.steps_since_fired_F.contiguous()
     tensors["trainer.window_fired"] = state.window_fired_F.contiguous()
     save_file(tensors, str(tmp / CKPT_TENSORS))
+    match_umask(tmp / CKPT_TENSORS)
     meta = {"step": state.step, "tokens": state.tokens, "scale": state.scale, "first_loss": state.first_loss,
             "window_tokens": state.window_tokens, "param_groups": opt["param_groups"],
             "identity": config_identity(cfg), "config": to_dict(cfg), "saekit_version": __version__}

@@ -322,3 +322,32 @@ def test_train_from_tiny_model_streaming_records_lm_metrics(tiny_model, small_re
     assert lm["kl_sae_with_error"] == pytest.approx(0, abs=1e-5) and lm["kl_sae"] > 0
     rec = json.loads((out / T.TRAIN_RECORD).read_text())
     assert rec["seed"] == 0 and rec["versions"]["sae-lens"].startswith("6.54") and rec["config"]["k"] == 8
+
+
+def test_every_file_of_a_trained_sae_follows_the_users_umask(tmp_path):
+    import stat
+
+    from saekit.artifacts import FILE_MODE
+
+    torch.manual_seed(0)
+    x = torch.randn(4096, 16)
+
+    class Source:
+        d_in = 16
+
+        def batches(self, batch_size, seed):
+            while True:
+                yield x[torch.randint(0, len(x), (batch_size,))]
+
+        def held_out(self, n):
+            return x[:n]
+
+        def held_out_texts(self, n):
+            return []
+
+    out = T.train_sae(cfg(tmp_path, d_sae=32, k=2, batch_size=64, training_tokens=64 * 6, checkpoint_every=2),
+                      activations=Source())
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files) and any("checkpoints" in p.parts for p in files)
+    assert {p.relative_to(out).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == \
+        {p.relative_to(out).as_posix(): oct(FILE_MODE) for p in files}
