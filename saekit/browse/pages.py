@@ -1,0 +1,311 @@
+"""The browser's pages, rendered from the database by Jinja templates (autoescaped).
+
+The live server and the static export render the same `Page`s; only the links differ: in an
+export a feature link exists only when that feature's page was written (see export.py), so every
+link on disk works. Paths are the same in both: index.html, emotion/<name>.html,
+feature/<sae>/<n>.html, experiments.html, search.html, and each page links relative to itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import quote
+
+import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from saekit.browse import queries as Q
+from saekit.evidence import hist_edges
+
+TOP_FEATURES = 20
+"""Features listed per emotion on its page (and exported per emotion)."""
+TOP_ALIGNED = 10
+"""Features listed as best aligned with each emotion vector."""
+HOME_TOP = 3
+"""Features shown per emotion on the home page."""
+PLOTLY_JS = Path(__import__("plotly").__file__).parent / "package_data" / "plotly.min.js"
+STATIC = Path(__file__).parent / "static"
+_MISSING = object()
+
+
+class NotFound(Exception):
+    """No such feature, emotion or page; the server answers 404 with the message."""
+
+
+@dataclass
+class Page:
+    template: str
+    depth: int
+    """Folders below the site root, so links can be written relative to the page."""
+    title: str
+    ctx: dict[str, Any] = field(default_factory=dict)
+    status: int = 200
+
+
+@dataclass
+class Links:
+    """Relative hrefs from one page; feature links only to pages that exist."""
+    root: str
+    slugs: dict[str, str]
+    exported: dict[str, set[int]] | None
+
+    def page(self, name: str) -> str:
+        return self.root + name
+
+    def emotion(self, name: str) -> str:
+        return f"{self.root}emotion/{quote(name, safe='')}.html"
+
+    def feature(self, sae_id: str, n: int) -> str | None:
+        slug = self.slugs.get(sae_id)
+        if slug is None or (self.exported is not None and n not in self.exported.get(slug, ())):
+            return None
+        return f"{self.root}feature/{slug}/{n}.html"
+
+
+class Site:
+    """Page builders over a `queries.Reader`; `exported` is None live, or the feature pages an export writes."""
+
+    def __init__(self, exported: dict[str, set[int]] | None = None):
+        self.exported = exported
+        self.memo: dict[str, Any] = {}
+        self.env = Environment(loader=PackageLoader("saekit.browse"), autoescape=select_autoescape(default=True),
+                               undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        self.env.filters["num"] = _num
+        self.env.filters["pct"] = lambda x: "-" if x is None else f"{100 * x:.1f}%"
+        self.env.filters["zip_lens"] = lambda tokens, logits: list(zip(tokens or [], logits or []))
+        self.env.filters["fromjson"] = lambda s: json.loads(s) if isinstance(s, str) else s
+
+    @property
+    def static(self) -> bool:
+        return self.exported is not None
+
+    def cached(self, key: str, build: Callable[[], Any]) -> Any:
+        """Facts shared by many pages, kept until the server sees the file change (it clears memo)."""
+        value = self.memo.get(key, _MISSING)
+        if value is _MISSING:
+            value = self.memo[key] = build()
+        return value
+
+    def saes(self, r: Q.Reader) -> list[Q.Sae]:
+        return self.cached("saes", lambda: Q.saes(r))
+
+    def html(self, r: Q.Reader | None, page: Page, banner: str | None = None) -> str:
+        root = "../" * page.depth
+        slugs = {s.sae_id: s.slug for s in self.saes(r)} if r is not None else {}
+        return self.env.get_template(page.template).render(
+            page.ctx, title=page.title, root=root, links=Links(root, slugs, self.exported), static=self.static,
+            banner=banner)
+
+    # ------------------------------------------------------------------ pages
+
+    def home(self, r: Q.Reader) -> Page:
+        saes = self.saes(r)
+        top = {s.sae_id: _group(Q.top_features(r, s.sae_id, HOME_TOP), "emotion") for s in saes}
+        return Page("home.html", 0, "saekit feature browser", {
+            **Q.overview(r), "saes": saes, "emotions": self.emotions(r), "top": top,
+            "pca": self.cached("pca", lambda: _pca_plot(Q.vectors(r)))})
+
+    def emotions(self, r: Q.Reader) -> list[dict[str, Any]]:
+        return self.cached("emotions", lambda: Q.emotions(r))
+
+    def emotion(self, r: Q.Reader, name: str) -> Page:
+        known = {e["emotion"]: e for e in self.emotions(r)}
+        if name not in known:
+            raise NotFound(f"no emotion {name!r} in this database; known: {', '.join(sorted(known)) or 'none'}")
+        saes = self.saes(r)
+        probes = [dict(p, row=_confusion_row(p, name)) for p in self.cached("probes", lambda: Q.probes(r))]
+        return Page("emotion.html", 1, name, {
+            "e": known[name], "saes": saes,
+            "top": {s.sae_id: Q.top_features(r, s.sae_id, TOP_FEATURES, name) for s in saes},
+            "vectors": Q.vectors(r, name), "lens_checks": Q.lens_checks(r, name),
+            "aligned": _group(Q.aligned_features(r, name, TOP_ALIGNED), "sae_id"), "probes": probes})
+
+    def feature(self, r: Q.Reader, slug: str, n: int) -> Page:
+        sae = next((s for s in self.saes(r) if s.slug == slug), None)
+        if sae is None:
+            raise NotFound(f"no SAE {slug!r}; this database has {', '.join(s.slug for s in self.saes(r))}")
+        row = Q.feature(r, sae.sae_id, n)
+        if row is None:
+            raise NotFound(f"no feature {n} in SAE {sae.sae_id} (features 0 to {sae.d_sae - 1})")
+        stats = Q.feature_stats(r, sae.sae_id, n)
+        examples = _group(Q.examples(r, sae.sae_id, n), "kind")
+        scale = row["max_activation"] or max((max(e["token_activations"] or [0]) for k in examples.values() for e in k),
+                                             default=0) or 1.0
+        specs = self.cached(f"specs:{sae.sae_id}", lambda: Q.experiment_specs(r, sae.sae_id))
+        return Page("feature.html", 2, f"feature {n}", {
+            "sae": sae, "n": n, "f": row, "stats": stats, "best": sorted(stats, key=lambda s: -s["auroc"])[:5],
+            "bars": _bar_plot(stats, n), "hist": _hist_plot(row["hist_counts"] or []),
+            "examples": {k: [_tokens(e, scale) for e in v] for k, v in examples.items()}, "scale": scale,
+            "emotion_names": {e["emotion"] for e in self.emotions(r)}, "aligned": Q.feature_alignment(r, sae.sae_id, n),
+            "uses": Q.experiment_uses(specs, n), "nav": self._neighbours(sae, n)})
+
+    def _neighbours(self, sae: Q.Sae, n: int) -> dict[str, Any]:
+        """Previous and next feature pages, and the numbers the jump box may reach (None: all)."""
+        if self.exported is None:
+            return {"prev": n - 1 if n > 0 else None, "next": n + 1 if n + 1 < sae.d_sae else None, "allowed": None}
+        have = sorted(self.exported.get(sae.slug, ()))
+        i = have.index(n)
+        return {"prev": have[i - 1] if i else None, "next": have[i + 1] if i + 1 < len(have) else None,
+                "allowed": have}
+
+    def experiments(self, r: Q.Reader) -> Page:
+        return Page("experiments.html", 0, "experiments", {"experiments": self.cached(
+            "experiments", lambda: [_experiment(r, e) for e in Q.experiment_specs(r)])})
+
+    def search(self, r: Q.Reader) -> Page:
+        return Page("search.html", 0, "search", {})
+
+    def search_index(self, r: Q.Reader) -> str:
+        """The search page's data as a script: emotions and each feature's promoted tokens."""
+        def build() -> str:
+            feats = {}
+            for s in self.saes(r):
+                keep = self.exported.get(s.slug, set()) if self.exported is not None else None
+                feats[s.slug] = [[x["feature"], [t.strip() for t in x["promoted_tokens"] or []]]
+                                 for x in Q.search_rows(r, s.sae_id) if keep is None or x["feature"] in keep]
+            data = {"emotions": [e["emotion"] for e in self.emotions(r)],
+                    "saes": [{"slug": s.slug, "sae_id": s.sae_id, "d_sae": s.d_sae} for s in self.saes(r)],
+                    "features": feats, "static": self.static}
+            return "window.SAEKIT_SEARCH = " + json.dumps(data).replace("<", "\\u003c") + ";\n"
+        return self.cached("search_index", build)
+
+    def message(self, title: str, text: str, status: int, depth: int = 0) -> Page:
+        return Page("message.html", depth, title, {"text": text}, status)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, int):
+        return str(x)
+    return f"{x:.{digits}g}" if abs(x) < 1e-3 or abs(x) >= 1e4 else f"{x:.{digits}f}"
+
+
+def _group(rows: list[dict], key: str) -> dict[Any, list[dict]]:
+    out: dict[Any, list[dict]] = {}
+    for row in rows:
+        out.setdefault(row[key], []).append(row)
+    return out
+
+
+def _confusion_row(p: dict[str, Any], emotion: str) -> dict[str, Any] | None:
+    """This emotion's row of a probe's confusion matrix: where its test stories went."""
+    if emotion not in p["emotions"]:
+        return None
+    counts = p["confusion"][p["emotions"].index(emotion)]
+    cells = sorted(((e, c) for e, c in zip(p["emotions"], counts) if c), key=lambda x: -x[1])
+    return {"precision": p["precision"].get(emotion), "recall": p["recall"].get(emotion),
+            "total": sum(counts), "cells": cells}
+
+
+def _tokens(example: dict[str, Any], scale: float) -> dict[str, Any]:
+    """An example's tokens with the opacity of each one's highlight: activation / the feature's max."""
+    acts = example["token_activations"] or []
+    toks = [(t, a, min(max(a / scale, 0.0), 1.0)) for t, a in zip(example["tokens"] or [], acts)]
+    return dict(example, toks=toks)
+
+
+def _plot(data: list[dict], **layout: Any) -> dict[str, Any]:
+    """A plotly figure as data: browse.js draws it with the plotly.js that plotly's package ships."""
+    base = {"margin": {"l": 50, "r": 10, "t": 30, "b": 80}, "height": 320, "font": {"size": 11}}
+    return {"data": data, "layout": {**base, **layout}}
+
+
+def _bar_plot(stats: list[dict], n: int) -> dict[str, Any]:
+    return _plot([{"type": "bar", "x": [s["emotion"] for s in stats], "y": [s["auroc"] for s in stats],
+                   "customdata": [f"emotion/{quote(s['emotion'], safe='')}.html" for s in stats],
+                   "hovertext": [f"d = {_num(s['cohens_d'])}, q = {_num(s['q_value'])}, rank {s['selectivity_rank']}"
+                            for s in stats],
+                   "hovertemplate": "%{x}: AUROC %{y:.3f}<br>%{hovertext}<extra></extra>",
+                   "marker": {"color": ["#c0392b" if s["auroc"] >= 0.5 else "#7f8c8d" for s in stats]}}],
+                 title={"text": f"feature {n}: AUROC for each emotion (one vs rest)"},
+                 yaxis={"range": [0, 1], "title": {"text": "AUROC"}},
+                 shapes=[{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 0.5, "y1": 0.5,
+                          "line": {"dash": "dot", "color": "#555"}}])
+
+
+def _hist_plot(counts: list[int]) -> dict[str, Any]:
+    """Counts per log2 bin (saekit.evidence's bins), leading and trailing empty bins dropped."""
+    edges = hist_edges()
+    labels = [f"≤ {edges[0]:g}"] + [f"{lo:g}–{hi:g}" for lo, hi in zip(edges[:-2], edges[1:-1])] + [f"> {edges[-2]:g}"]
+    used = [i for i, c in enumerate(counts) if c]
+    lo, hi = (used[0], used[-1] + 1) if used else (0, 0)
+    return _plot([{"type": "bar", "x": labels[lo:hi], "y": counts[lo:hi], "marker": {"color": "#2c7fb8"},
+                   "hovertemplate": "activation %{x}: %{y} tokens<extra></extra>"}],
+                 title={"text": "activation histogram over counted tokens where it is active"},
+                 xaxis={"title": {"text": "activation (log2 bins)"}, "type": "category"},
+                 yaxis={"title": {"text": "tokens"}})
+
+
+def _pca_plot(vectors: list[dict]) -> dict[str, Any] | None:
+    """The emotion vectors of the deepest hook on their first two principal components."""
+    if not vectors:
+        return None
+    hook = max({v["hook"] for v in vectors}, key=lambda h: (int(h.split(".")[1]) if h.count(".") >= 2 and
+                                                             h.split(".")[1].isdigit() else -1, h))
+    vs = [v for v in vectors if v["hook"] == hook]
+    if len(vs) < 3:
+        return None
+    x = np.asarray([v["vector"] for v in vs], dtype=np.float64)
+    x -= x.mean(0)
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    xy, share = u[:, :2] * s[:2], s[:2] ** 2 / max((s ** 2).sum(), 1e-30)
+    return _plot([{"type": "scatter", "mode": "markers+text", "x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(),
+                   "text": [v["emotion"] for v in vs], "textposition": "top center",
+                   "customdata": [f"emotion/{quote(v['emotion'], safe='')}.html" for v in vs],
+                   "hovertemplate": "%{text}<extra></extra>", "marker": {"size": 9, "color": "#8e44ad"}}],
+                 title={"text": f"emotion vectors at {hook}: PCA (click an emotion)"}, height=460,
+                 xaxis={"title": {"text": f"PC1 ({100 * share[0]:.0f}% of variance)"}},
+                 yaxis={"title": {"text": f"PC2 ({100 * share[1]:.0f}% of variance)"}})
+
+
+def _experiment(r: Q.Reader, spec_row: dict[str, Any]) -> dict[str, Any]:
+    """One experiment's effects (or trace statistics) as report.py computes them, and its generations."""
+    from saekit import report as R
+
+    exp, data = R.load_experiment(spec_row["experiment_id"], r.db)
+    task = exp["spec"]["spec"]["task"]
+    if task == "trace":
+        columns, rows, plot = R.TRACE_COLUMNS, R.trace_table(R.trace_stats(exp, data)), None
+    else:
+        eff = R.effects(exp, data)
+        columns, rows, plot = R.COLUMNS, R.effect_table(eff), _effect_plot(eff, exp["name"])
+    gfile = exp["spec"].get("generations_file")
+    gens = [json.loads(line) for line in Path(gfile).read_text().splitlines() if line.strip()] \
+        if gfile and Path(gfile).is_file() else []
+    return dict(exp, task=task, columns=columns, rows=rows, plot=plot, generations=gens)
+
+
+def _effect_plot(eff: list[dict], name: str) -> dict[str, Any] | None:
+    """Effect vs strength per condition with its 95% interval, the random control dashed beside it."""
+    traces = []
+    for i, cond in enumerate(dict.fromkeys(e["condition"] for e in eff)):
+        rs = sorted((e for e in eff if e["condition"] == cond), key=lambda e: e["strength"] or 0.0)
+        xs = [e["strength"] or 0.0 for e in rs]
+        color = f"hsl({(i * 67) % 360}, 60%, 45%)"
+        for key, dash, label in (("", "solid", cond), ("control", "dash", f"{cond} (control)")):
+            mid = [_finite(e[key or "effect"]) for e in rs]
+            if all(m is None for m in mid):
+                continue
+            lo = [_finite(e[f"{key}_lo" if key else "lo"]) for e in rs]
+            hi = [_finite(e[f"{key}_hi" if key else "hi"]) for e in rs]
+            traces.append({"type": "scatter", "mode": "lines+markers", "name": label, "x": xs, "y": mid,
+                           "line": {"dash": dash, "color": color},
+                           "error_y": {"type": "data", "symmetric": False,
+                                       "array": [None if h is None or m is None else h - m for h, m in zip(hi, mid)],
+                                       "arrayminus": [None if l_ is None or m is None else m - l_
+                                                      for l_, m in zip(lo, mid)]}})
+    return _plot(traces, title={"text": f"{name}: effect vs strength (95% bootstrap intervals)"}, height=380,
+                 xaxis={"title": {"text": "strength"}}, yaxis={"title": {"text": "effect vs no intervention"}},
+                 margin={"l": 50, "r": 10, "t": 30, "b": 40}) if traces else None
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else float(x)
