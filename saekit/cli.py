@@ -71,6 +71,9 @@ def harvest(
     corpus: Annotated[Optional[str], typer.Option(help="'shipped', a .jsonl/.csv/.parquet/.txt file, a dataset folder or hub name.")] = None,
     text_column: Annotated[Optional[str], typer.Option(help="Column holding the text.")] = None,
     label_column: Annotated[Optional[str], typer.Option(help="Column holding the label.")] = None,
+    dataset_config: Annotated[Optional[str], typer.Option(help="Hugging Face dataset: the configuration to read.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Hugging Face dataset: the split to read (default train).")] = None,
+    streaming: Annotated[bool, typer.Option("--streaming", help="Hugging Face dataset: stream rows (with --limit, read only those).")] = False,
     out: Annotated[Optional[str], typer.Option(help="Output folder for shards and manifest.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Documents per forward pass.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Truncate or window texts longer than this.")] = None,
@@ -82,7 +85,9 @@ def harvest(
 
     try:
         cfg = _config(HarvestConfig, config, {"model": model, "hooks": hook, "corpus": corpus, "text_column": text_column,
-                                              "label_column": label_column, "out": out, "batch_size": batch_size,
+                                              "label_column": label_column, "dataset_config": dataset_config,
+                                              "dataset_split": split, "streaming": streaming or None,
+                                              "out": out, "batch_size": batch_size,
                                               "max_tokens": max_tokens, "limit": limit, "dtype": dtype})
         summary = _run_harvest(cfg, run_harvest)
     except _errors() as e:
@@ -292,6 +297,29 @@ def db_tables(db: Annotated[Optional[Path], typer.Option(help="Database file (de
     out_console.print(out)
 
 
+@app.command()
+def browse(
+    db: Annotated[Optional[Path], typer.Option(help="Database file (default artifacts/saekit.duckdb).")] = None,
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8765,
+    host: Annotated[str, typer.Option(help="Address to listen on; the default serves this machine only.")] = "127.0.0.1",
+    export: Annotated[Optional[Path], typer.Option(help="Write the pages as static files into this folder instead "
+                                                        "of serving them.")] = None,
+) -> None:
+    """Browse features, emotions and experiments in a web page (read-only), or export the pages."""
+    from saekit.browse import BrowseError, export_site, serve
+    from saekit.db import DatabaseError
+
+    try:
+        if export is not None:
+            done = export_site(db, export)
+            out_console.print(f"wrote {done['pages']} pages ({done['feature_pages']} features) to {done['folder']} "
+                              f"in {done['seconds']} s; open {Path(done['folder']) / 'index.html'}", markup=False)
+        else:
+            serve(db, host, port, announce=lambda line: out_console.print(line, markup=False))
+    except (BrowseError, DatabaseError) as e:
+        _fail(e)
+
+
 # ---------------------------------------------------------------------------- experiments
 
 
@@ -392,6 +420,8 @@ def study(
     out_console.print(f'  saekit query --db {cfg.db} "SELECT emotion, feature, auroc, cohens_d, q_value '
                       'FROM feature_emotion_stats WHERE selectivity_rank = 1 ORDER BY auroc DESC"', markup=False)
     out_console.print(f'  saekit query --db {cfg.db} "SELECT hook, method, accuracy, chance FROM probe_results"',
+                      markup=False)
+    out_console.print(f"or look at any feature, emotion and experiment in a web page: saekit browse --db {cfg.db}",
                       markup=False)
 
 
