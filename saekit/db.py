@@ -453,3 +453,14 @@ def write_batches(reader, outputs: Mapping[str, str | Path]) -> int:
         for tmp in partial.values():
             tmp.unlink(missing_ok=True)
     return rows
+
+
+def fetch_dicts(db: Database, query: str, params: Sequence | None = None) -> list[dict[str, Any]]:
+    """All rows of a query as dicts by column name (the browser's pages read them by name);
+    a failure, such as a table an older database lacks, arises as a DatabaseError."""
+    try:
+        cur = db.con.execute(query, params or [])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+    except duckdb.Error as e:
+        raise DatabaseError(f"query failed: {e}") from e
