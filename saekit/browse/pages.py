@@ -297,7 +297,7 @@ def _effect_plot(eff: list[dict], name: str) -> dict[str, Any] | None:
             lo = [_finite(e[f"{key}_lo" if key else "lo"]) for e in rs]
             hi = [_finite(e[f"{key}_hi" if key else "hi"]) for e in rs]
             traces.append({"type": "scatter", "mode": "lines+markers", "name": label, "x": xs, "y": mid,
-                           "line": {"dash": dash, "color": color},
+                           "line": {"dash": dash, "color": color}, "marker": {"symbol": "x" if key else "circle"},
                            "error_y": {"type": "data", "symmetric": False,
                                        "array": [None if h is None or m is None else h - m for h, m in zip(hi, mid)],
                                        "arrayminus": [None if l_ is None or m is None else m - l_

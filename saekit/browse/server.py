@@ -109,7 +109,7 @@ class Browser:
                 ctx["table"] = {"columns": table.column_names, "rows": list(zip(*columns)) if columns else []}
             except DatabaseError as e:
                 ctx["error"] = str(e)
-        return HTMLResponse(self.site.html(None, Page("sql.html", 0, "SQL", ctx)), 400 if ctx["error"] else 200)
+        return HTMLResponse(self.site.html(None, Page("sql.html", 0, "SQL", ctx)))
 
     def sql_csv(self, q: str) -> Response:
         """Every row of the query as CSV, streamed; list and struct values written as JSON."""

@@ -1,0 +1,332 @@
+"""`saekit browse` over a tiny-model study database: the app in-process, then the real server and
+its static export driven in Debian's chromium through Playwright (screenshots in artifacts/screenshots)."""
+
+from __future__ import annotations
+
+import html.parser
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlparse
+
+import pytest
+from starlette.testclient import TestClient
+from typer.testing import CliRunner
+
+from saekit.browse import create_app
+from saekit.cli import app
+from saekit.db import Database, read_only_query
+from test_study import write_config
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+HOSTILE = "<img src=x onerror=alert(1)>"
+runner = CliRunner()
+
+
+def rows(db, sql):
+    return read_only_query(sql, db).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A finished tiny study (with an experiment), one example token made hostile HTML."""
+    tmp = tmp_path_factory.mktemp("browse")
+    result = runner.invoke(app, ["study", str(write_config(tmp))])
+    assert result.exit_code == 0, result.output
+    db = tmp / "study.duckdb"
+    with Database(db) as d:
+        d.sql("UPDATE feature_examples SET tokens = list_concat([?], tokens[2:]) "
+              "WHERE kind = 'story' AND example_rank = 1 AND feature = (SELECT feature FROM feature_emotion_stats "
+              "WHERE emotion = 'calm' AND selectivity_rank = 1)", [HOSTILE])
+    return {"db": db, "output": result.output, "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def client(study):
+    return TestClient(create_app(study["db"]))
+
+
+def top_feature(db, emotion="calm") -> int:
+    return rows(db, f"SELECT feature FROM feature_emotion_stats WHERE emotion = '{emotion}' "
+                    "AND selectivity_rank = 1")[0]["feature"]
+
+
+# ---------------------------------------------------------------------------- without a browser
+
+
+def test_study_summary_points_to_browse(study):
+    assert f"saekit browse --db {study['db']}" in " ".join(study["output"].split())
+
+
+def test_pages_answer_escape_and_404(study, client):
+    home = client.get("/")
+    assert home.status_code == 200
+    for e in rows(study["db"], "SELECT DISTINCT emotion FROM feature_emotion_stats"):
+        assert f'href="emotion/{e["emotion"]}.html"' in home.text
+    n = top_feature(study["db"])
+    page = client.get(f"/feature/sae/{n}.html")
+    assert page.status_code == 200
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page.text and HOSTILE not in page.text
+    for url, words in [("/feature/sae/99999.html", "no feature 99999"), ("/feature/nosae/1.html", "no SAE 'nosae'"),
+                       ("/emotion/nope.html", "no emotion 'nope'"), ("/nothing/here", "There is no page")]:
+        missing = client.get(url)
+        assert missing.status_code == 404 and "Not found" in missing.text and words in html.unescape(missing.text)
+        assert "Traceback" not in missing.text
+
+
+def test_sql_box_runs_the_query_guard_and_csv(study, client):
+    before = rows(study["db"], "SELECT count(*) AS n FROM runs")[0]["n"]
+    for bad in ["DELETE FROM runs", "INSERT INTO runs (run_id) VALUES ('x')",
+                f"COPY runs TO '{study['tmp'] / 'leak.csv'}'", "EXPLAIN ANALYZE COPY runs TO 'x.csv'"]:
+        r = client.get("/sql.html", params={"q": bad})
+        assert r.status_code == 200 and 'class="error"' in r.text and "refused" in r.text
+    assert not (study["tmp"] / "leak.csv").exists()
+    assert rows(study["db"], "SELECT count(*) AS n FROM runs")[0]["n"] == before
+    ok = client.get("/sql.html", params={"q": "SELECT feature, promoted_tokens FROM features ORDER BY feature LIMIT 3"})
+    assert ok.status_code == 200 and 'id="csv"' in ok.text
+    csv = client.get("/sql.csv", params={"q": "SELECT feature, promoted_tokens FROM features ORDER BY feature"})
+    lines = csv.text.splitlines()
+    assert lines[0] == '"feature","promoted_tokens"' and len(lines) == 1 + rows(
+        study["db"], "SELECT count(*) AS n FROM features")[0]["n"]
+    assert client.get("/sql.csv", params={"q": "DROP TABLE runs"}).status_code == 400
+
+
+def test_keeps_serving_while_another_process_writes(study):
+    """A writer holding the file gets a 503 page with a banner; after it, the pages come back and say it changed."""
+    c = TestClient(create_app(study["db"]))
+    assert c.get("/").status_code == 200
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from saekit.db import Database; d = Database(sys.argv[1]); "
+                               "d.start_run('browse-test'); print('ready', flush=True); sys.stdin.read(); d.close()",
+         str(study["db"])], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        busy = c.get("/emotion/calm.html")
+        assert busy.status_code == 503 and "being written by another process" in busy.text
+        assert 'href="../static/browse.css"' in busy.text
+    finally:
+        writer.stdin.close()
+        assert writer.wait(timeout=60) == 0
+    back = c.get("/emotion/calm.html")
+    assert back.status_code == 200 and "The database file changed" in back.text
+
+
+def test_cli_refuses_bad_input_clearly(study, tmp_path):
+    missing = runner.invoke(app, ["browse", "--db", str(tmp_path / "none.duckdb")])
+    assert missing.exit_code == 2 and "no database at" in missing.output
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    over = runner.invoke(app, ["browse", "--db", str(study["db"]), "--export", str(keep)])
+    assert over.exit_code == 2 and "refusing to overwrite" in over.output
+    assert (keep / "notes.txt").read_text() == "mine" and len(list(keep.iterdir())) == 1
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = runner.invoke(app, ["browse", "--db", str(study["db"]), "--port", str(port)])
+    assert busy.exit_code == 2 and "choose another --port" in busy.output
+    bad = runner.invoke(app, ["browse", "--db", str(study["db"]), "--port", "70000"])
+    assert bad.exit_code == 2 and "not a port number" in bad.output
+
+
+# ---------------------------------------------------------------------------- in chromium
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(study):
+    """`saekit browse` in a subprocess on a free loopback port, polled until it answers."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "saekit", "browse", "--db", str(study["db"]), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(base, timeout=5).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"saekit browse did not answer: {proc.communicate()[0] if proc.poll() else ''}")
+                time.sleep(0.1)  # polling interval, not synchronisation: the loop ends when the server answers
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    if not CHROMIUM.exists():
+        msg = (f"chromium is not installed at {CHROMIUM}, so the browser tests cannot run "
+               "(`make setup` installs it: apt-get install chromium)")
+        if os.environ.get("CI"):
+            pytest.fail(msg + "; CI requires them")
+        pytest.skip(msg)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(chromium):
+    """A fresh page; the test fails if the console shows an error or a script raised or opened a dialog."""
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    problems: list[str] = []
+    pg.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    pg.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
+    pg.problems = problems
+    yield pg
+    context.close()
+    assert problems == []
+
+
+def shot(pg, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(SHOTS / f"browse-{name}.png"), full_page=True)
+
+
+def check_feature_page(pg, db, n: int) -> None:
+    """Tokens shaded by the stored activations / the feature's max; bar chart and histogram hold the stored data."""
+    f = rows(db, f"SELECT max_activation, hist_counts FROM features WHERE feature = {n}")[0]
+    ex = rows(db, f"SELECT tokens, token_activations FROM feature_examples WHERE feature = {n} AND kind = 'window' "
+                  "AND example_rank = 1")[0]
+    toks = pg.locator('.example[data-kind="window"][data-rank="1"] .tok')
+    assert toks.count() == len(ex["tokens"])
+    shown = toks.evaluate_all("els => els.map(e => [e.textContent, parseFloat(e.dataset.act), e.title, "
+                              "getComputedStyle(e).backgroundColor])")
+    for (text, act, title, colour), token, stored in zip(shown, ex["tokens"], ex["token_activations"]):
+        assert text == token and act == pytest.approx(stored, rel=1e-9) and title
+        alpha = float(re.fullmatch(r"rgba?\((.*)\)", colour).group(1).split(",")[3]) if colour.count(",") == 3 else 1.0
+        assert alpha == pytest.approx(min(stored / f["max_activation"], 1.0), abs=0.01)
+    assert 0 < max(a for _, a, _, _ in shown) <= f["max_activation"]
+    pg.wait_for_selector("#selectivity .main-svg")
+    pg.wait_for_selector("#histogram .main-svg")
+    bars = pg.evaluate("document.getElementById('selectivity').data[0]")
+    stats = rows(db, f"SELECT emotion, auroc FROM feature_emotion_stats WHERE feature = {n} ORDER BY emotion")
+    assert bars["x"] == [s["emotion"] for s in stats] and bars["y"] == pytest.approx([s["auroc"] for s in stats])
+    assert pg.locator("#selectivity g.point").count() == len(stats)
+    hist = pg.evaluate("document.getElementById('histogram').data[0].y")
+    assert sum(hist) == sum(f["hist_counts"]) > 0 and pg.locator("#histogram g.point").count() == len(hist)
+
+
+def test_home_to_emotion_to_feature_in_chromium(server, study, page):
+    db = study["db"]
+    page.goto(server)
+    names = page.locator("#emotions tr td:first-child a").all_text_contents()
+    assert names == sorted(r["emotion"] for r in rows(db, "SELECT DISTINCT emotion FROM feature_emotion_stats"))
+    page.wait_for_selector("#pca .main-svg")
+    shot(page, "home")
+    page.click("#emotions a:text-is('calm')")
+    page.wait_for_url("**/emotion/calm.html")
+    assert page.locator("h1").text_content() == "calm"
+    shot(page, "emotion")
+    n = top_feature(db)
+    page.click(f".top-features tr:nth-child(2) a:text-is('{n}')")
+    page.wait_for_url(f"**/feature/sae/{n}.html")
+    check_feature_page(page, db, n)
+    assert HOSTILE in page.locator('.example[data-kind="story"][data-rank="1"] .tokens').text_content()
+    shot(page, "feature")
+    page.click("#next")
+    page.wait_for_url(f"**/feature/sae/{n + 1}.html")
+    page.fill("#jump input", "0")
+    page.click("#jump button")
+    page.wait_for_url("**/feature/sae/0.html")
+
+
+def test_experiments_search_and_sql_in_chromium(server, study, page):
+    page.goto(server + "experiments.html")
+    page.wait_for_selector(".experiment .main-svg")
+    assert "tiny_probes" in page.locator(".experiment h2").first.text_content()
+    assert page.locator("table.effects tr").count() > 1
+    shot(page, "experiments")
+    page.goto(server + "search.html")
+    page.fill("#q", "calm")
+    page.click("#search button")
+    page.wait_for_selector("#results a")
+    assert "emotion calm" in page.locator("#results").text_content()
+    token = rows(study["db"], "SELECT trim(promoted_tokens[1]) AS t, feature FROM features "
+                              "WHERE length(trim(promoted_tokens[1])) > 2 ORDER BY feature LIMIT 1")[0]
+    page.goto(server + f"search.html?q={urllib.request.quote(token['t'])}")
+    page.wait_for_selector("#results a")
+    assert f"feature {token['feature']} promotes" in page.locator("#results").text_content()
+    page.goto(server + "sql.html")
+    page.fill("#sql textarea", "DELETE FROM runs")
+    page.click("#sql button")
+    page.wait_for_selector(".error")
+    assert "refused: DELETE" in page.locator(".error").text_content()
+    page.fill("#sql textarea", "SELECT emotion, count(*) AS n FROM stories GROUP BY emotion ORDER BY emotion")
+    page.click("#sql button")
+    page.wait_for_selector("#result")
+    assert page.locator("#result tr").count() == 1 + len(rows(study["db"], "SELECT DISTINCT emotion FROM stories"))
+    shot(page, "sql")
+    with page.expect_download() as dl:
+        page.click("#csv")
+    assert Path(dl.value.path()).read_text().startswith('"emotion","n"')
+
+
+def test_missing_feature_is_a_404_page_in_chromium(server, page):
+    resp = page.goto(server + "feature/sae/99999.html")
+    assert resp.status == 404 and page.locator("h1").text_content() == "Not found"
+    page.problems.remove("console error: Failed to load resource: the server responded with a status of 404 (Not Found)")
+    shot(page, "404")
+    page.click("text=Back to the home page")
+    page.wait_for_selector("#emotions")
+
+
+class _Links(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.found += [v for k, v in attrs if k in ("href", "src") and v]
+
+
+def test_export_opens_from_disk_with_working_links(study, page, tmp_path):
+    out = tmp_path / "site"
+    result = runner.invoke(app, ["browse", "--db", str(study["db"]), "--export", str(out)])
+    assert result.exit_code == 0, result.output
+    pages = list(out.rglob("*.html"))
+    n = top_feature(study["db"])
+    assert (out / "feature" / "sae" / f"{n}.html").exists() and (out / "emotion" / "calm.html").exists()
+    for p in pages:  # every relative link and script in every page points at a file of the export
+        parser = _Links()
+        parser.feed(p.read_text())
+        for link in parser.found:
+            target = urlparse(link)
+            if target.scheme in ("", "file") and target.path:
+                assert (p.parent / unquote(target.path)).resolve().exists(), f"{p}: broken link {link}"
+    again = runner.invoke(app, ["browse", "--db", str(study["db"]), "--export", str(out)])
+    assert again.exit_code == 0, again.output  # an earlier export is replaced
+    page.goto((out / "index.html").as_uri())
+    page.click("#emotions a:text-is('calm')")
+    page.wait_for_url("**/emotion/calm.html")
+    page.click(f".top-features tr:nth-child(2) a:text-is('{n}')")
+    page.wait_for_url(f"**/feature/sae/{n}.html")
+    check_feature_page(page, study["db"], n)
+    shot(page, "export-feature")
+    page.goto(urljoin((out / "search.html").as_uri(), "search.html?q=calm"))
+    page.wait_for_selector("#results a")
+    page.click("#results a:text-is('emotion calm')")
+    page.wait_for_url("**/emotion/calm.html")
