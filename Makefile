@@ -10,6 +10,10 @@ STAMP  := $(VENV)/.saekit-installed
 .PHONY: setup run test bench clean
 
 setup: $(STAMP)
+	# Debian's chromium for the browser tests of `saekit browse` (Playwright drives it; nothing downloads
+	# a browser of its own). Needs root; without it the browser tests skip and CI (.ci/run) fails.
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
+		|| echo "warning: could not install chromium: the browser tests will be skipped"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
