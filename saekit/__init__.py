@@ -24,6 +24,7 @@ _EXPORTS = {
     "harvest": "saekit.harvest",
     "Activations": "saekit.harvest",
     "HarvestError": "saekit.harvest",
+    "open_db": "saekit.handle",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import itertools
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -51,17 +52,38 @@ def corpus_root() -> Path:
 # ---------------------------------------------------------------------------- loading
 
 
+@dataclass(frozen=True)
+class DatasetOptions:
+    """How to read a Hugging Face dataset (a hub name or a local folder); all empty for other corpora."""
+    config: str = ""
+    """The dataset's configuration (load_dataset's `name`)."""
+    split: str = ""
+    """The dataset split to read; empty: "train" if there is one, else the first."""
+    streaming: bool = False
+    """Read rows as they arrive instead of downloading the dataset first (with a limit, only those rows)."""
+
+    def __bool__(self) -> bool:
+        return bool(self.config or self.split or self.streaming)
+
+
 def load_corpus(source: str | Path | None = None, *, text_column: str = "text", label_column: str = "emotion",
                 id_column: str = "id", split: str | None = None, include_neutral: bool = True,
-                emotions: Iterable[str] | None = None) -> list[Record]:
+                emotions: Iterable[str] | None = None, dataset: DatasetOptions = DatasetOptions(),
+                limit: int = 0) -> list[Record]:
     """Records from the shipped corpus (source None) or a user's file, folder or dataset name.
 
     `split` keeps only "train" or "test"; `emotions` keeps only those labels (plus neutral if asked).
+    `dataset` picks a Hugging Face dataset's configuration and split, or streams it; `limit` keeps the
+    first N records read (0: all), and a streamed dataset is read no further.
     """
+    if dataset and not _is_hf_dataset(source):
+        raise CorpusError(f"--dataset-config, --split and --streaming apply to Hugging Face datasets (a dataset "
+                          f"folder or hub name), not to corpus {source or 'shipped'}")
     if source is None or str(source) == "shipped":
         records = _shipped_records(include_neutral)
     else:
-        records = _external_records(source, text_column, label_column, id_column)
+        records = _external_records(source, text_column, label_column, id_column, dataset, limit)
+    records = records[:limit] if limit else records
     if split is not None:
         if split not in SPLITS:
             raise CorpusError(f"unknown split {split!r}; choose one of {SPLITS}")
@@ -123,19 +145,33 @@ def _record_from_row(row: dict, path, line: int, text_col: str, label_col: str, 
     )
 
 
-def _external_records(source, text_col: str, label_col: str, id_col: str) -> list[Record]:
+def _is_hub_name(source) -> bool:
+    return str(source).count("/") == 1 and not str(source).startswith((".", "/", "~"))
+
+
+def _is_hf_dataset(source) -> bool:
+    """A local dataset folder or a hub dataset name (what DatasetOptions apply to)."""
+    if source is None or str(source) == "shipped":
+        return False
+    path = Path(source).expanduser()
+    return path.is_dir() or (not path.exists() and _is_hub_name(source))
+
+
+def _external_records(source, text_col: str, label_col: str, id_col: str, dataset: DatasetOptions,
+                      limit: int) -> list[Record]:
     path = Path(source).expanduser()
     if path.is_file():
         rows = _rows_from_file(path)
     elif path.is_dir():
-        rows = _rows_from_hf_dataset(str(path), local=True)
-    elif str(source).count("/") == 1 and not str(source).startswith((".", "/", "~")):
-        rows = _rows_from_hf_dataset(str(source), local=False)
+        rows = _rows_from_hf_dataset(str(path), True, dataset, limit)
+    elif _is_hub_name(source):
+        rows = _rows_from_hf_dataset(str(source), False, dataset, limit)
     else:
         raise CorpusError(f"corpus {source} does not exist")
     if not rows:
         raise CorpusError(f"corpus {source} is empty")
-    return [_record_from_row(row, path, i, text_col, label_col, id_col) for i, row in rows]
+    where = f"{path}[{dataset.split}]" if dataset.split else path   # ids of different splits stay apart
+    return [_record_from_row(row, where, i, text_col, label_col, id_col) for i, row in rows]
 
 
 def _rows_from_file(path: Path) -> list[tuple[int, dict]]:
@@ -161,26 +197,55 @@ def _rows_from_file(path: Path) -> list[tuple[int, dict]]:
     raise CorpusError(f"{path}: unsupported corpus format {suffix!r} (use .jsonl, .csv, .parquet or .txt)")
 
 
-def _rows_from_hf_dataset(name: str, local: bool) -> list[tuple[int, dict]]:
+def _import_datasets():
     try:
         import datasets
-    except ImportError as e:  # pragma: no cover - datasets comes with sae-lens
-        raise CorpusError("reading Hugging Face datasets needs the 'datasets' package") from e
-    if local:
+    except ImportError as e:
+        raise CorpusError("reading Hugging Face datasets needs the optional extra 'hf': "
+                          "pip install 'saekit[hf]' (or pip install datasets)") from e
+    return datasets
+
+
+def _rows_from_hf_dataset(name: str, local: bool, opts: DatasetOptions, limit: int) -> list[tuple[int, dict]]:
+    """Rows of a folder saved with save_to_disk, a local dataset repository folder, or a hub dataset."""
+    datasets = _import_datasets()
+    folder = Path(name)
+    if local and ((folder / "dataset_dict.json").exists() or (folder / "state.json").exists()):
+        if opts.config:
+            raise CorpusError(f"{name} was saved with save_to_disk and has no configurations; "
+                              f"drop --dataset-config {opts.config}")
         try:
-            ds = datasets.load_from_disk(name)
+            ds = _pick_split(datasets.load_from_disk(name), opts.split, name)
+        except CorpusError:
+            raise
         except Exception as e:
             raise CorpusError(f"{name} is not a saved Hugging Face dataset folder: {e}") from e
+        ds = ds.to_iterable_dataset() if opts.streaming else ds
     else:
-        from saekit.model import hub_reachable
+        if not local:
+            from saekit.model import hub_reachable
 
-        if not hub_reachable():
-            raise CorpusError(f"cannot fetch dataset {name!r}: the Hugging Face hub is unreachable; "
-                              "save it with datasets' save_to_disk and pass the folder")
-        ds = datasets.load_dataset(name)
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-    return list(enumerate(ds.to_list(), 1))
+            if not hub_reachable():
+                raise CorpusError(f"cannot fetch dataset {name!r}: the Hugging Face hub is unreachable; "
+                                  "save it with datasets' save_to_disk and pass the folder")
+        try:
+            ds = datasets.load_dataset(name, opts.config or None, split=opts.split or None, streaming=opts.streaming)
+        except Exception as e:  # unknown config or split, unreadable files: datasets' message says which
+            raise CorpusError(f"cannot read dataset {name} (config {opts.config or 'default'}, "
+                              f"split {opts.split or 'default'}): {e}") from e
+        ds = _pick_split(ds, opts.split, name)
+    return list(enumerate(itertools.islice(ds, limit or None), 1))
+
+
+def _pick_split(ds, split: str, name: str):
+    """One split of a dataset dict: the one asked for, else "train", else the first."""
+    if not isinstance(ds, dict):   # DatasetDict and IterableDatasetDict are dicts
+        if split and getattr(ds, "split", None) not in (None, split):
+            raise CorpusError(f"dataset {name} holds only the split {ds.split!r}, not {split!r}")
+        return ds
+    if split and split not in ds:
+        raise CorpusError(f"dataset {name} has no split {split!r}; its splits: {sorted(ds)}")
+    return ds[split or ("train" if "train" in ds else next(iter(ds)))]
 
 
 def assign_splits(records: list[Record], test_fraction: float = 0.2, seed: int = 0) -> list[Record]:

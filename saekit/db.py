@@ -286,7 +286,8 @@ class Database:
 
     def tables(self) -> list[tuple[str, int]]:
         names = [r[0] for r in self.con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY table_name").fetchall()]
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' AND table_type = 'BASE TABLE' "
+            "ORDER BY table_name").fetchall()]
         return [(n, self.scalar(f'SELECT count(*) FROM "{n}"')) for n in names]
 
     def columns(self) -> dict[str, list[tuple[str, str]]]:
@@ -464,3 +465,23 @@ def fetch_dicts(db: Database, query: str, params: Sequence | None = None) -> lis
         return [dict(zip(names, row)) for row in cur.fetchall()]
     except duckdb.Error as e:
         raise DatabaseError(f"query failed: {e}") from e
+
+
+FRAME_KINDS = ("pandas", "polars")
+
+
+def query_frame(db: Database, sql: str, params: Sequence | None = None, kind: str = "pandas"):
+    """One read-only statement's rows as a pandas or polars DataFrame (DuckDB's own .df() / .pl()).
+
+    The statement passes the same check as `saekit query` (check_read_only) before it runs.
+    """
+    if kind not in FRAME_KINDS:
+        raise DatabaseError(f"unknown frame kind {kind!r}; choose from {FRAME_KINDS}")
+    check_read_only(db.con, sql)
+    try:
+        rel = db.con.sql(sql, params=params or None)
+        return rel.df() if kind == "pandas" else rel.pl()
+    except duckdb.Error as e:
+        raise _query_failed(e) from e
+    except ModuleNotFoundError as e:   # .pl() without polars installed
+        raise DatabaseError(f"polars frames need the polars package (pip install polars): {e}") from e

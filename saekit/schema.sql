@@ -235,3 +235,55 @@ ALTER TABLE emotion_vectors ADD COLUMN IF NOT EXISTS promoted_logits DOUBLE[];
 ALTER TABLE emotion_vectors ADD COLUMN IF NOT EXISTS suppressed_tokens VARCHAR[];
 ALTER TABLE emotion_vectors ADD COLUMN IF NOT EXISTS suppressed_logits DOUBLE[];
 ALTER TABLE experiments ADD COLUMN IF NOT EXISTS token_rule JSON;
+
+-- views (documented in analysis/SCHEMA.md like the tables); after the upgrades, whose columns they read
+CREATE OR REPLACE VIEW top_features AS
+SELECT s.sae_id, s.corpus_id, s.emotion, s.feature, s.selectivity_rank, s.auroc, s.cohens_d, s.q_value,
+       s.mean_in, s.mean_out, s.rate_in, s.rate_out, s.top_story_precision,
+       f.firing_rate, f.max_activation, f.promoted_tokens, f.promoted_logits, f.suppressed_tokens,
+       f.suppressed_logits, x.story_id AS example_story, x.emotion AS example_emotion,
+       x.snippet AS example_snippet, x.activation AS example_activation, s.run_id
+FROM feature_emotion_stats s
+LEFT JOIN features f ON f.sae_id = s.sae_id AND f.feature = s.feature
+LEFT JOIN feature_examples x ON x.sae_id = s.sae_id AND x.corpus_id = s.corpus_id AND x.feature = s.feature
+                            AND x.kind = 'story' AND x.example_rank = 1;
+
+CREATE OR REPLACE VIEW experiment_effects AS
+WITH baseline AS (
+    SELECT experiment_id, prompt_id, metric, avg(value) AS value
+    FROM intervention_results WHERE condition = 'none' GROUP BY ALL
+), per_prompt AS (   -- change from the clean model per prompt (side effects: the KL itself), controls averaged
+    SELECT r.experiment_id, r.condition, r.strength, r.metric, r.prompt_id, r.is_control,
+           avg(r.value - CASE WHEN json_extract_string(e.spec, '$.spec.task') = 'side_effects' THEN 0
+                              ELSE b.value END) AS change
+    FROM intervention_results r
+    JOIN experiments e ON e.experiment_id = r.experiment_id
+    JOIN baseline b ON b.experiment_id = r.experiment_id AND b.prompt_id = r.prompt_id AND b.metric = r.metric
+    WHERE r.condition <> 'none'
+    GROUP BY ALL
+), paired AS (
+    SELECT t.experiment_id, t.condition, t.strength, t.metric, t.change AS effect, c.change AS control,
+           t.change - c.change AS diff
+    FROM per_prompt t
+    LEFT JOIN per_prompt c ON c.is_control AND c.experiment_id = t.experiment_id AND c.condition = t.condition
+                          AND c.strength IS NOT DISTINCT FROM t.strength AND c.metric = t.metric
+                          AND c.prompt_id = t.prompt_id
+    WHERE NOT t.is_control
+)
+SELECT p.experiment_id, e.name, p.condition, p.strength, p.metric, count(*) AS n_prompts,
+       avg(effect) AS effect,
+       avg(effect) - 1.96 * stddev_samp(effect) / sqrt(count(effect)) AS effect_lo,
+       avg(effect) + 1.96 * stddev_samp(effect) / sqrt(count(effect)) AS effect_hi,
+       avg(control) AS control,
+       avg(diff) AS effect_minus_control,
+       avg(diff) - 1.96 * stddev_samp(diff) / sqrt(count(diff)) AS diff_lo,
+       avg(diff) + 1.96 * stddev_samp(diff) / sqrt(count(diff)) AS diff_hi,
+       e.created_at
+FROM paired p JOIN experiments e ON e.experiment_id = p.experiment_id
+GROUP BY p.experiment_id, e.name, p.condition, p.strength, p.metric, e.created_at;
+
+CREATE OR REPLACE VIEW latest_runs AS
+SELECT run_id, kind, status, started_at, finished_at,
+       epoch(finished_at) - epoch(started_at) AS seconds, config, versions
+FROM runs
+QUALIFY row_number() OVER (PARTITION BY kind ORDER BY started_at DESC) = 1;

@@ -41,8 +41,9 @@ from saekit import distributed as D
 from saekit.artifacts import atomic_write_json, content_hash, match_umask
 from saekit.config import check_config, load_config, to_dict
 from saekit.corpus import load_corpus
-from saekit.harvest import Activations, check_hooks, forward_capture, stop_layer, tokenize
-from saekit.model import DEFAULT_MODEL, load_model, parse_dtype
+from saekit.harvest import (Activations, check_hooks, dataset_provenance, documents_hash, forward_capture,
+                            harvest_prepends_bos, harvest_records, stop_layer, tokenize)
+from saekit.model import DEFAULT_MODEL, hf_model_id, load_model, parse_dtype, prepends_bos
 from saekit import sae as S
 from saekit.tokens import TokenRule
 
@@ -213,6 +214,16 @@ def token_rule(cfg: TrainConfig) -> TokenRule:
     return TokenRule(skip_first=int(cfg.exclude_first_token), max_norm_ratio=cfg.max_norm_ratio)
 
 
+def sae_metadata(cfg: TrainConfig, rule: TokenRule, provenance: dict | None = None) -> dict:
+    """What a user needs to rebuild the SAE's training activations, in sae-lens' metadata fields where they
+    exist: the model's hub id, BOS, context, dataset and counted positions (seqpos_slice; the full rule,
+    norm filter included, in saekit_token_rule). `provenance` is the activation source's part: dataset,
+    its hash, context size and BOS (a source of the user's own tensors has none)."""
+    return {"model_name": hf_model_id(cfg.model), "hook_name": cfg.hook, "prepend_bos": False,
+            "seqpos_slice": [rule.skip_first, None], "exclude_special_tokens": False, "saekit_model": cfg.model,
+            "saekit_token_rule": json.loads(rule.to_json()), "saekit_version": __version__} | (provenance or {})
+
+
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     """A TrainConfig from a TOML file; unknown fields are ConfigErrors naming the field."""
     return load_config(TrainConfig, path, overrides)
@@ -331,6 +342,10 @@ class HarvestSource:
         held = held_out_documents(acts.documents)
         self.is_held_F = torch.zeros(len(acts.documents), dtype=torch.bool)
         self.is_held_F[list(held)] = True
+        config = acts.manifest.get("config", {})
+        self.provenance = dict(dataset_provenance(config), context_size=config.get("max_tokens"),
+                               saekit_corpus_hash=acts.manifest.get("identity", {}).get("documents"),
+                               prepend_bos=harvest_prepends_bos(acts.manifest))
 
     def _rows(self, docs_T, pos_T, x_TD, held: bool) -> torch.Tensor:
         return (self.is_held_F[docs_T] == held) & self.rule.keep(pos_T, x_TD)
@@ -352,10 +367,8 @@ class HarvestSource:
                            for a, docs, pos in self.acts.iter_shards(self.hook)), max_tokens, self.d_in)
 
     def held_out_texts(self, max_docs: int) -> list[str]:
-        cfg = self.acts.manifest.get("config", {})
         try:
-            records = load_corpus(cfg.get("corpus", "shipped"), text_column=cfg.get("text_column", "text"),
-                                  label_column=cfg.get("label_column", "emotion"))
+            records = harvest_records(self.acts.manifest.get("config", {}))
         except Exception:  # the corpus moved or needs the network: LM metrics are skipped
             return []
         by_id = {r.id: r.text for r in records}
@@ -368,23 +381,26 @@ class StreamSource:
     """Activations computed on the fly by the model over a corpus (no cache on disk)."""
 
     def __init__(self, model, records, hook: str, max_tokens: int = 512, batch_docs: int = 8,
-                 rule: TokenRule = TokenRule(), buffer_tokens: int = 65536):
+                 rule: TokenRule = TokenRule(), buffer_tokens: int = 65536, corpus: str = ""):
         check_hooks(model, [hook])
         self.model, self.hook = model, hook
         self.max_tokens, self.batch_docs = max_tokens, batch_docs
         self.rule, self.buffer_tokens = rule, buffer_tokens
         held = held_out_documents([{"split": r.split} for r in records])
-        self.train = [r for i, r in enumerate(records) if i not in held]
-        self.held = [r for i, r in enumerate(records) if i in held]
+        pieces = tokenize(model.tokenizer, records, max_tokens, "truncate")   # once, not every epoch
+        self.train = [p for i, p in enumerate(pieces) if i not in held]
+        self.held = [p for i, p in enumerate(pieces) if i in held]
+        self.held_texts = [r.text for i, r in enumerate(records) if i in held]
         if not self.train:
             raise TrainError("the corpus has no training texts")
+        self.provenance = {"dataset_path": corpus, "context_size": max_tokens, "prepend_bos": prepends_bos(model.tokenizer),
+                           "saekit_corpus_hash": documents_hash(pieces)}
         from saekit.model import d_model
         self.d_in = d_model(model)
 
-    def _acts(self, records) -> Iterator[torch.Tensor]:
+    def _acts(self, pieces) -> Iterator[torch.Tensor]:
         tok = self.model.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        pieces = tokenize(tok, records, self.max_tokens, "truncate")
         stop = stop_layer(self.model, [self.hook])
         for b in range(0, len(pieces), self.batch_docs):
             batch = [p.token_ids for p in pieces[b:b + self.batch_docs]]
@@ -406,7 +422,7 @@ class StreamSource:
         return first_rows(self._acts(self.held), max_tokens, self.d_in)
 
     def held_out_texts(self, max_docs: int) -> list[str]:
-        return [r.text for r in self.held[:max_docs]]
+        return self.held_texts[:max_docs]
 
 
 def open_source(cfg: TrainConfig, activations=None, model=None) -> ActivationSource:
@@ -424,7 +440,7 @@ def open_source(cfg: TrainConfig, activations=None, model=None) -> ActivationSou
         return HarvestSource(acts, cfg.hook, token_rule(cfg), cfg.shuffle_buffer_tokens)
     model = model if model is not None else load_model(cfg.model, device=cfg.device)
     return StreamSource(model, load_corpus(cfg.corpus), cfg.hook, cfg.max_tokens, cfg.stream_batch_size,
-                        token_rule(cfg), cfg.shuffle_buffer_tokens)
+                        token_rule(cfg), cfg.shuffle_buffer_tokens, corpus=cfg.corpus)
 
 
 # ---------------------------------------------------------------------------- training state
@@ -459,7 +475,7 @@ class StepReport:
     tokens_per_s: float
 
 
-def init_state(cfg: TrainConfig, d_in: int, model_name: str | None = None) -> TrainState:
+def init_state(cfg: TrainConfig, d_in: int) -> TrainState:
     """A fresh SAE (seeded) with its optimizer and empty firing statistics."""
     torch.manual_seed(cfg.seed)
     d_sae = cfg.resolved_d_sae(d_in)
@@ -469,8 +485,7 @@ def init_state(cfg: TrainConfig, d_in: int, model_name: str | None = None) -> Tr
         jumprelu_init_threshold=cfg.jumprelu_init_threshold, jumprelu_bandwidth=cfg.jumprelu_bandwidth,
         aux_loss_coefficient=cfg.aux_loss_coefficient, use_aux_loss=cfg.dead_feature_handling == "auxk",
         normalize_activations=cfg.normalize_activations, dtype=cfg.dtype, device=cfg.device,
-        metadata={"model_name": model_name or cfg.model, "hook_name": cfg.hook, "prepend_bos": True,
-                  "context_size": cfg.max_tokens, "saekit_version": __version__})
+        metadata=sae_metadata(cfg, token_rule(cfg)))
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
     return TrainState(sae=sae, optimizer=optimizer, steps_since_fired_F=torch.zeros(d_sae),
                       window_fired_F=torch.zeros(d_sae))
@@ -813,6 +828,7 @@ def finish(state: TrainState, cfg: TrainConfig, source: ActivationSource, out: P
     rule = getattr(source, "rule", None) or token_rule(cfg)   # a user's own source may not carry one
     if state.scale is not None:
         S.fold_activation_scale(sae, state.scale)
+    S.set_metadata(sae, sae_metadata(cfg, rule, getattr(source, "provenance", None)))
     freq_F = state.window_fired_F / max(state.window_tokens, 1)
     S.save_sae(sae, out, log_sparsity_F=torch.log10(freq_F + 1e-10))
     loaded = S.load_sae(out)

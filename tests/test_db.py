@@ -25,9 +25,16 @@ def documented_schema() -> dict[str, list[tuple[str, str]]]:
     return out
 
 
+def documented_views() -> set[str]:
+    return set(re.findall(r"^### (\w+) \(view\)$", (ROOT / "analysis" / "SCHEMA.md").read_text(), re.M))
+
+
 def test_schema_document_matches_real_database(tmp_path):
     with D.Database(tmp_path / "f.duckdb") as db:
-        assert db.columns() == documented_schema()
+        assert db.columns() == documented_schema()   # tables and views, column by column
+        views = {r[0] for r in db.sql("SELECT table_name FROM information_schema.tables WHERE table_type = 'VIEW'")}
+        assert views == documented_views() == {"top_features", "experiment_effects", "latest_runs"}
+        assert not views & {name for name, _ in db.tables()}   # tables() lists tables only
 
 
 def stat_rows(run, value, n=3):
