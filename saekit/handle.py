@@ -1,0 +1,90 @@
+"""A read-only handle on the feature database for Python users: every answer is a DataFrame.
+
+`saekit.open_db(path)` opens the file through `db.open_readonly`, the sandbox `saekit query` uses:
+nothing the handle runs can write the database or any other file, and `sql()` refuses what the
+command line refuses. Each method is one SQL statement over a table or view of analysis/SCHEMA.md,
+so what a notebook sees is what `saekit query` sees. Frames are DuckDB's own (`.df()`, or `.pl()`
+with frames="polars").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from saekit.db import Database, DatabaseError, open_readonly, query_frame
+
+
+def open_db(path: str | Path | None = None, frames: str = "pandas", allow_file_reads: bool = False) -> "FeatureDB":
+    """A read-only handle on the feature database (default artifacts/saekit.duckdb or $SAEKIT_DB).
+
+    Close it (or use `with`) before a command writes to the same file: DuckDB lets one process
+    write only while no other holds the file open.
+    """
+    return FeatureDB(open_readonly(path, allow_files=allow_file_reads), frames)
+
+
+class FeatureDB:
+    """Questions a notebook asks of the feature database, answered as pandas (or polars) frames."""
+
+    def __init__(self, db: Database, frames: str = "pandas"):
+        self.db, self.frames = db, frames
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "FeatureDB":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def sql(self, query: str, params: list | None = None):
+        """Your own read-only statement (one SELECT, PRAGMA or EXPLAIN of those), checked like `saekit query`."""
+        try:
+            return query_frame(self.db, query, params, self.frames)
+        except DatabaseError as e:
+            if "top_features" in str(e) or "experiment_effects" in str(e) or "latest_runs" in str(e):
+                raise DatabaseError(f"{e}; this database predates saekit's views: any command that writes to "
+                                    "it (saekit rank, saekit experiment run) adds them") from e
+            raise
+
+    def top_features(self, emotion: str, n: int = 10, sae: str | None = None):
+        """The n most selective features for an emotion (per SAE), with logit lens and top story."""
+        if n < 1:
+            raise DatabaseError(f"n must be at least 1, got {n}")
+        frame = self.sql("SELECT * FROM top_features WHERE emotion = ? AND selectivity_rank <= ? "
+                         "AND (? IS NULL OR sae_id = ?) ORDER BY sae_id, selectivity_rank", [emotion, n, sae, sae])
+        return self._known(frame, "emotion", emotion, "SELECT DISTINCT emotion FROM feature_emotion_stats")
+
+    def feature(self, idx: int, sae: str | None = None):
+        """One feature's statistics for every emotion, most selective first, with its lens and top story."""
+        frame = self.sql("SELECT * FROM top_features WHERE feature = ? AND (? IS NULL OR sae_id = ?) "
+                         "ORDER BY sae_id, auroc DESC", [idx, sae, sae])
+        if len(frame) == 0:
+            sizes = self.db.sql("SELECT sae_id, d_sae FROM saes ORDER BY sae_id")
+            raise DatabaseError(f"feature {idx} is not in {self.db.path}"
+                                + (f" for SAE {sae}" if sae else "") + f"; SAEs and their sizes: {sizes}")
+        return frame
+
+    def vectors(self, hook: str):
+        """The emotion vectors at a hook (one row per model, corpus and emotion; `vector` holds the floats)."""
+        frame = self.sql("SELECT * FROM emotion_vectors WHERE hook = ? ORDER BY model_id, corpus_id, emotion", [hook])
+        return self._known(frame, "hook", hook, "SELECT DISTINCT hook FROM emotion_vectors")
+
+    def experiment(self, name: str):
+        """An experiment's effects vs controls (experiment_effects) by id, run id or name (its latest run)."""
+        frame = self.sql("SELECT * FROM experiment_effects WHERE experiment_id = (SELECT experiment_id FROM experiments "
+                         "WHERE ? IN (experiment_id, name, run_id) ORDER BY created_at DESC LIMIT 1) "
+                         "ORDER BY condition, strength, metric", [name])
+        return self._known(frame, "experiment", name, "SELECT experiment_id FROM experiments UNION "
+                                                      "SELECT name FROM experiments UNION SELECT run_id FROM experiments")
+
+    def _known(self, frame, what: str, value: str, known_sql: str):
+        """The frame; when it is empty because `value` names nothing, a DatabaseError listing what exists.
+        Checked only on an empty answer, so a good question costs one query."""
+        if len(frame) == 0:
+            known = sorted(str(r[0]) for r in self.db.sql(known_sql) if r[0] is not None)
+            if value not in known:
+                raise DatabaseError(f"no {what} {value!r} in {self.db.path}; known: {known[:20]}"
+                                    + (f" ... ({len(known)} in all)" if len(known) > 20 else ""))
+        return frame
