@@ -270,6 +270,7 @@ def test_experiments_search_and_sql_in_chromium(server, study, page):
     page.goto(server + f"search.html?q={urllib.request.quote(token['t'])}")
     page.wait_for_selector("#results a")
     assert f"feature {token['feature']} promotes" in page.locator("#results").text_content()
+    shot(page, "search")
     page.goto(server + "sql.html")
     page.fill("#sql textarea", "DELETE FROM runs")
     page.click("#sql button")
