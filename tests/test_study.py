@@ -65,6 +65,16 @@ def test_study_end_to_end_then_skips_then_reruns_what_changed(tmp_path):
                           "write report"}
     assert "Experiment tiny_probes: effect vs strength" in report
     assert "random control" in steps["experiment tiny_probes"]["summary"]["finding"]
+    # the database reports the SAE quality the trainer measured, on the tokens it counted
+    from saekit.db import read_only_query
+
+    written = json.loads((out / "sae" / "metrics.json").read_text())
+    stored = read_only_query("SELECT explained_variance, dead_fraction, mean_l0, token_rule FROM saes",
+                             tmp_path / "study.duckdb").to_pylist()[0]
+    assert stored["explained_variance"] == written["activations"]["explained_variance"]
+    assert stored["dead_fraction"] == written["activations"]["dead_fraction"]
+    assert stored["mean_l0"] == written["activations"]["l0"]
+    assert json.loads(stored["token_rule"])["skip_first"] == written["token_rule"]["skip_first"] == 1
 
     again = runner.invoke(app, ["study", str(cfg)])
     assert again.exit_code == 0

@@ -20,6 +20,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from saekit.browse import queries as Q
 from saekit.evidence import hist_edges
+from saekit.harvest import hook_layer
 
 TOP_FEATURES = 20
 """Features listed per emotion on its page (and exported per emotion)."""
@@ -248,8 +249,7 @@ def _pca_plot(vectors: list[dict]) -> dict[str, Any] | None:
     """The emotion vectors of the deepest hook on their first two principal components."""
     if not vectors:
         return None
-    hook = max({v["hook"] for v in vectors}, key=lambda h: (int(h.split(".")[1]) if h.count(".") >= 2 and
-                                                             h.split(".")[1].isdigit() else -1, h))
+    hook = max({v["hook"] for v in vectors}, key=lambda h: (-1 if hook_layer(h) is None else hook_layer(h), h))
     vs = [v for v in vectors if v["hook"] == hook]
     if len(vs) < 3:
         return None

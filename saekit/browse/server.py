@@ -83,12 +83,12 @@ class Browser:
                     page = self.site.message("Not found", str(e), 404, depth)
                 return HTMLResponse(self.site.html(r, page, banner), page.status)
         except DatabaseBusy as e:
-            busy = (f"The database is being written by another process right now, and DuckDB lets no one read it "
-                    f"meanwhile: {e} Reload this page when the writer has finished.")
+            banner = (f"The database is being written by another process right now, and DuckDB lets no one read "
+                      f"it meanwhile: {e} Reload this page when the writer has finished.")
             page = self.site.message("Database busy", "This page will be back when the writer has finished.", 503, depth)
         except DatabaseError as e:
-            busy, page = banner, self.site.message("Cannot read the database", str(e), 500, depth)
-        return HTMLResponse(self.site.html(None, page, busy), page.status)
+            page = self.site.message("Cannot read the database", str(e), 500, depth)
+        return HTMLResponse(self.site.html(None, page, banner), page.status)
 
     def search_index(self) -> Response:
         self._banner()
