@@ -170,7 +170,8 @@ def _external_records(source, text_col: str, label_col: str, id_col: str, datase
         raise CorpusError(f"corpus {source} does not exist")
     if not rows:
         raise CorpusError(f"corpus {source} is empty")
-    where = f"{path}[{dataset.split}]" if dataset.split else path   # ids of different splits stay apart
+    picked = ",".join(x for x in (dataset.config, dataset.split) if x)
+    where = f"{path}[{picked}]" if picked else path   # default ids of different configs and splits stay apart
     return [_record_from_row(row, where, i, text_col, label_col, id_col) for i, row in rows]
 
 
