@@ -318,8 +318,14 @@ def test_export_opens_from_disk_with_working_links(study, page, tmp_path):
             target = urlparse(link)
             if target.scheme in ("", "file") and target.path:
                 assert (p.parent / unquote(target.path)).resolve().exists(), f"{p}: broken link {link}"
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    killed = subprocess.run([sys.executable, "-m", "saekit", "browse", "--db", str(study["db"]), "--export", str(out)],
+                            env=dict(os.environ, SAEKIT_FAULT="browse_export_rename"), capture_output=True)
+    assert killed.returncode == 137 and any(p.name.startswith(".site.partial-") for p in tmp_path.iterdir())
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the earlier export is whole
     again = runner.invoke(app, ["browse", "--db", str(study["db"]), "--export", str(out)])
-    assert again.exit_code == 0, again.output  # an earlier export is replaced
+    assert again.exit_code == 0, again.output  # an earlier export is replaced, and the killed one's leftovers cleared
+    assert [p.name for p in tmp_path.iterdir()] == ["site"]
     page.goto((out / "index.html").as_uri())
     page.click("#emotions a:text-is('calm')")
     page.wait_for_url("**/emotion/calm.html")

@@ -4,17 +4,20 @@ Which feature pages: every feature some exported page links to, so every link wo
 TOP_FEATURES most selective of each emotion, the TOP_ALIGNED best aligned with each emotion
 vector, and the features experiments intervened on. Every other page is written whole. The
 folder is built beside the target and renamed into place, so an interrupted export leaves the
-previous one whole; a folder that is not an earlier export is never overwritten.
+previous one whole (the next export clears what it left); a folder that is not an earlier export
+is never overwritten.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 from typing import Iterator
 
+from saekit.artifacts import fault_point
 from saekit.browse import queries as Q
 from saekit.browse.pages import PLOTLY_JS, STATIC, TOP_ALIGNED, TOP_FEATURES, Page, Site
 from saekit.browse.server import BrowseError
@@ -55,8 +58,10 @@ def export_site(db_path: str | Path | None, out: str | Path) -> dict:
     _check_target(out)
     path = check_database_path(db_path, must_exist=True)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.*-*"):  # left by a killed export: .partial-<pid>, .old-<pid>
+        if re.fullmatch(rf"\.{re.escape(out.name)}\.(partial|old)-\d+", stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         with Database(path, read_only=True, config=SANDBOX) as db:
             r = Q.Reader(db)
@@ -73,6 +78,7 @@ def export_site(db_path: str | Path | None, out: str | Path) -> dict:
         _write(tmp, "README.txt", f"saekit feature browser, exported from {path}\nOpen index.html in a browser.\n\n"
                                   f"{RULE}\n{n_features} feature pages, {pages} pages in all.\n")
         _write(tmp, MARKER, "")
+        fault_point("browse_export_rename")
         _replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
