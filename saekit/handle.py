@@ -52,14 +52,16 @@ class FeatureDB:
         """The n most selective features for an emotion (per SAE), with logit lens and top story."""
         if n < 1:
             raise DatabaseError(f"n must be at least 1, got {n}")
-        frame = self.sql("SELECT * FROM top_features WHERE emotion = ? AND selectivity_rank <= ? "
-                         "AND (? IS NULL OR sae_id = ?) ORDER BY sae_id, selectivity_rank", [emotion, n, sae, sae])
+        where, params = _sae_filter(sae)
+        frame = self.sql(f"SELECT * FROM top_features WHERE emotion = ? AND selectivity_rank <= ?{where} "
+                         "ORDER BY sae_id, selectivity_rank", [emotion, n, *params])
         return self._known(frame, "emotion", emotion, "SELECT DISTINCT emotion FROM feature_emotion_stats")
 
     def feature(self, idx: int, sae: str | None = None):
         """One feature's statistics for every emotion, most selective first, with its lens and top story."""
-        frame = self.sql("SELECT * FROM top_features WHERE feature = ? AND (? IS NULL OR sae_id = ?) "
-                         "ORDER BY sae_id, auroc DESC", [idx, sae, sae])
+        where, params = _sae_filter(sae)
+        frame = self.sql(f"SELECT * FROM top_features WHERE feature = ?{where} ORDER BY sae_id, auroc DESC",
+                         [idx, *params])
         if len(frame) == 0:
             sizes = self.db.sql("SELECT sae_id, d_sae FROM saes ORDER BY sae_id")
             raise DatabaseError(f"feature {idx} is not in {self.db.path}"
@@ -88,3 +90,8 @@ class FeatureDB:
                 raise DatabaseError(f"no {what} {value!r} in {self.db.path}; known: {known[:20]}"
                                     + (f" ... ({len(known)} in all)" if len(known) > 20 else ""))
         return frame
+
+
+def _sae_filter(sae: str | None) -> tuple[str, list]:
+    """The SQL condition and parameter for an optional SAE (an `? IS NULL OR` form costs a third more)."""
+    return (" AND sae_id = ?", [sae]) if sae else ("", [])
