@@ -402,7 +402,7 @@ def export_vectors(
         written = run(out, format, db, emotion or [], hook or [], model, corpus, force)
     except _errors() + (ExportError,) as e:
         _fail(e)
-    out_console.print(f"wrote {len(written)} file(s): {', '.join(map(str, written))}", markup=False)
+    out_console.print(f"wrote {len(written)} file(s): {', '.join(map(str, written))}", markup=False, soft_wrap=True)
 
 
 @export_app.command("features")
@@ -422,7 +422,7 @@ def export_features(
         written = run(out, db, feature or [], emotion or [], top, sae, force)
     except _errors() + (ExportError,) as e:
         _fail(e)
-    out_console.print(f"wrote {', '.join(map(str, written))}", markup=False)
+    out_console.print(f"wrote {', '.join(map(str, written))}", markup=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------- study (the main job)
