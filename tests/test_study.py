@@ -54,7 +54,7 @@ def test_study_end_to_end_then_skips_then_reruns_what_changed(tmp_path):
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and "Held-out emotion classification" in report
     assert "Every statistic in this report counts the same tokens (positions &gt;= 1)" in report
-    assert "Logit lens: do the directions promote the emotion's own word?" in report
+    assert "Logit lens: do the directions promote the emotion&#x27;s own word?" in report
     assert '<span title="' in report and "top stories from the emotion" in report
     assert {p.name for p in (out / "figures").glob("*.png")} >= {"sae_quality.png", "selectivity_heatmap.png",
                                                                 "vector_pca.png", "vector_dendrogram.png",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
@@ -28,7 +29,8 @@ TOP_ALIGNED = 10
 """Features listed as best aligned with each emotion vector."""
 HOME_TOP = 3
 """Features shown per emotion on the home page."""
-PLOTLY_JS = Path(__import__("plotly").__file__).parent / "package_data" / "plotly.min.js"
+PLOTLY_JS = Path(find_spec("plotly").submodule_search_locations[0]) / "package_data" / "plotly.min.js"
+"""plotly.js as the plotly package ships it: served and exported from there, never from a CDN."""
 STATIC = Path(__file__).parent / "static"
 _MISSING = object()
 
