@@ -227,14 +227,15 @@ def run_status(path) -> dict[str, str]:
         return dict(db.sql("SELECT run_id, status FROM runs"))
 
 
-RANKED_TABLES = ("corpora", "emotion_vectors", "feature_emotion_stats", "feature_examples", "features", "models",
-                 "probe_results", "saes", "stories", "vector_feature_alignment")
+RANKED_TABLES = ("corpora", "emotion_vectors", "feature_emotion_stats", "feature_examples", "features", "lens_checks",
+                 "models", "probe_results", "saes", "stories", "vector_feature_alignment")
 
 
 def run_ids(path) -> dict[str, set]:
     """The runs that wrote each non-empty result table."""
     with D.open_readonly(path) as db:
-        tables = [t for t, cols in db.columns().items() if ("run_id", "VARCHAR") in cols and t != "runs"]
+        names = {t for t, _ in db.tables()}   # tables, not views (which show the tables' rows again)
+        tables = [t for t, cols in db.columns().items() if ("run_id", "VARCHAR") in cols and t in names - {"runs"}]
         ids = {t: {r[0] for r in db.sql(f"SELECT DISTINCT run_id FROM {t}")} for t in tables}
     return {t: v for t, v in ids.items() if v}
 
