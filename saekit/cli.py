@@ -431,8 +431,19 @@ def export_features(
 @app.command()
 def study(
     config: Annotated[Path, typer.Argument(help="Study TOML (see analysis/study.toml).")] = Path("analysis/study.toml"),
+    plan: Annotated[bool, typer.Option("--plan", help="Print each step's tokens, FLOPs, time, memory and disk; run nothing.")] = False,
+    device_profile: Annotated[str, typer.Option(help="With --plan: h100, h200 or a100 instead of timing this machine.")] = "",
+    gpus: Annotated[int, typer.Option(help="With --plan: processes under torchrun sharing harvest and training.")] = 1,
 ) -> None:
     """The main job: harvest, train the SAE, rank, run experiments, write the report; finished steps are skipped."""
+    if plan:
+        from saekit.plan import format_plan, plan_study
+
+        try:
+            out_console.print(format_plan(plan_study(config, device_profile, gpus)), markup=False, soft_wrap=True)
+        except _errors() as e:
+            _fail(e)
+        return
     from saekit.db import DatabaseError, check_database_path
     from saekit.sae import SAEError
     from saekit.experiments import ExperimentError

@@ -47,6 +47,8 @@ class StudyConfig:
     batch_size: int = 8
     max_tokens: int = 256
     dtype: str = "float32"
+    device: str = "cpu"
+    """"cuda" runs every step on the GPU (checked before any weights load)."""
     limit: int = 0
     """Use only the first N corpus records (0 = all), for quick runs."""
     train_tokens: int = 0
@@ -89,13 +91,13 @@ class StudyRun:
         c = self.cfg
         return HarvestConfig(model=c.model, hooks=[c.hook, *c.vector_hooks], token_hooks=[c.hook], corpus=c.corpus,
                              out=str(self.out / "activations"), batch_size=c.batch_size, max_tokens=c.max_tokens,
-                             dtype=c.dtype, limit=c.limit)
+                             dtype=c.dtype, device=c.device, limit=c.limit)
 
     def train_config(self):
         from saekit.train import load_train_config
 
         overrides = {"model": self.cfg.model, "hook": self.cfg.hook, "activations": str(self.out / "activations"),
-                     "out": str(self.out / "sae"), "seed": self.cfg.seed}
+                     "out": str(self.out / "sae"), "seed": self.cfg.seed, "device": self.cfg.device}
         if self.cfg.train_tokens:
             overrides["training_tokens"] = self.cfg.train_tokens
         return load_train_config(self.cfg.train_config, overrides)
@@ -167,7 +169,8 @@ class StudyRun:
         from saekit.sae import load_sae
 
         tick(0.05, "loading")
-        model = load_model(Activations.open(rcfg.activations).manifest["model"], dtype=self.cfg.dtype)
+        model = load_model(Activations.open(rcfg.activations).manifest["model"], device=self.cfg.device,
+                           dtype=self.cfg.dtype)
         sae = load_sae(rcfg.sae, rcfg.sae_id, model=model).sae
         tick(0.2, "ranking")
         with Database(rcfg.db) as db:
@@ -180,6 +183,7 @@ class StudyRun:
         """Run a shipped spec against this study's model, hook, SAE and database, then report it."""
         from saekit.config import load_toml
         from saekit.experiments import run_experiment
+        from saekit.model import load_model
         from saekit.report import report
 
         spec = load_toml(spec_path)
@@ -187,7 +191,8 @@ class StudyRun:
         spec.update(model=self.cfg.model, hook=self.cfg.hook, db=self.cfg.db, out=str(folder))
         if spec.get("sae"):
             spec["sae"] = sae_path
-        exp_id = run_experiment(spec, db_path=self.cfg.db,
+        model = load_model(self.cfg.model, device=self.cfg.device) if self.cfg.device != "cpu" else None
+        exp_id = run_experiment(spec, db_path=self.cfg.db, model=model,
                                 progress=lambda done, total, what: tick(done / max(total, 1), what))
         summary = report(exp_id, db_path=self.cfg.db, out_dir=folder)
         record = {"experiment_id": exp_id, "task": summary["task"], "figures": summary["plots"],
@@ -209,6 +214,7 @@ class StudyRun:
         return bool(rec and rec["key"] == step.key and all(p.exists() for p in step.outputs))
 
     def run(self, on_step: Callable[[int, int, Step, bool], Callable[[float, str], None]] | None = None) -> dict:
+        check_device(self.cfg.device)
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out / "study_config.json", to_dict(self.cfg))
         steps = self.steps()
@@ -270,6 +276,18 @@ def _corpus_fingerprint(corpus: str) -> str:
         p = Path(corpus)
         files = sorted(p.rglob("*")) if p.is_dir() else [p] if p.exists() else []
     return content_hash([file_sha256(f) for f in files if f.is_file()])
+
+
+def check_device(device: str) -> None:
+    """A CUDA study on a machine without CUDA stops here, before hours of loading and harvesting."""
+    import torch
+
+    from saekit.config import ConfigError
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device = {device!r} but torch.cuda.is_available() is False on this machine "
+                          f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); "
+                          "run on a GPU machine, or set device = \"cpu\" (and see `saekit study CONFIG --plan`)")
 
 
 def load_study_config(path: str | Path, overrides: dict | None = None) -> StudyConfig:

@@ -1,0 +1,359 @@
+"""What a study will cost before it runs: tokens, FLOPs, time, peak memory and disk per step.
+
+Reads only the model's config.json (or the known sizes of the embedded models) and its tokenizer,
+never the weights. Formulas (T tokens, d = d_model, F = SAE latents, k = active latents):
+- forward up to the hooked layer: 2 x (parameters of the blocks run) x T (attention's T^2 term left out);
+- SAE training, TopK: 6·d·F·T (dense encoder, forward + backward) + 6·k·d·T (sparse decoder);
+  other architectures: 12·d·F·T (encoder and decoder dense);
+- ranking: 2·d·F·T (encoding every harvested token);
+- experiments: 2 x (all parameters) x T over every setting's prompts (prompt lengths per task are
+  assumptions, stated in each step's note: the rough part of the plan).
+Time = FLOPs / a rate measured by a timed matmul on this device, or a stated device profile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from saekit.config import ConfigError, load_toml
+from saekit.model import DEFAULT_MODEL, TINY_MODEL, parse_dtype
+
+SMOLLM2_135M = {"num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
+                "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}
+KNOWN_CONFIGS = {
+    DEFAULT_MODEL: SMOLLM2_135M,
+    # published config.json values, so the shipped GPU config plans without a download
+    "Qwen/Qwen2.5-1.5B-Instruct": {"num_hidden_layers": 28, "hidden_size": 1536, "intermediate_size": 8960,
+                                   "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
+                                   "tie_word_embeddings": True},
+    "meta-llama/Llama-3.2-1B-Instruct": {"num_hidden_layers": 16, "hidden_size": 2048, "intermediate_size": 8192,
+                                         "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+                                         "tie_word_embeddings": True},
+}
+DEVICE_PROFILES = {
+    # effective bf16 matmul rate (about 40% of the dense peak) and memory per device
+    "h100": {"gflops": 400_000.0, "memory_gb": 80},
+    "h200": {"gflops": 400_000.0, "memory_gb": 141},
+    "a100": {"gflops": 125_000.0, "memory_gb": 80},
+}
+# assumed tokens per prompt and prompts per task when a spec does not bound them (the rough part)
+TASK_PROMPTS = {"probes": (40, 30), "impossible_task": (900, 12), "trace": (600, 20), "side_effects": (48, 24)}
+HEADER_BYTES = 4096
+"""Allowance per safetensors file for its JSON header."""
+
+
+@dataclass
+class ModelShape:
+    n_layers: int
+    d_model: int
+    d_ff: int
+    n_heads: int
+    n_kv_heads: int
+    vocab: int
+    tied: bool
+    source: str
+
+    def block_params(self) -> int:
+        head = self.d_model // self.n_heads
+        attn = 2 * self.d_model * self.d_model + 2 * self.d_model * self.n_kv_heads * head
+        return attn + 3 * self.d_model * self.d_ff + 2 * self.d_model
+
+    def params(self, blocks: int | None = None) -> int:
+        """All parameters, or the embedding and the first `blocks` blocks (what a stopped forward holds)."""
+        embed = self.vocab * self.d_model
+        if blocks is not None:
+            return embed + blocks * self.block_params()
+        return embed * (1 if self.tied else 2) + self.n_layers * self.block_params() + self.d_model
+
+
+@dataclass
+class StepPlan:
+    name: str
+    tokens: int
+    flops: float
+    seconds: float
+    memory_bytes: int
+    disk_bytes: int
+    note: str = ""
+
+
+@dataclass
+class StudyPlan:
+    model: str
+    shape: ModelShape
+    device: str
+    rate_gflops: float
+    rate_source: str
+    gpus: int
+    steps: list[StepPlan]
+    memory_available: int
+    disk_free: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        out = []
+        for s in self.steps:
+            if s.memory_bytes > self.memory_available:
+                out.append(f"{s.name}: needs {gb(s.memory_bytes)} of memory, {gb(self.memory_available)} available")
+        disk = sum(s.disk_bytes for s in self.steps)
+        if disk > self.disk_free:
+            out.append(f"disk: the study writes {gb(disk)}, {gb(self.disk_free)} free")
+        return out
+
+
+def gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+# ---------------------------------------------------------------------------- the model
+
+
+def model_shape(model: str) -> ModelShape:
+    """Sizes from config.json (local folder, HF cache) or the known table; never the weights."""
+    data, source = _model_config(model)
+    try:
+        heads = int(data["num_attention_heads"])
+        return ModelShape(n_layers=int(data["num_hidden_layers"]), d_model=int(data["hidden_size"]),
+                          d_ff=int(data["intermediate_size"]), n_heads=heads,
+                          n_kv_heads=int(data.get("num_key_value_heads", heads)), vocab=int(data["vocab_size"]),
+                          tied=bool(data.get("tie_word_embeddings", False)), source=source)
+    except KeyError as e:
+        raise ConfigError(f"{source} lacks {e.args[0]}: the plan reads a Llama/Qwen-style config.json") from None
+
+
+def _model_config(model: str) -> tuple[dict, str]:
+    if model.lower() in (DEFAULT_MODEL, "default"):
+        return SMOLLM2_135M, "known sizes of the embedded SmolLM2-135M-Instruct"
+    if model.lower() == TINY_MODEL:
+        from saekit.model import tiny_model_folder
+
+        model = str(tiny_model_folder())
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return _read_json(path / "config.json"), str(path / "config.json")
+    if model in KNOWN_CONFIGS:
+        return KNOWN_CONFIGS[model], f"known config.json values of {model}"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "config.json") if model.count("/") == 1 else None
+    if isinstance(cached, str):
+        return _read_json(Path(cached)), cached
+    raise ConfigError(f"cannot plan for model {model!r}: the plan needs its config.json, in a local folder "
+                      f"(model = \"path/to/folder\") or the Hugging Face cache "
+                      f"(`huggingface-cli download {model} config.json`)")
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"cannot plan: {path} does not exist (the plan needs the model's config.json)")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot plan: {path} is not readable JSON ({e})") from e
+
+
+def plan_tokenizer(model: str):
+    """The model's tokenizer without weights; SmolLM2's as a stated stand-in when it is not on disk."""
+    from transformers import AutoTokenizer
+
+    from saekit.model import tokenizer_folder
+
+    if model.lower() in (DEFAULT_MODEL, "default", TINY_MODEL):
+        return AutoTokenizer.from_pretrained(str(tokenizer_folder())), "SmolLM2's tokenizer"
+    try:
+        return AutoTokenizer.from_pretrained(model, local_files_only=True), f"{model}'s tokenizer"
+    except (OSError, ValueError):
+        return (AutoTokenizer.from_pretrained(str(tokenizer_folder())),
+                f"SmolLM2's tokenizer as a stand-in ({model}'s is not on disk; counts are estimates)")
+
+
+# ---------------------------------------------------------------------------- the device
+
+
+def measure_rate(d_in: int, d_out: int, dtype: str, device: str, tokens: int = 512, seconds: float = 0.3) -> float:
+    """GFLOP/s of a (tokens x d_in) @ (d_in x d_out) matmul, timed for about `seconds`."""
+    import torch
+
+    x = torch.randn(tokens, d_in, dtype=parse_dtype(dtype), device=device)
+    w = torch.randn(d_in, d_out, dtype=parse_dtype(dtype), device=device)
+    x @ w  # warm-up
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        x @ w
+        n += 1
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * tokens * d_in * d_out * n / (time.perf_counter() - started) / 1e9
+
+
+def available_memory(device: str, profile: str) -> int:
+    if profile:
+        return int(DEVICE_PROFILES[profile]["memory_gb"] * 1e9)
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.mem_get_info()[0])
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def free_disk(folder: str) -> int:
+    p = Path(folder).resolve()
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+# ---------------------------------------------------------------------------- the steps
+
+
+def harvest_bytes(doc_tokens: list[int], d: int, hooks: int, token_hooks: int, store_bytes: int,
+                  docs_per_shard: int) -> int:
+    """Shards (token ids, positions, doc index: 3 x int64; per-token activations; float32 mean and max
+    per document and hook) plus pooled.safetensors (the same mean and max again)."""
+    tokens, docs = sum(doc_tokens), len(doc_tokens)
+    shards = -(-docs // docs_per_shard)
+    pooled = docs * hooks * 2 * d * 4
+    return tokens * (24 + token_hooks * d * store_bytes) + 2 * pooled + (shards + 1) * HEADER_BYTES
+
+
+def sae_bytes(d: int, F: int) -> int:
+    return (2 * d * F + F + d) * 4
+
+
+def plan_study(config: str | Path, profile: str = "", gpus: int = 1) -> StudyPlan:
+    """The plan of a study config; `profile` names a DEVICE_PROFILES entry instead of measuring."""
+    from saekit.harvest import harvest_records, hook_layer, tokenize
+    from saekit.study import load_study_config
+
+    if profile and profile not in DEVICE_PROFILES:
+        raise ConfigError(f"unknown device profile {profile!r}; choose one of {sorted(DEVICE_PROFILES)}")
+    if gpus < 1:
+        raise ConfigError(f"gpus must be at least 1, got {gpus}")
+    cfg = load_study_config(config)
+    run = _study_run(cfg)
+    shape = model_shape(cfg.model)
+    hcfg = run.harvest_config()
+    records = harvest_records(vars(hcfg))[: hcfg.limit or None]
+    tok, tok_note = plan_tokenizer(cfg.model)
+    with warnings.catch_warnings():  # the harvest itself warns about truncation; the plan counts it
+        warnings.simplefilter("ignore")
+        doc_tokens = [len(p.token_ids) for p in tokenize(tok, records, hcfg.max_tokens, hcfg.overflow)]
+    T = sum(doc_tokens)
+    stop = max(hook_layer(h) or 0 for h in hcfg.hooks) + 1
+    if profile:
+        rate, rate_src = DEVICE_PROFILES[profile]["gflops"], f"device profile {profile}"
+    else:
+        dev = cfg.device if not cfg.device.startswith("cuda") or _cuda() else "cpu"
+        rate = measure_rate(shape.d_model, shape.d_ff, cfg.dtype, dev)
+        rate_src = f"measured: {shape.d_model}x{shape.d_ff} {cfg.dtype} matmul on {dev}"
+    mbytes = parse_dtype(cfg.dtype).itemsize
+    steps = [_harvest_step(shape, hcfg, doc_tokens, stop, mbytes, rate, gpus, tok_note)]
+    F = shape.d_model * 8
+    if not cfg.sae:
+        tcfg = run.train_config()
+        F = tcfg.d_sae or tcfg.expansion_factor * shape.d_model
+        steps.append(_train_step(tcfg, shape.d_model, F, rate, gpus))
+    n_emotions = len({r.emotion for r in records if r.emotion})
+    steps.append(_rank_step(shape, F, T, len(doc_tokens), n_emotions, mbytes, rate))
+    steps += [_experiment_step(spec, shape, mbytes, rate) for spec in cfg.experiments]
+    return StudyPlan(model=cfg.model, shape=shape, device=cfg.device, rate_gflops=rate, rate_source=rate_src,
+                     gpus=gpus, steps=steps, memory_available=available_memory(cfg.device, profile),
+                     disk_free=free_disk(cfg.out), notes=[f"tokens counted with {tok_note}"])
+
+
+def _study_run(cfg):
+    from saekit.study import StudyRun
+
+    return StudyRun(cfg)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _harvest_step(shape: ModelShape, hcfg, doc_tokens: list[int], stop: int, mbytes: int, rate: float,
+                  gpus: int, tok_note: str) -> StepPlan:
+    T, d = sum(doc_tokens), shape.d_model
+    flops = 2.0 * stop * shape.block_params() * T
+    batch_tokens = hcfg.batch_size * hcfg.max_tokens
+    acts = batch_tokens * (4 * d + 3 * shape.d_ff) * mbytes + hcfg.batch_size * shape.n_heads * hcfg.max_tokens ** 2 * mbytes
+    shard_ram = min(hcfg.docs_per_shard, len(doc_tokens)) * hcfg.max_tokens * d * 4 * len(hcfg.hooks)
+    disk = harvest_bytes(doc_tokens, d, len(hcfg.hooks), len(hcfg.stored_token_hooks),
+                         parse_dtype(hcfg.store_dtype).itemsize, hcfg.docs_per_shard)
+    return StepPlan("harvest activations", T, flops, flops / rate / 1e9 / gpus,
+                    shape.params(stop) * mbytes + acts + shard_ram, disk,
+                    f"{len(doc_tokens)} documents, forward through {stop} of {shape.n_layers} blocks")
+
+
+def _train_step(tcfg, d: int, F: int, rate: float, gpus: int) -> StepPlan:
+    T = tcfg.training_tokens
+    sparse = tcfg.architecture == "topk" and tcfg.fast_topk
+    flops = (6.0 * d * F + 6.0 * tcfg.k * d) * T if sparse else 12.0 * d * F * T
+    params = sae_bytes(d, F)
+    memory = 4 * params + tcfg.batch_size * F * 4 * 3 + tcfg.shuffle_buffer_tokens * d * 4
+    checkpoints = min(tcfg.keep_checkpoints, max(T // tcfg.batch_size // max(tcfg.checkpoint_every, 1), 1))
+    disk = params + checkpoints * 3 * params
+    formula = "6·d·F·T + 6·k·d·T (TopK, sparse decode)" if sparse else "12·d·F·T (dense)"
+    return StepPlan("train SAE", T, flops, flops / rate / 1e9 / gpus, memory, disk,
+                    f"{F:,} latents; {formula}; evaluation and LM metrics not counted")
+
+
+def _rank_step(shape: ModelShape, F: int, T: int, docs: int, n_emotions: int, mbytes: int, rate: float) -> StepPlan:
+    flops = 2.0 * shape.d_model * F * T
+    memory = shape.params() * mbytes + sae_bytes(shape.d_model, F) + docs * F * 4 * 2
+    db = F * n_emotions * 96 + docs * 4096
+    return StepPlan("rank features and vectors", T, flops, flops / rate / 1e9, memory, db,
+                    f"disk: database, about 96 bytes per feature x emotion row ({n_emotions} emotions)")
+
+
+def _experiment_step(spec_path: str, shape: ModelShape, mbytes: int, rate: float) -> StepPlan:
+    spec = load_toml(spec_path)
+    per_prompt, default_n = TASK_PROMPTS.get(spec.get("task", ""), (200, 10))
+    prompts = spec.get("prompts", {})
+    n = prompts.get("limit") or len(prompts.get("ids") or []) or default_n
+    if spec.get("task") == "side_effects":
+        per_prompt = prompts.get("max_tokens", per_prompt)
+    settings = 1 + sum(len(c.get("strengths", spec.get("strengths", [0.1]))) * (1 + spec.get("controls", 1))
+                       for c in spec.get("conditions", []))
+    T = settings * n * per_prompt
+    flops = 2.0 * shape.params() * T
+    memory = shape.params() * 4 + 8 * per_prompt * shape.vocab * 4
+    return StepPlan(f"experiment {Path(spec_path).stem}", T, flops, flops / rate / 1e9, memory, 0,
+                    f"rough: {settings} settings x {n} prompts x ~{per_prompt} tokens (assumed), full model")
+
+
+# ---------------------------------------------------------------------------- printing
+
+
+def format_plan(plan: StudyPlan) -> str:
+    s = plan.shape
+    lines = [f"plan for {plan.model} ({s.n_layers} layers, d_model {s.d_model}, {s.params() / 1e6:,.0f}M parameters; "
+             f"{s.source}); device {plan.device}" + (f", {plan.gpus} GPUs (harvest and training split)" if plan.gpus > 1 else ""),
+             f"rate: {plan.rate_gflops:,.0f} GFLOP/s ({plan.rate_source})",
+             f"{'step':34} {'tokens':>13} {'FLOPs':>10} {'time':>10} {'peak mem':>10} {'disk':>10}"]
+    for st in plan.steps:
+        lines.append(f"{st.name:34} {st.tokens:>13,} {st.flops:>10.2e} {_duration(st.seconds):>10} "
+                     f"{gb(st.memory_bytes):>10} {gb(st.disk_bytes):>10}")
+    total_s = sum(st.seconds for st in plan.steps)
+    lines.append(f"{'total':34} {'':>13} {sum(st.flops for st in plan.steps):>10.2e} {_duration(total_s):>10} "
+                 f"{gb(max(st.memory_bytes for st in plan.steps)):>10} {gb(sum(st.disk_bytes for st in plan.steps)):>10}")
+    lines += [f"  {st.name}: {st.note}" for st in plan.steps if st.note] + [f"  {n}" for n in plan.notes]
+    lines.append(f"available: {gb(plan.memory_available)} memory, {gb(plan.disk_free)} disk free")
+    lines += [f"WILL NOT FIT: {w}" for w in plan.warnings]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"

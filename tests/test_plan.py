@@ -1,0 +1,127 @@
+"""The cost plan: its deterministic figures against a real tiny run, its refusals, and the GPU configs."""
+
+import json
+
+import pytest
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from saekit.cli import app
+from saekit.config import ConfigError, load_config
+from saekit.plan import HEADER_BYTES, model_shape, plan_study, sae_bytes
+from saekit.study import StudyConfig, StudyRun, load_study_config
+from saekit.train import TrainConfig
+from tests.test_study import write_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Plan, then harvest and train for real, a tiny study without experiments."""
+    tmp = tmp_path_factory.mktemp("plan")
+    cfg_path = write_config(tmp, experiments=[], limit=40, train_tokens=4096)
+    plan = plan_study(cfg_path, profile="h100")
+    run = StudyRun(load_study_config(cfg_path))
+    for step in run.steps()[:2]:  # harvest, train SAE
+        step.run(lambda *a: None)
+    return plan, tmp / "study"
+
+
+def test_planned_tokens_match_the_manifest_and_the_trainer(tiny_run):
+    plan, out = tiny_run
+    manifest = json.loads((out / "activations" / "manifest.json").read_text())
+    steps = {s.name: s for s in plan.steps}
+    assert steps["harvest activations"].tokens == manifest["total_tokens"]
+    assert steps["rank features and vectors"].tokens == manifest["total_tokens"]
+    last = sorted((out / "sae" / "checkpoints").iterdir())[-1]
+    assert steps["train SAE"].tokens == json.loads((last / "state.json").read_text())["tokens"] == 4096
+
+
+def test_planned_shard_bytes_match_the_files(tiny_run):
+    plan, out = tiny_run
+    real = sum(p.stat().st_size for p in (out / "activations").glob("*.safetensors"))
+    planned = next(s for s in plan.steps if s.name == "harvest activations").disk_bytes
+    files = len(list((out / "activations").glob("*.safetensors")))
+    assert real <= planned <= real + files * HEADER_BYTES
+
+
+def test_planned_sae_disk_matches_weights_and_checkpoints(tiny_run):
+    plan, out = tiny_run
+    real = sum(p.stat().st_size for p in (out / "sae").rglob("*.safetensors"))
+    planned = next(s for s in plan.steps if s.name == "train SAE").disk_bytes
+    assert planned == pytest.approx(real, rel=0.02)
+
+
+def test_planned_parameter_memory_matches_the_models(tiny_run):
+    from transformers import AutoModelForCausalLM
+
+    from saekit.model import tiny_model_folder
+
+    plan, out = tiny_run
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_model_folder()), use_safetensors=True)
+    assert plan.shape.params() == sum(p.numel() for p in hf.parameters())
+    with safe_open(str(out / "sae" / "sae_weights.safetensors"), "pt") as f:
+        stored = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys()) * 4
+    assert stored == sae_bytes(plan.shape.d_model, 4 * plan.shape.d_model)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def test_the_gpu_configs_load_and_plan():
+    cfg = load_study_config("analysis/study-gpu.toml")
+    assert (cfg.device, cfg.dtype) == ("cuda", "bfloat16")
+    train = load_config(TrainConfig, cfg.train_config)
+    shape = model_shape(cfg.model)
+    assert 16_384 <= (train.d_sae or train.expansion_factor * shape.d_model) <= 65_536
+    assert int(cfg.hook.split(".")[1]) / shape.n_layers == pytest.approx(2 / 3, abs=0.06)
+    result = runner.invoke(app, ["study", "analysis/study-gpu.toml", "--plan", "--device-profile", "h100", "--gpus", "8"])
+    assert result.exit_code == 0, result.output
+    assert "8 GPUs" in result.output and "experiment impossible_task-gpu" in result.output
+
+
+def test_gpu_study_without_cuda_stops_before_loading(tmp_path, monkeypatch):
+    import torch
+
+    import saekit.model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(saekit.model, "load_hf", lambda *a, **k: pytest.fail("weights loaded"))
+    cfg = write_config(tmp_path, device="cuda")
+    result = runner.invoke(app, ["study", str(cfg)])
+    assert result.exit_code == 2 and "torch.cuda.is_available() is False" in result.output
+    assert not (tmp_path / "study").exists()
+
+
+def test_unreadable_model_config_names_the_file(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    cfg = write_config(tmp_path, model=str(folder))
+    result = runner.invoke(app, ["study", str(cfg), "--plan"])
+    assert result.exit_code == 2 and "config.json" in result.output and str(folder) in result.output
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not readable JSON"):
+        model_shape(str(folder))
+    with pytest.raises(ConfigError, match="needs its config.json"):
+        model_shape("nobody/not-a-cached-model")
+
+
+def test_bad_plan_options_are_refused(tmp_path):
+    cfg = write_config(tmp_path)
+    for args, words in ((["--device-profile", "tpu9"], "unknown device profile"), (["--gpus", "0"], "gpus must be")):
+        result = runner.invoke(app, ["study", str(cfg), "--plan", *args])
+        assert result.exit_code == 2 and words in result.output
+
+
+def test_a_plan_that_will_not_fit_says_so(tmp_path, monkeypatch):
+    import saekit.plan as P
+
+    monkeypatch.setattr(P, "free_disk", lambda folder: 1000)
+    plan = plan_study(write_config(tmp_path, experiments=[]), profile="h100")
+    assert any(w.startswith("disk: the study writes") for w in plan.warnings)
+    assert "WILL NOT FIT: disk" in P.format_plan(plan)
