@@ -4,11 +4,13 @@ Reads only the model's config.json (or the known sizes of the embedded models) a
 never the weights. Formulas (T tokens, d = d_model, F = SAE latents, k = active latents):
 - forward up to the hooked layer: 2 x (parameters of the blocks run) x T (attention's T^2 term left out);
 - SAE training, TopK: 6·d·F·T (dense encoder, forward + backward) + 6·k·d·T (sparse decoder);
-  other architectures: 12·d·F·T (encoder and decoder dense);
+  other architectures: 12·d·F·T (encoder and decoder dense); then its evaluation: 2·d·F per held-out
+  token, and with lm_metrics 3 full forwards (clean, SAE spliced, ablated) of eval_docs texts;
 - ranking: 2·d·F·T (encoding every harvested token);
 - experiments: 2 x (all parameters) x T over every setting's prompts (prompt lengths per task are
   assumptions, stated in each step's note: the rough part of the plan).
-Time = FLOPs / a rate measured by a timed matmul on this device, or a stated device profile.
+Time = FLOPs / a rate measured by timed matmuls on this device (one of the model's shape and dtype,
+one of the SAE's), or a stated device profile.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class StudyPlan:
     shape: ModelShape
     device: str
     rate_gflops: float
+    sae_rate_gflops: float
     rate_source: str
     gpus: int
     steps: list[StepPlan]
@@ -248,23 +251,26 @@ def plan_study(config: str | Path, profile: str = "", gpus: int = 1) -> StudyPla
         doc_tokens = [len(p.token_ids) for p in tokenize(tok, records, hcfg.max_tokens, hcfg.overflow)]
     T = sum(doc_tokens)
     stop = max(hook_layer(h) or 0 for h in hcfg.hooks) + 1
+    tcfg = None if cfg.sae else run.train_config()
+    F = (tcfg.d_sae or tcfg.expansion_factor * shape.d_model) if tcfg else shape.d_model * 8
     if profile:
-        rate, rate_src = DEVICE_PROFILES[profile]["gflops"], f"device profile {profile}"
+        rate = sae_rate = DEVICE_PROFILES[profile]["gflops"]
+        rate_src = f"device profile {profile}"
     else:
         dev = cfg.device if not cfg.device.startswith("cuda") or _cuda() else "cpu"
         rate = measure_rate(shape.d_model, shape.d_ff, cfg.dtype, dev)
-        rate_src = f"measured: {shape.d_model}x{shape.d_ff} {cfg.dtype} matmul on {dev}"
+        sae_rate = measure_rate(shape.d_model, F, tcfg.dtype if tcfg else "float32", dev)
+        rate_src = f"measured on {dev}: {shape.d_model}x{shape.d_ff} {cfg.dtype} matmul (model); {sae_rate:,.0f} GFLOP/s {shape.d_model}x{F} (SAE)"
     mbytes = parse_dtype(cfg.dtype).itemsize
     steps = [_harvest_step(shape, hcfg, doc_tokens, stop, mbytes, rate, gpus, tok_note)]
-    F = shape.d_model * 8
-    if not cfg.sae:
-        tcfg = run.train_config()
-        F = tcfg.d_sae or tcfg.expansion_factor * shape.d_model
-        steps.append(_train_step(tcfg, shape.d_model, F, rate, gpus))
+    if tcfg:
+        eval_flops = _train_eval_flops(tcfg, shape, F, sum(doc_tokens) / len(doc_tokens))
+        steps.append(_train_step(tcfg, shape.d_model, F, sae_rate, gpus, eval_flops / rate / 1e9))
     n_emotions = len({r.emotion for r in records if r.emotion})
     steps.append(_rank_step(shape, F, T, len(doc_tokens), n_emotions, mbytes, rate))
     steps += [_experiment_step(spec, shape, mbytes, rate) for spec in cfg.experiments]
-    return StudyPlan(model=cfg.model, shape=shape, device=cfg.device, rate_gflops=rate, rate_source=rate_src,
+    return StudyPlan(model=cfg.model, shape=shape, device=cfg.device, rate_gflops=rate, sae_rate_gflops=sae_rate,
+                     rate_source=rate_src,
                      gpus=gpus, steps=steps, memory_available=available_memory(cfg.device, profile),
                      disk_free=free_disk(cfg.out), notes=[f"tokens counted with {tok_note}"])
 
@@ -295,17 +301,22 @@ def _harvest_step(shape: ModelShape, hcfg, doc_tokens: list[int], stop: int, mby
                     f"{len(doc_tokens)} documents, forward through {stop} of {shape.n_layers} blocks")
 
 
-def _train_step(tcfg, d: int, F: int, rate: float, gpus: int) -> StepPlan:
+def _train_eval_flops(tcfg, shape: ModelShape, F: int, mean_doc_tokens: float) -> float:
+    lm = 3 * 2.0 * shape.params() * tcfg.eval_docs * min(mean_doc_tokens, tcfg.max_tokens) if tcfg.lm_metrics else 0
+    return 2.0 * shape.d_model * F * tcfg.eval_tokens + lm
+
+
+def _train_step(tcfg, d: int, F: int, rate: float, gpus: int, eval_seconds: float) -> StepPlan:
     T = tcfg.training_tokens
     sparse = tcfg.architecture == "topk" and tcfg.fast_topk
     flops = (6.0 * d * F + 6.0 * tcfg.k * d) * T if sparse else 12.0 * d * F * T
     params = sae_bytes(d, F)
     memory = 4 * params + tcfg.batch_size * F * 4 * 3 + tcfg.shuffle_buffer_tokens * d * 4
     checkpoints = min(tcfg.keep_checkpoints, max(T // tcfg.batch_size // max(tcfg.checkpoint_every, 1), 1))
-    disk = params + checkpoints * 3 * params
+    disk = params + F * 4 + checkpoints * (3 * params + 2 * F * 8)  # weights, sparsity, checkpoints with Adam state
     formula = "6·d·F·T + 6·k·d·T (TopK, sparse decode)" if sparse else "12·d·F·T (dense)"
-    return StepPlan("train SAE", T, flops, flops / rate / 1e9 / gpus, memory, disk,
-                    f"{F:,} latents; {formula}; evaluation and LM metrics not counted")
+    return StepPlan("train SAE", T, flops, flops / rate / 1e9 / gpus + eval_seconds, memory, disk,
+                    f"{F:,} latents; {formula}; time includes the evaluation ({eval_seconds:.1f} s)")
 
 
 def _rank_step(shape: ModelShape, F: int, T: int, docs: int, n_emotions: int, mbytes: int, rate: float) -> StepPlan:
