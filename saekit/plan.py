@@ -234,14 +234,14 @@ def sae_bytes(d: int, F: int) -> int:
 def plan_study(config: str | Path, profile: str = "", gpus: int = 1) -> StudyPlan:
     """The plan of a study config; `profile` names a DEVICE_PROFILES entry instead of measuring."""
     from saekit.harvest import harvest_records, hook_layer, tokenize
-    from saekit.study import load_study_config
+    from saekit.study import StudyRun, load_study_config
 
     if profile and profile not in DEVICE_PROFILES:
         raise ConfigError(f"unknown device profile {profile!r}; choose one of {sorted(DEVICE_PROFILES)}")
     if gpus < 1:
         raise ConfigError(f"gpus must be at least 1, got {gpus}")
     cfg = load_study_config(config)
-    run = _study_run(cfg)
+    run = StudyRun(cfg)
     shape = model_shape(cfg.model)
     hcfg = run.harvest_config()
     records = harvest_records(vars(hcfg))[: hcfg.limit or None]
@@ -257,7 +257,9 @@ def plan_study(config: str | Path, profile: str = "", gpus: int = 1) -> StudyPla
         rate = sae_rate = DEVICE_PROFILES[profile]["gflops"]
         rate_src = f"device profile {profile}"
     else:
-        dev = cfg.device if not cfg.device.startswith("cuda") or _cuda() else "cpu"
+        import torch
+
+        dev = cfg.device if not cfg.device.startswith("cuda") or torch.cuda.is_available() else "cpu"
         rate = measure_rate(shape.d_model, shape.d_ff, cfg.dtype, dev)
         sae_rate = measure_rate(shape.d_model, F, tcfg.dtype if tcfg else "float32", dev)
         rate_src = f"measured on {dev}: {shape.d_model}x{shape.d_ff} {cfg.dtype} matmul (model); {sae_rate:,.0f} GFLOP/s {shape.d_model}x{F} (SAE)"
@@ -273,18 +275,6 @@ def plan_study(config: str | Path, profile: str = "", gpus: int = 1) -> StudyPla
                      rate_source=rate_src,
                      gpus=gpus, steps=steps, memory_available=available_memory(cfg.device, profile),
                      disk_free=free_disk(cfg.out), notes=[f"tokens counted with {tok_note}"])
-
-
-def _study_run(cfg):
-    from saekit.study import StudyRun
-
-    return StudyRun(cfg)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _harvest_step(shape: ModelShape, hcfg, doc_tokens: list[int], stop: int, mbytes: int, rate: float,
