@@ -337,3 +337,22 @@ def test_export_opens_from_disk_with_working_links(study, page, tmp_path):
     page.wait_for_selector("#results a")
     page.click("#results a:text-is('emotion calm')")
     page.wait_for_url("**/emotion/calm.html")
+
+
+def test_study_report_renders_in_chromium(study, page):
+    """The report a person reads: its sections, shaded example tokens and figures, as the browser draws them."""
+    report = study["tmp"] / "study" / "report.html"
+    page.goto(report.as_uri())
+    headings = page.locator("h2").all_inner_texts()
+    assert {"SAE quality", "Top feature per emotion"} <= set(headings)
+    assert any(h.startswith("Logit lens") for h in headings)
+    assert "positions >= 1" in page.locator("p").first.evaluate("() => document.body.innerText")
+    spans = page.locator("td span[title]")
+    assert spans.count() > 0
+    shade = [float(s.get_attribute("title")) for s in spans.all()[:20]]
+    assert all(v >= 0 for v in shade) and max(shade) > 0
+    images = page.locator("img")
+    assert images.count() >= 4
+    assert all(w > 100 for w in images.evaluate_all("els => els.map(e => e.naturalWidth)"))
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "study-report.png"), full_page=True)
