@@ -44,40 +44,14 @@ def write_jsonl(path, rows):
     return path
 
 
-STUDY_PROBES = """
-name = "tiny_probes"
-task = "probes"
-sae = "replaced by the study's SAE"
-strengths = [0.5]
-controls = 1
-n_bootstrap = 200
-[prompts]
-limit = 6
-words = ["calm", "afraid"]
-[[conditions]]
-name = "calm_up"
-kind = "steer"
-emotion = "calm"
-[[conditions]]
-name = "calm_feature_clamp"
-kind = "clamp"
-features = "top 1 selective for calm"
-clamp_to = "max_multiple"
-strengths = [4.0]
-"""
-
-
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory):
     """A finished study on the tiny model (harvest, trained SAE, ranking, one experiment), built once per
     session for the tests that read a real database and its folders. Returns the study's folder."""
+    from test_study import write_config
+
     from saekit.study import load_study_config, run_study
 
     tmp = tmp_path_factory.mktemp("tiny_study")
-    (tmp / "tiny_probes.toml").write_text(STUDY_PROBES)
-    cfg = {"model": "tiny", "hook": "blocks.2.hook_resid_post", "vector_hooks": ["blocks.1.hook_resid_post"],
-           "out": str(tmp / "study"), "db": str(tmp / "study.duckdb"), "train_config": "train/tiny-topk.toml",
-           "max_tokens": 64, "limit": 200, "train_tokens": 20480, "experiments": [str(tmp / "tiny_probes.toml")]}
-    (tmp / "study.toml").write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in cfg.items()))
-    run_study(load_study_config(tmp / "study.toml"))
+    run_study(load_study_config(write_config(tmp)))
     return tmp

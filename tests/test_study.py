@@ -18,7 +18,7 @@ strengths = [0.5]
 controls = 1
 n_bootstrap = 200
 [prompts]
-limit = 4
+limit = 6
 words = ["calm", "afraid"]
 [[conditions]]
 name = "calm_up"
@@ -34,6 +34,7 @@ strengths = [4.0]
 
 
 def write_config(tmp_path, **extra):
+    """The tiny study's config (and its probe spec) in tmp_path; also behind conftest's tiny_study."""
     spec = tmp_path / "tiny_probes.toml"
     spec.write_text(PROBE_SPEC)
     cfg = {"model": "tiny", "hook": "blocks.2.hook_resid_post", "vector_hooks": ["blocks.1.hook_resid_post"],
