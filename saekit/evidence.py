@@ -131,8 +131,7 @@ def top_examples(enc: Encoded, acts: Activations, hook: str, encode: Callable[[t
     alive = (enc.peak_F > 0).nonzero().flatten()
     if len(alive) == 0:
         return []
-    valid_N = torch.ones(len(docs), dtype=torch.bool)
-    valid_N[list(enc.skipped)] = False
+    valid_N = _pooled_stories(enc)
     requests: dict[int, list[tuple[str, int, int, float]]] = {}   # story -> (kind, feature, rank, score)
     for kind, score_NF in (("story", enc.mean_NF), ("window", enc.max_NF)):
         scores = score_NF[:, alive].masked_fill(~valid_N[:, None], 0.0)
@@ -165,10 +164,16 @@ def top_examples(enc: Encoded, acts: Activations, hook: str, encode: Callable[[t
     return rows
 
 
+def _pooled_stories(enc: Encoded) -> torch.Tensor:
+    """[N] True for the stories that had counted tokens to pool (not in enc.skipped)."""
+    valid_N = torch.ones(enc.mean_NF.shape[0], dtype=torch.bool)
+    valid_N[list(enc.skipped)] = False
+    return valid_N
+
+
 def story_precision(enc: Encoded, labels: list[str], emotions: list[str], n: int) -> torch.Tensor:
     """[E, F]: the fraction of each feature's top-n stories (by pooled mean) labelled each emotion."""
-    valid_N = torch.ones(len(labels), dtype=torch.bool)
-    valid_N[list(enc.skipped)] = False
+    valid_N = _pooled_stories(enc)
     scores_NF = enc.mean_NF.masked_fill(~valid_N[:, None], float("-inf"))
     n = min(n, int(valid_N.sum()))
     idx_nF = scores_NF.topk(n, dim=0).indices

@@ -177,8 +177,7 @@ def run_rank(cfg: RankConfig, sae=None, model=None, tokenizer=None, db: Database
             v["lens"] = Ev.logit_lens(v["vectors"], *unembed, n=cfg.logit_lens_tokens)
             v["own_word"] = Ev.own_word_check(v["vectors"], emotions, *unembed, tokenizer, top=cfg.own_word_top,
                                               n_random=cfg.lens_random, seed=cfg.seed)
-            summary[f"own word in top {cfg.own_word_top} @ {h} (random mean)"] = \
-                f"{v['own_word']['hits']}/{len(emotions)} ({v['own_word']['random_mean_hits']:.1f}, p={v['own_word']['p_value']:.3f})"
+            summary[f"own word in top {cfg.own_word_top} @ {h} (random mean)"] = _own_word_line(v["own_word"])
 
     sae_part = None
     if sae is not None:
@@ -195,14 +194,17 @@ def run_rank(cfg: RankConfig, sae=None, model=None, tokenizer=None, db: Database
         prec = sae_part["precision"][torch.arange(len(emotions)), top1]
         summary[f"top feature's top-{cfg.n_examples} stories from its emotion (median)"] = round(float(prec.median()), 3)
         if "own_word" in sae_part:
-            ow = sae_part["own_word"]
             summary[f"own word in top {cfg.own_word_top} @ top SAE features (random mean)"] = \
-                f"{ow['hits']}/{len(emotions)} ({ow['random_mean_hits']:.1f}, p={ow['p_value']:.3f})"
+                _own_word_line(sae_part["own_word"])
     summary["texts skipped (no counted tokens)"] = len(skipped)
     if db is not None:
         write_results(db, cfg, acts, emotions, labels, vec, sae_part, sae, model, rule, skipped)
     return {"summary": summary, "vectors": vec, "sae": sae_part, "emotions": emotions, "token_rule": rule,
             "skipped": skipped}
+
+
+def _own_word_line(check: dict) -> str:
+    return f"{check['hits']}/{check['emotions']} ({check['random_mean_hits']:.1f}, p={check['p_value']:.3f})"
 
 
 def _splits(docs, labels, emotions, skipped) -> tuple[list[int], list[int], list[int]]:
@@ -225,8 +227,7 @@ def resolve_token_rule(cfg: RankConfig, acts: Activations, hook: str | None) -> 
     if rule.uses_norm and rule.reference_norm is None:
         if hook is None:
             raise ValueError("the norm filter (max_norm_ratio) needs per-token activations: rank with an SAE")
-        first = next(iter(acts.iter_shard_tensors(hook)))
-        rule = rule.with_reference(first["acts"], first["position"])
+        rule = rule.measured_on(acts.iter_shard_tensors(hook))
     return rule
 
 

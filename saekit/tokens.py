@@ -72,6 +72,14 @@ class TokenRule:
             raise TokenRuleError("no positions left to measure the reference norm on")
         return replace(self, reference_norm=float(norms.median()))
 
+    def measured_on(self, shards) -> "TokenRule":
+        """The rule with its reference measured on the first of `shards` (dicts with "acts" and
+        "position", as Activations.iter_shard_tensors yields), read only when the rule needs it."""
+        if not self.uses_norm or self.reference_norm is not None:
+            return self
+        first = next(iter(shards))
+        return self.with_reference(first["acts"], first["position"])
+
     def keep_positions(self, position_T: torch.Tensor) -> torch.Tensor:
         """Boolean mask [T] of the positions `skip_first` keeps (the norm filter not applied)."""
         return position_T >= self.skip_first

@@ -333,10 +333,7 @@ class HarvestSource:
     def __init__(self, acts: Activations, hook: str, rule: TokenRule = TokenRule(), buffer_tokens: int = 65536):
         acts._check_hook(hook)
         self.acts, self.hook = acts, hook
-        if rule.uses_norm and rule.reference_norm is None:
-            first = next(iter(acts.iter_shard_tensors(hook)))
-            rule = rule.with_reference(first["acts"], first["position"])
-        self.rule = rule
+        self.rule = rule.measured_on(acts.iter_shard_tensors(hook))
         self.buffer_tokens = buffer_tokens
         self.d_in = int(acts.manifest["d_model"])
         held = held_out_documents(acts.documents)
