@@ -12,11 +12,12 @@ import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+from saekit.errors import SaekitError
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(SaekitError, ValueError):
     """A config file or value is wrong; the message names the file and the field."""
 
 

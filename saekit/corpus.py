@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Iterable
+from saekit.errors import SaekitError
 
 NEUTRAL = "neutral"
 SPLITS = ("train", "test")
@@ -24,7 +25,7 @@ MIN_WORDS, MAX_WORDS = 60, 150
 MIN_STORIES, MIN_TOPICS = 24, 12
 
 
-class CorpusError(ValueError):
+class CorpusError(SaekitError, ValueError):
     """A corpus file is missing, unreadable, empty or lacks a column; the message says where."""
 
 

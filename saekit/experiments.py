@@ -41,6 +41,7 @@ from saekit.interventions import (Ablate, Clamp, InterventionError, Scale, Splic
                                   mean_resid_norm, patched)
 from saekit.model import DEFAULT_MODEL, format_chat
 from saekit.tokens import TokenRule
+from saekit.errors import SaekitError
 
 TASKS = ("probes", "impossible_task", "trace", "side_effects")
 METRICS = {"probes": ("p_word", "logp_word"), "impossible_task": ("margin_sum", "margin_mean"),
@@ -50,7 +51,7 @@ TRACE_SCENARIOS = ("impossible_task", "live_dialogue", "dose_response")
 TOP_RE = re.compile(r"^\s*top\s+(\d+)\s+selective\s+for\s+(\S+)\s*$", re.IGNORECASE)
 
 
-class ExperimentError(ValueError):
+class ExperimentError(SaekitError, ValueError):
     """A spec cannot run: the message names the field, emotion, feature or hook at fault."""
 
 

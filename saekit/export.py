@@ -38,6 +38,7 @@ from saekit.artifacts import atomic_write_bytes
 from saekit.db import Database, fetch_dicts, open_readonly
 from saekit.harvest import hook_layer
 from saekit.model import RESIDUAL_HOOK, architecture_hint, hf_model_id
+from saekit.errors import SaekitError
 
 VECTOR_FORMATS = ("safetensors", "gguf", "steering-vectors")
 CONTROL_VECTOR_ARCH = "controlvector"
@@ -45,7 +46,7 @@ BATCH_FILE = "batch-0.json"
 FEATURES_INDEX = "saekit_features.json"
 
 
-class ExportError(ValueError):
+class ExportError(SaekitError, ValueError):
     """An export cannot be written as asked; the message says what and where. Nothing was written."""
 
 

@@ -36,12 +36,13 @@ from saekit.config import to_dict
 from saekit.corpus import (MAX_WORDS, MIN_WORDS, Record, corpus_root, emotion_table, forbidden_patterns,
                            near_duplicates, paper_topics, word_count, write_jsonl)
 from saekit.model import DEFAULT_MODEL, format_chat, hf_model_of, load_hf
+from saekit.errors import SaekitError
 
 PROMPT_VERSION = 1
 REJECT_REASONS = ("empty", "too_short", "too_long", "truncated", "forbidden_word", "duplicate", "near_duplicate")
 
 
-class GenerateError(RuntimeError):
+class GenerateError(SaekitError, RuntimeError):
     """Bad generation config or a replies file from another config; the message says what to do."""
 
 

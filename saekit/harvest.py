@@ -43,9 +43,10 @@ from saekit.corpus import CorpusError, DatasetOptions, Record, load_corpus
 from saekit.model import (DEFAULT_MODEL, RESIDUAL_HOOK, d_model, is_bridge, load_hf, load_model, load_tokenizer,
                           n_layers, parse_dtype, prepends_bos, residual_capture, residual_hook_names)
 from saekit.tokens import DEFAULT as DEFAULT_RULE
+from saekit.errors import SaekitError
 
 
-class HarvestError(RuntimeError):
+class HarvestError(SaekitError, RuntimeError):
     """Bad harvest input or a damaged output folder; the message says what and where."""
 
 

@@ -30,11 +30,12 @@ from typing import Iterator, Sequence, Union
 import torch
 
 from saekit.tokens import TokenRule
+from saekit.errors import SaekitError
 
 Positions = Union[None, Sequence[int], torch.Tensor]
 
 
-class InterventionError(ValueError):
+class InterventionError(SaekitError, ValueError):
     """An edit does not fit the SAE or model it is applied to; raised before any forward pass."""
 
 

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from saekit.artifacts import cache_dir, match_umask
+from saekit.errors import SaekitError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny"
@@ -39,7 +40,7 @@ CHATML_TEMPLATE = (
 )
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(SaekitError, RuntimeError):
     """A model could not be found or loaded; the message says what to do instead."""
 
 
@@ -373,6 +374,80 @@ def residual_capture(hf, tokens_BT: torch.Tensor, mask_BT: torch.Tensor, hooks: 
         for h in handles:
             h.remove()
     return captured
+
+
+# ---------------------------------------------------------------------------- the adapter's small interface
+# Every other module reads activations, pads batches and names layers through these functions,
+# so the TransformerLens bridge and the plain transformers model stay behind this file.
+
+
+def hook_layer(hook: str) -> int | None:
+    """The block a hook lives in (0 for the embedding hooks, None for hooks after the last block)."""
+    m = re.match(r"blocks\.(\d+)\.", hook)
+    if m:
+        return int(m.group(1))
+    return 0 if hook.startswith(("hook_embed", "embed", "hook_pos_embed")) else None
+
+
+def hook_names(model) -> list[str]:
+    """Every hook name activations can be read at."""
+    return sorted(model.hook_dict) if is_bridge(model) else residual_hook_names(model)
+
+
+def stop_layer(model, hooks: Sequence[str]) -> int | None:
+    """Layer to stop the forward pass at: just after the deepest hooked block (None: run it all)."""
+    layers = [hook_layer(h) for h in hooks]
+    if not layers or any(layer is None for layer in layers):
+        return None
+    last = max(layers) + 1  # type: ignore[type-var]
+    return None if last >= n_layers(model) else last
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded tokens [B, T] and the boolean mask of real tokens."""
+    T = max(len(s) for s in seqs)
+    tokens_BT = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask_BT = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for b, ids in enumerate(seqs):
+        tokens_BT[b, :len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+        mask_BT[b, :len(ids)] = True
+    return tokens_BT, mask_BT
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def capture(model, tokens_BT: torch.Tensor, mask_BT: torch.Tensor | None, hooks: Sequence[str],
+            stop_at: int | None | str = "auto") -> dict[str, torch.Tensor]:
+    """{hook: acts_BTD} for one batch, the forward pass stopped after the deepest hooked block.
+
+    Works on the TransformerLens bridge (any hook) and on a plain transformers model (residual
+    hooks). `stop_at="auto"` stops just after the deepest hook; None runs the whole model.
+    """
+    hooks = list(hooks)
+    stop = stop_layer(model, hooks) if stop_at == "auto" else stop_at
+    device = model_device(model)
+    tokens_BT = tokens_BT.to(device)
+    mask = None if mask_BT is None else mask_BT.long().to(device)
+    if not is_bridge(model):
+        if mask is None:
+            mask = torch.ones_like(tokens_BT)
+        captured = residual_capture(model, tokens_BT, mask, hooks, stop)  # type: ignore[arg-type]
+        return {h: captured[h] for h in hooks}
+    seen: dict[str, torch.Tensor] = {}
+
+    def saver(name: str):
+        def save(act, hook):
+            seen[name] = act.detach()
+            return act
+        return save
+
+    kwargs = {} if mask is None else {"attention_mask": mask}
+    model.run_with_hooks(tokens_BT, fwd_hooks=[(h, saver(h)) for h in hooks], stop_at_layer=stop,
+                         return_type=None, **kwargs)
+    return {h: seen[h] for h in hooks}
 
 
 def format_chat(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:

@@ -41,6 +41,7 @@ from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
 from saekit.artifacts import fault_point, match_umask
 from saekit.model import d_model, hub_offline, hub_reachable
+from saekit.errors import SaekitError
 
 ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard")
 SAE_FILES = (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME)
@@ -59,7 +60,7 @@ _TRAINING_CLASSES = {
 }
 
 
-class SAEError(RuntimeError):
+class SAEError(SaekitError, RuntimeError):
     """An SAE could not be built, saved, loaded or matched to a model; the message says why."""
 
 
@@ -424,6 +425,32 @@ def _load_from_registry(release: str, sae_id: str | None, device: str, dtype: st
     sae, _, sparsity = SAE.from_pretrained_with_cfg_and_sparsity(release, sae_id, device=device, dtype=dtype)
     check_finite_weights(sae, f"release {release!r}, SAE {sae_id!r}")
     return sae, sparsity
+
+
+# ---------------------------------------------------------------------------- the adapter's small interface
+# Other modules read an SAE's facts through these, never through sae-lens attributes.
+
+
+def hook_of(sae) -> str | None:
+    """The hook point the SAE was trained on (sae-lens keeps it in cfg.metadata)."""
+    return getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
+
+
+def model_name_of(sae) -> str | None:
+    return getattr(getattr(sae.cfg, "metadata", None), "model_name", None)
+
+
+def decoder_FD(sae) -> torch.Tensor:
+    """Decoder rows [d_sae, d_in]: one direction per latent."""
+    return sae.W_dec
+
+
+def d_in_of(sae) -> int:
+    return int(sae.cfg.d_in)
+
+
+def d_sae_of(sae) -> int:
+    return int(sae.cfg.d_sae)
 
 
 def hook_width(model, hook: str) -> int:

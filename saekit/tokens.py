@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping
 
 import torch
+from saekit.errors import SaekitError
 
 
-class TokenRuleError(ValueError):
+class TokenRuleError(SaekitError, ValueError):
     """A token rule that cannot be applied (bad field, or no reference norm for the norm filter)."""
 
 

@@ -46,6 +46,7 @@ from saekit.harvest import (Activations, check_hooks, dataset_provenance, docume
 from saekit.model import DEFAULT_MODEL, hf_model_id, load_model, parse_dtype, prepends_bos
 from saekit import sae as S
 from saekit.tokens import TokenRule
+from saekit.errors import SaekitError
 
 CHECKPOINTS = "checkpoints"
 CKPT_TENSORS = "state.safetensors"
@@ -55,7 +56,7 @@ TRAIN_RECORD = "saekit_train.json"
 HELD_OUT_SPLITS = ("test", "validation", "val", "heldout", "held_out")
 
 
-class TrainError(RuntimeError):
+class TrainError(SaekitError, RuntimeError):
     """Training cannot start or continue; the message says why and what to do."""
 
 

@@ -27,6 +27,7 @@ from starlette.staticfiles import StaticFiles
 from saekit.browse.pages import PLOTLY_JS, STATIC, NotFound, Page, Site
 from saekit.browse.queries import Reader
 from saekit.db import SANDBOX, Database, DatabaseBusy, DatabaseError, check_database_path, head, open_readonly
+from saekit.errors import SaekitError
 
 WAIT_S = 0.5
 """How long a page waits for a writer to let go before answering with the busy banner."""
@@ -34,7 +35,7 @@ SQL_ROWS = 500
 """Rows the SQL box shows; the CSV link streams them all."""
 
 
-class BrowseError(RuntimeError):
+class BrowseError(SaekitError, RuntimeError):
     """The browser cannot start or export: a bad port, host or export folder."""
 
 

@@ -27,6 +27,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import duckdb
 
 from saekit.artifacts import artifacts_dir
+from saekit.errors import SaekitError
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
 EXPLAINABLE_STATEMENTS = {"SELECT", "PRAGMA"}
@@ -41,7 +42,7 @@ DUCKDB_MAGIC = b"DUCK"
 """Bytes 8-11 of every DuckDB database file."""
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(SaekitError, RuntimeError):
     """The database is missing, a statement was refused, or a write failed."""
 
 
@@ -54,7 +55,7 @@ def default_path() -> Path:
 
 
 def schema_sql() -> str:
-    return (resources.files("saekit") / "schema.sql").read_text()
+    return (resources.files("saekit.db") / "schema.sql").read_text()
 
 
 def package_versions() -> dict[str, str]:
