@@ -105,3 +105,31 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages that shape results, stored with every run and SAE."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("saekit", "torch", "sae-lens", "transformer-lens", "transformers", "safetensors", "duckdb"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+WINDOW_MARK = "#w"
+"""A long text split into windows gets document ids `<story id>#w<window>`."""
+
+
+def window_id(story_id: str, window: int) -> str:
+    return f"{story_id}{WINDOW_MARK}{window}"
+
+
+def story_of(doc_id: str) -> str:
+    """The corpus record a harvested document (or one window of it) came from."""
+    return doc_id.split(WINDOW_MARK)[0]
+

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save as save_safetensors
 from saekit import __version__
 from saekit import distributed as D
 from saekit.artifacts import (MANIFEST, POOLED, SHARD_PATTERN, atomic_write_bytes, atomic_write_json,
-                              content_hash, file_sha256)
+                              content_hash, file_sha256, story_of, window_id)
 from saekit.config import to_dict
 from saekit.corpus import CorpusError, DatasetOptions, Record, load_corpus
 from saekit.model import (DEFAULT_MODEL, RESIDUAL_HOOK, d_model, is_bridge, load_hf, load_model, load_tokenizer,
@@ -196,7 +196,7 @@ def tokenize(tokenizer, records: list[Record], max_tokens: int, overflow: str) -
             pieces.append(Piece(rec.id, ids[:max_tokens]))
         else:
             for w, start in enumerate(range(0, len(ids), max_tokens)):
-                pieces.append(Piece(f"{rec.id}#w{w}", ids[start:start + max_tokens]))
+                pieces.append(Piece(window_id(rec.id, w), ids[start:start + max_tokens]))
     if too_long:
         verb = "truncated" if overflow == "truncate" else "split into windows"
         warnings.warn(f"{too_long} of {len(records)} texts are longer than {max_tokens} tokens and were {verb}",
@@ -370,8 +370,8 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
             # every position is stored; later stages count those of the token rule (saekit.tokens)
             "token_rule": json.loads(DEFAULT_RULE.to_json()),
             "counted_tokens": sum(max(len(p.token_ids) - DEFAULT_RULE.skip_first, 0) for p in pieces),
-            "documents": [{"id": p.doc_id, "label": by_id[p.doc_id.split("#w")[0]].emotion,
-                           "split": by_id[p.doc_id.split("#w")[0]].split, "n_tokens": len(p.token_ids),
+            "documents": [{"id": p.doc_id, "label": by_id[story_of(p.doc_id)].emotion,
+                           "split": by_id[story_of(p.doc_id)].split, "n_tokens": len(p.token_ids),
                            "token_offset": offsets[i], "shard": i // cfg.docs_per_shard}
                           for i, p in enumerate(pieces)],
             "shards": {}, "complete": False,

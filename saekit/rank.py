@@ -18,7 +18,7 @@ import torch
 
 from saekit import evidence as Ev
 from saekit import features as Fe
-from saekit.artifacts import fault_point
+from saekit.artifacts import fault_point, story_of
 from saekit.config import to_dict
 from saekit.corpus import NEUTRAL, emotion_table
 from saekit.db import Database
@@ -401,7 +401,7 @@ def _story_rows(acts: Activations, corpus_id: str, run: str) -> list[dict]:
         texts = {}
     rows = []
     for d in acts.documents:
-        r = texts.get(d["id"].split("#w")[0])
+        r = texts.get(story_of(d["id"]))
         rows.append({"corpus_id": corpus_id, "story_id": d["id"], "emotion": d["label"], "split": d["split"],
                      "topic": r.topic if r else None, "narration": r.narration if r else None,
                      "n_words": len(r.text.split()) if r else None, "text": r.text if r else None, "run_id": run})

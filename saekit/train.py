@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 
 from saekit import __version__
 from saekit import distributed as D
-from saekit.artifacts import atomic_write_json, content_hash, match_umask
+from saekit.artifacts import atomic_write_json, content_hash, match_umask, package_versions, story_of
 from saekit.config import check_config, load_config, to_dict
 from saekit.corpus import load_corpus
 from saekit.harvest import (Activations, check_hooks, dataset_provenance, documents_hash, forward_capture,
@@ -371,7 +371,7 @@ class HarvestSource:
             return []
         by_id = {r.id: r.text for r in records}
         docs = self.acts.documents
-        ids = [docs[i]["id"].split("#w")[0] for i in sorted(int(j) for j in self.is_held_F.nonzero().flatten())]
+        ids = [story_of(docs[i]["id"]) for i in sorted(int(j) for j in self.is_held_F.nonzero().flatten())]
         return [by_id[i] for i in dict.fromkeys(ids) if i in by_id][:max_docs]
 
 
@@ -735,16 +735,6 @@ def resume_from_latest(state: TrainState, cfg: TrainConfig, checkpoints: list[Pa
 # ---------------------------------------------------------------------------- the run
 
 
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"saekit": __version__}
-    for name in ("torch", "sae-lens", "transformer-lens", "transformers", "safetensors"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def train_sae(cfg: TrainConfig, activations=None, model=None,

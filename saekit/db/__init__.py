@@ -26,7 +26,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import duckdb
 
-from saekit.artifacts import artifacts_dir
+from saekit.artifacts import artifacts_dir, package_versions
 from saekit.errors import SaekitError
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
@@ -58,16 +58,6 @@ def schema_sql() -> str:
     return (resources.files("saekit.db") / "schema.sql").read_text()
 
 
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("saekit", "torch", "sae-lens", "transformer-lens", "transformers", "duckdb"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def check_database_path(path: str | Path | None, must_exist: bool = False) -> Path:
