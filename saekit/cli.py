@@ -8,14 +8,37 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-app = typer.Typer(help="Find, rank and intervene on the SAE features of a language model that represent emotions.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+from saekit.errors import SaekitError
+
+
+
+class _Commands(TyperGroup):
+    """The root command group: every error saekit raises on purpose is handled here, once.
+
+    A `SaekitError` (bad input, a failed step) prints its message and exits with code 2; with
+    --debug it keeps its traceback. Any other exception is a bug and always shows its traceback.
+    """
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (SaekitError, FileNotFoundError) as e:
+            if ctx.params.get("debug"):
+                raise
+            console.print("[bold red]error:[/]", escape(str(e)), soft_wrap=True)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(cls=_Commands, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Find, rank and intervene on the SAE features of a language model that represent emotions.")
 corpus_app = typer.Typer(help="The shipped emotion story corpus and scenario sets.", no_args_is_help=True)
 model_app = typer.Typer(help="Load models and check them.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
@@ -24,23 +47,9 @@ console = Console(stderr=True)
 out_console = Console()
 
 
-def _fail(e: Exception) -> None:
-    console.print("[bold red]error:[/]", escape(str(e)), soft_wrap=True)
-    raise typer.Exit(2)
-
-
-def _errors():
-    from saekit.config import ConfigError
-    from saekit.corpus import CorpusError
-    from saekit.harvest import HarvestError
-    from saekit.db import DatabaseError
-    from saekit.model import ModelLoadError
-    from saekit.sae import SAEError
-    from saekit.tokens import TokenRuleError
-    from saekit.train import TrainError
-
-    return (ConfigError, CorpusError, HarvestError, ModelLoadError, SAEError, TrainError, DatabaseError,
-            TokenRuleError, FileNotFoundError)
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")] = False) -> None:
+    """Find, rank and intervene on the SAE features of a language model that represent emotions."""
 
 
 def _config(cls, path: Path | None, overrides: dict):
@@ -83,15 +92,12 @@ def harvest(
     """Record residual-stream activations over a corpus into sharded safetensors (resumable)."""
     from saekit.harvest import HarvestConfig, harvest as run_harvest, summarize
 
-    try:
-        cfg = _config(HarvestConfig, config, {"model": model, "hooks": hook, "corpus": corpus, "text_column": text_column,
-                                              "label_column": label_column, "dataset_config": dataset_config,
-                                              "dataset_split": split, "streaming": streaming or None,
-                                              "out": out, "batch_size": batch_size,
-                                              "max_tokens": max_tokens, "limit": limit, "dtype": dtype})
-        summary = _run_harvest(cfg, run_harvest)
-    except _errors() as e:
-        _fail(e)
+    cfg = _config(HarvestConfig, config, {"model": model, "hooks": hook, "corpus": corpus, "text_column": text_column,
+                                          "label_column": label_column, "dataset_config": dataset_config,
+                                          "dataset_split": split, "streaming": streaming or None,
+                                          "out": out, "batch_size": batch_size,
+                                          "max_tokens": max_tokens, "limit": limit, "dtype": dtype})
+    summary = _run_harvest(cfg, run_harvest)
     _print_summary("harvest", summarize(Path(cfg.out)) | summary)
 
 
@@ -140,19 +146,16 @@ def train(
     from saekit.sae import SAEError
     from saekit.train import TrainError, load_train_config, read_metrics, train_sae
 
-    try:
-        overrides = {k: v for k, v in {"activations": activations, "out": out}.items() if v is not None}
-        cfg = load_train_config(config, overrides)
-        with _progress() as bar:
-            task = bar.add_task("train", total=cfg.total_steps, rate="")
+    overrides = {k: v for k, v in {"activations": activations, "out": out}.items() if v is not None}
+    cfg = load_train_config(config, overrides)
+    with _progress() as bar:
+        task = bar.add_task("train", total=cfg.total_steps, rate="")
 
-            def progress(r) -> None:
-                bar.update(task, completed=r.step, rate=f"loss {r.loss:.4g}  L0 {r.l0:.1f}  "
-                                                          f"EV {r.explained_variance:.3f}  {r.tokens_per_s:,.0f} tok/s")
+        def progress(r) -> None:
+            bar.update(task, completed=r.step, rate=f"loss {r.loss:.4g}  L0 {r.l0:.1f}  "
+                                                      f"EV {r.explained_variance:.3f}  {r.tokens_per_s:,.0f} tok/s")
 
-            folder = train_sae(cfg, progress=progress, resume=resume)
-    except _errors() + (TrainError, SAEError) as e:
-        _fail(e)
+        folder = train_sae(cfg, progress=progress, resume=resume)
     metrics = read_metrics(folder)
     act, lm = metrics.get("activations") or {}, metrics.get("lm") or {}
     _print_summary(f"SAE saved to {folder}", {
@@ -177,11 +180,8 @@ def sae_load(
     from saekit.model import load_model
     from saekit.sae import SAEError, describe, load_sae
 
-    try:
-        m = load_model(model) if model else None
-        loaded = load_sae(source, sae_id, model=m)
-    except _errors() + (SAEError,) as e:
-        _fail(e)
+    m = load_model(model) if model else None
+    loaded = load_sae(source, sae_id, model=m)
     _print_summary("SAE", describe(loaded) | ({"checked against": model} if model else {}))
 
 
@@ -205,13 +205,10 @@ def rank(
     from saekit.db import Database, DatabaseError
     from saekit.rank import RankConfig, run_rank
 
-    try:
-        cfg = _config(RankConfig, config, {"activations": activations, "sae": sae, "sae_id": sae_id,
-                                           "db": str(db) if db else None, "ratings": str(ratings) if ratings else None,
-                                           "skip_first": skip_first, "max_norm_ratio": max_norm_ratio})
-        result = _rank(cfg, Database, run_rank)
-    except _errors() + (DatabaseError, ValueError) as e:
-        _fail(e)
+    cfg = _config(RankConfig, config, {"activations": activations, "sae": sae, "sae_id": sae_id,
+                                       "db": str(db) if db else None, "ratings": str(ratings) if ratings else None,
+                                       "skip_first": skip_first, "max_norm_ratio": max_norm_ratio})
+    result = _rank(cfg, Database, run_rank)
     _print_summary("rank", result["summary"])
 
 
@@ -248,14 +245,11 @@ def query(
     from saekit.db import DatabaseError, head, open_readonly, write_batches
 
     outputs = {fmt: path for fmt, path in (("csv", csv), ("json", json_out), ("parquet", parquet)) if path}
-    try:
-        with open_readonly(db, allow_files=allow_file_reads) as d:
-            if outputs:
-                rows = write_batches(d.stream(sql), outputs)
-            else:
-                table, more = head(d.stream(sql, batch_rows=limit + 1), limit)
-    except DatabaseError as e:
-        _fail(e)
+    with open_readonly(db, allow_files=allow_file_reads) as d:
+        if outputs:
+            rows = write_batches(d.stream(sql), outputs)
+        else:
+            table, more = head(d.stream(sql, batch_rows=limit + 1), limit)
     if outputs:
         console.print(f"wrote {rows} rows to {', '.join(map(str, outputs.values()))}", markup=False)
         return
@@ -283,12 +277,9 @@ def db_tables(db: Annotated[Optional[Path], typer.Option(help="Database file (de
     """List the feature database's tables with row counts."""
     from saekit.db import Database, DatabaseError
 
-    try:
-        with Database(db, read_only=True) as d:
-            tables = d.tables()
-            path = d.path
-    except DatabaseError as e:
-        _fail(e)
+    with Database(db, read_only=True) as d:
+        tables = d.tables()
+        path = d.path
     out = Table(title=str(path))
     out.add_column("table")
     out.add_column("rows", justify="right")
@@ -309,15 +300,12 @@ def browse(
     from saekit.browse import BrowseError, export_site, serve
     from saekit.db import DatabaseError
 
-    try:
-        if export is not None:
-            done = export_site(db, export)
-            out_console.print(f"wrote {done['pages']} pages ({done['feature_pages']} features) to {done['folder']} "
-                              f"in {done['seconds']} s; open {Path(done['folder']) / 'index.html'}", markup=False)
-        else:
-            serve(db, host, port, announce=lambda line: out_console.print(line, markup=False))
-    except (BrowseError, DatabaseError) as e:
-        _fail(e)
+    if export is not None:
+        done = export_site(db, export)
+        out_console.print(f"wrote {done['pages']} pages ({done['feature_pages']} features) to {done['folder']} "
+                          f"in {done['seconds']} s; open {Path(done['folder']) / 'index.html'}", markup=False)
+    else:
+        serve(db, host, port, announce=lambda line: out_console.print(line, markup=False))
 
 
 # ---------------------------------------------------------------------------- experiments
@@ -337,13 +325,10 @@ def experiment_run(
     from saekit.experiments import ExperimentError, run_experiment
     from saekit.interventions import InterventionError
 
-    try:
-        with _progress() as bar:
-            task = bar.add_task("experiment", total=None, rate="")
-            exp_id = run_experiment(spec, db_path=db, progress=lambda done, total, what: bar.update(
-                task, completed=done, total=total, rate=what))
-    except _errors() + (ExperimentError, InterventionError, DatabaseError) as e:
-        _fail(e)
+    with _progress() as bar:
+        task = bar.add_task("experiment", total=None, rate="")
+        exp_id = run_experiment(spec, db_path=db, progress=lambda done, total, what: bar.update(
+            task, completed=done, total=total, rate=what))
     out_console.print(f"experiment {exp_id} stored in {db or 'the database'}; next: saekit experiment report {exp_id}")
 
 
@@ -358,10 +343,7 @@ def experiment_report(
     from saekit.experiments import ExperimentError
     from saekit.report import report
 
-    try:
-        summary = report(experiment, db_path=db, out_dir=out)
-    except (DatabaseError, ExperimentError, ValueError) as e:  # ValueError: report's "no experiment ..."
-        _fail(e)
+    summary = report(experiment, db_path=db, out_dir=out)
     table = Table(title=summary["title"])
     for c in summary["columns"]:
         table.add_column(c)
@@ -398,10 +380,7 @@ def export_vectors(
     """Export the paper's emotion vectors (neutral PCs removed) from the database."""
     from saekit.export import ExportError, export_vectors as run
 
-    try:
-        written = run(out, format, db, emotion or [], hook or [], model, corpus, force)
-    except _errors() + (ExportError,) as e:
-        _fail(e)
+    written = run(out, format, db, emotion or [], hook or [], model, corpus, force)
     out_console.print(f"wrote {len(written)} file(s): {', '.join(map(str, written))}", markup=False, soft_wrap=True)
 
 
@@ -418,10 +397,7 @@ def export_features(
     """Export SAE features as the dashboard JSON that Neuronpedia's uploader and SAE-Dashboard read."""
     from saekit.export import ExportError, export_features as run
 
-    try:
-        written = run(out, db, feature or [], emotion or [], top, sae, force)
-    except _errors() + (ExportError,) as e:
-        _fail(e)
+    written = run(out, db, feature or [], emotion or [], top, sae, force)
     out_console.print(f"wrote {', '.join(map(str, written))}", markup=False, soft_wrap=True)
 
 
@@ -439,10 +415,7 @@ def study(
     if plan:
         from saekit.plan import format_plan, plan_study
 
-        try:
-            out_console.print(format_plan(plan_study(config, device_profile, gpus)), markup=False, soft_wrap=True)
-        except _errors() as e:
-            _fail(e)
+        out_console.print(format_plan(plan_study(config, device_profile, gpus)), markup=False, soft_wrap=True)
         return
     from saekit.db import DatabaseError, check_database_path
     from saekit.sae import SAEError
@@ -451,28 +424,25 @@ def study(
     from saekit.train import TrainError
 
     started = time.perf_counter()
-    try:
-        cfg = load_study_config(config)
-        check_database_path(cfg.db)  # before hours of harvesting and training, not at the ranking step
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                      TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console) as bar:
-            overall = bar.add_task("study", total=None, note="")
-            current = {"task": None}
+    cfg = load_study_config(config)
+    check_database_path(cfg.db)  # before hours of harvesting and training, not at the ranking step
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console) as bar:
+        overall = bar.add_task("study", total=None, note="")
+        current = {"task": None}
 
-            def on_step(i, n, step, skipped):
-                bar.update(overall, total=n, completed=i, description=f"study: step {i + 1}/{n}")
-                if current["task"] is not None:
-                    bar.update(current["task"], completed=100)
-                current["task"] = bar.add_task(f"  {step.name}", total=100, note="skipped (unchanged)" if skipped else "")
-                if skipped:
-                    bar.update(current["task"], completed=100)
-                task = current["task"]
-                return lambda frac, note="": bar.update(task, completed=100 * frac, note=note)
+        def on_step(i, n, step, skipped):
+            bar.update(overall, total=n, completed=i, description=f"study: step {i + 1}/{n}")
+            if current["task"] is not None:
+                bar.update(current["task"], completed=100)
+            current["task"] = bar.add_task(f"  {step.name}", total=100, note="skipped (unchanged)" if skipped else "")
+            if skipped:
+                bar.update(current["task"], completed=100)
+            task = current["task"]
+            return lambda frac, note="": bar.update(task, completed=100 * frac, note=note)
 
-            results = run_study(cfg, on_step=on_step)
-            bar.update(overall, completed=bar.tasks[0].total)
-    except _errors() + (DatabaseError, SAEError, TrainError, ExperimentError, ValueError) as e:
-        _fail(e)
+        results = run_study(cfg, on_step=on_step)
+        bar.update(overall, completed=bar.tasks[0].total)
     for name, summary in results.items():
         _print_summary(name, {k: _fmt(v) for k, v in summary.items()} if isinstance(summary, dict) else {"": summary})
     out_console.print(f"\nstudy finished in {time.perf_counter() - started:.0f} s; report: {Path(cfg.out) / 'report.html'}")
@@ -496,10 +466,7 @@ def corpus_stats(
     """Counts per emotion, split and narration, and a length histogram."""
     from saekit.corpus import load_corpus, stats
 
-    try:
-        records = load_corpus(source, text_column=text_column, label_column=label_column)
-    except _errors() as e:
-        _fail(e)
+    records = load_corpus(source, text_column=text_column, label_column=label_column)
     s = stats(records)
     table = Table(title=f"corpus {source}: {s['records']} records, {s['topics']} topics")
     table.add_column("emotion")
@@ -522,10 +489,7 @@ def corpus_validate(
     """Check counts, lengths, topics, forbidden words and near-duplicates; exit 1 on problems."""
     from saekit.corpus import load_corpus, validate
 
-    try:
-        records = load_corpus(source, text_column=text_column, label_column=label_column)
-    except _errors() as e:
-        _fail(e)
+    records = load_corpus(source, text_column=text_column, label_column=label_column)
     problems = validate(records)
     for p in problems:
         out_console.print(p, markup=False)
@@ -550,15 +514,12 @@ def corpus_generate(
     """Generate a story corpus with the paper's protocol (emotion x topic prompts, parsed, validated, de-duplicated)."""
     from saekit.generate import GenerateConfig, GenerateError, generate_corpus, output_paths
 
-    try:
-        cfg = _config(GenerateConfig, config, {"model": model, "emotions": emotion, "topics": topics,
-                                               "calls_per_pair": calls_per_pair, "stories_per_call": stories_per_call,
-                                               "max_new_tokens": max_new_tokens, "seed": seed, "out": out})
-        with _progress() as bar:
-            task = bar.add_task("generate", total=None, rate="")
-            report = generate_corpus(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    except _errors() + (GenerateError,) as e:
-        _fail(e)
+    cfg = _config(GenerateConfig, config, {"model": model, "emotions": emotion, "topics": topics,
+                                           "calls_per_pair": calls_per_pair, "stories_per_call": stories_per_call,
+                                           "max_new_tokens": max_new_tokens, "seed": seed, "out": out})
+    with _progress() as bar:
+        task = bar.add_task("generate", total=None, rate="")
+        report = generate_corpus(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
     records, _, report_path = output_paths(cfg.out)
     out_console.print(f"Wrote {report['accepted']} stories ({report['splits']}) to {records}; "
                       f"{report['rejected_total']} of {report['candidates']} candidates rejected: {report['rejected']}")
@@ -576,10 +537,7 @@ def model_info(name: Annotated[str, typer.Argument(help="Model folder, hub name,
     """Load a model and print its size and residual-stream hook names."""
     from saekit.model import d_model, load_model, n_layers
 
-    try:
-        m = load_model(name)
-    except _errors() as e:
-        _fail(e)
+    m = load_model(name)
     _print_summary(name, {"layers": n_layers(m), "d_model": d_model(m), "vocab": m.cfg.d_vocab,
                           "hooks": f"blocks.{{0..{n_layers(m) - 1}}}.hook_resid_post (and {len(m.hook_dict)} others)"})
 
@@ -593,10 +551,7 @@ def model_chat(
     """Answer one user message greedily, formatted with saekit's chat formatting."""
     from saekit.model import format_chat, generate, load_model
 
-    try:
-        m = load_model(model)
-    except _errors() as e:
-        _fail(e)
+    m = load_model(model)
     prompt = format_chat(m.tokenizer, [{"role": "user", "content": message}])
     out_console.print(generate(m, m.tokenizer, prompt, max_new_tokens=max_new_tokens))
 
