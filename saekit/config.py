@@ -99,7 +99,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         return dict(value)
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where)
+        return value if isinstance(value, hint) else from_dict(hint, value, where)
     if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
@@ -127,8 +127,35 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 def load_config(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
     data = load_toml(path)
-    data.update(overrides or {})
+    for key, value in (overrides or {}).items():
+        set_key(data, key, value)
     return from_dict(cls, data, where=str(path))
+
+
+def set_key(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set `key` in a TOML-shaped dict; a dotted key ("sae.k") sets a field of a nested table."""
+    *tables, name = key.split(".")
+    for table in tables:
+        data = data.setdefault(table, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"cannot set {key}: {table} is not a table")
+    data[name] = value
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """{key: value} from command-line "key=value" strings; values are TOML (64, 1e-3, true, "x"),
+    anything else is a string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. sae.k=64")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        out[key.strip()] = value
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

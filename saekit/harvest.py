@@ -40,8 +40,9 @@ from saekit.artifacts import (MANIFEST, POOLED, SHARD_PATTERN, atomic_write_byte
                               content_hash, file_sha256, story_of, window_id)
 from saekit.config import to_dict
 from saekit.corpus import CorpusError, DatasetOptions, Record, load_corpus
-from saekit.model import (DEFAULT_MODEL, RESIDUAL_HOOK, d_model, is_bridge, load_hf, load_model, load_tokenizer,
-                          n_layers, parse_dtype, prepends_bos, residual_capture, residual_hook_names)
+from saekit.model import (DEFAULT_MODEL, RESIDUAL_HOOK, d_model, hook_layer, hook_names, is_bridge, load_hf,  # noqa: F401
+                          load_model, load_tokenizer, n_layers, pad_token_id, parse_dtype, prepends_bos, stop_layer)
+from saekit.model import capture_padded as forward_capture  # a module attribute, so tests can stand in for it
 from saekit.tokens import DEFAULT as DEFAULT_RULE
 from saekit.errors import SaekitError
 
@@ -114,41 +115,20 @@ def pool_start(n_tokens: int, offset: int) -> int:
     return offset if n_tokens > offset else n_tokens // 2
 
 
-def hook_layer(hook: str) -> int | None:
-    """The block a hook lives in (None for hooks after the last block, e.g. ln_final)."""
-    m = re.match(r"blocks\.(\d+)\.", hook)
-    if m:
-        return int(m.group(1))
-    return 0 if hook.startswith(("hook_embed", "embed", "hook_pos_embed")) else None
-
-
 def check_hooks(model, hooks: list[str]) -> None:
-    valid = set(valid_hooks(model))
+    valid = set(hook_names(model))
     bad = [h for h in hooks if h not in valid]
     if bad:
         resid = sorted((h for h in valid if "hook_resid" in h), key=lambda h: (hook_layer(h) or 0, h))
         more = "" if is_bridge(model) else " (other TransformerLens hooks need a model from saekit.load_model)"
         raise HarvestError(
             f"unknown hook(s) {bad} for this model ({n_layers(model)} layers). Residual-stream hooks: "
-            f"{resid[:3]} ... {resid[-3:]}{more}; all {len(valid)} valid names: saekit.harvest.valid_hooks(model)"
+            f"{resid[:3]} ... {resid[-3:]}{more}; all {len(valid)} valid names: saekit.model.hook_names(model)"
         )
-
-
-def valid_hooks(model) -> list[str]:
-    return sorted(model.hook_dict) if is_bridge(model) else residual_hook_names(model)
 
 
 def only_residual(hooks: list[str]) -> bool:
     return all(RESIDUAL_HOOK.match(h) for h in hooks)
-
-
-def stop_layer(model, hooks: list[str]) -> int | None:
-    """Layer to stop the forward pass at: just after the deepest hooked block."""
-    layers = [hook_layer(h) for h in hooks]
-    if any(layer is None for layer in layers):
-        return None
-    last = max(layers) + 1
-    return None if last >= n_layers(model) else last
 
 
 def dataset_options(config: dict) -> DatasetOptions:
@@ -202,33 +182,6 @@ def tokenize(tokenizer, records: list[Record], max_tokens: int, overflow: str) -
         warnings.warn(f"{too_long} of {len(records)} texts are longer than {max_tokens} tokens and were {verb}",
                       stacklevel=2)
     return pieces
-
-
-@torch.inference_mode()
-def forward_capture(model, token_ids: list[list[int]], hooks: list[str], pad_id: int,
-                    stop_at: int | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One padded batch: {hook: acts_BTD} and the attention mask [B, T]."""
-    T = max(len(ids) for ids in token_ids)
-    tokens_BT = torch.full((len(token_ids), T), pad_id, dtype=torch.long)
-    mask_BT = torch.zeros((len(token_ids), T), dtype=torch.long)
-    for b, ids in enumerate(token_ids):
-        tokens_BT[b, : len(ids)] = torch.tensor(ids)
-        mask_BT[b, : len(ids)] = 1
-    device = next(model.parameters()).device
-    if not is_bridge(model):
-        captured = residual_capture(model, tokens_BT.to(device), mask_BT.to(device), hooks, stop_at)
-        return {h: captured[h] for h in hooks}, mask_BT
-    captured: dict[str, torch.Tensor] = {}
-
-    def saver(name: str):
-        def save(act, hook):
-            captured[name] = act.detach()
-            return act
-        return save
-
-    model.run_with_hooks(tokens_BT.to(device), attention_mask=mask_BT.to(device),
-                         fwd_hooks=[(h, saver(h)) for h in hooks], stop_at_layer=stop_at, return_type=None)
-    return {h: captured[h] for h in hooks}, mask_BT
 
 
 _MANIFEST_KEYS = ("identity", "documents", "shards", "hooks", "d_model")
@@ -383,7 +336,7 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
     todo = [s for s in range(rank, len(shards), world) if not _finished(out, manifest["shards"].get(str(s)), checked)]
     stop_at = stop_layer(model, cfg.hooks)
     store = parse_dtype(cfg.store_dtype)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad_id = pad_token_id(tok)
     docs_done = sum(len(shards[int(k)]) for k in manifest["shards"] if int(k) not in todo)
     tokens_done = 0
     for s in todo:

@@ -414,6 +414,18 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return tokens_BT, mask_BT
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else 0 (masked out either way)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def capture_padded(model, seqs: Sequence[Sequence[int]], hooks: Sequence[str], pad_id: int,
+                   stop_at: int | None | str = "auto") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """`capture` of unequal-length token lists: ({hook: acts_BTD}, mask_BT of the real tokens)."""
+    tokens_BT, mask_BT = pad_batch(seqs, pad_id)
+    return capture(model, tokens_BT, mask_BT, hooks, stop_at), mask_BT
+
+
 def model_device(model) -> torch.device:
     return next(model.parameters()).device
 

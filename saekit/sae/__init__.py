@@ -1,0 +1,94 @@
+"""SAEs: the only package that imports sae_lens.
+
+Builds sae-lens training SAEs from one small config class per architecture, saves them in
+SAELens' own format and loads them back (from a local folder or sae-lens' registry of published
+releases), and checks an SAE against a model.
+
+    base.py        SAEConfig (fields every architecture has), the trainer's access to the weights
+    topk.py, batchtopk.py, jumprelu.py, standard.py    one architecture each: its config and build
+    storage.py     SAE folders: save by renames, recover a killed save, load (never unpickles)
+    interface.py   hook_of, decoder_FD, d_in_of ...: what other modules read an SAE through
+
+A new architecture is one new module with an `SAEConfig` subclass plus one `register` line below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sae_lens import SAE, __version__ as SAE_LENS_VERSION  # noqa: F401  (re-exported for provenance)
+from sae_lens.saes.sae import TrainingSAE, TrainStepOutput
+
+from saekit.config import ConfigError, from_dict
+from saekit.sae import batchtopk, jumprelu, standard, topk
+from saekit.sae.base import (SAEConfig, SAEError, coefficient_values, common_fields, fold_activation_scale,  # noqa: F401
+                             latent_params, load_training_state, reinit_latents, set_metadata,
+                             training_state_tensors)
+from saekit.sae.batchtopk import BatchTopKConfig  # noqa: F401
+from saekit.sae.interface import (check_against_model, d_in_of, d_sae_of, decoder_FD, describe, hook_of,  # noqa: F401
+                                  hook_width, model_name_of)
+from saekit.sae.jumprelu import JumpReLUConfig  # noqa: F401
+from saekit.sae.standard import StandardConfig  # noqa: F401
+from saekit.sae.storage import (PICKLE_SUFFIXES, SAE_FILES, SAFE_REGISTRY_LOADERS, LoadedSAE,  # noqa: F401
+                                aside_path_for, check_finite_weights, check_sae_folder, load_sae,
+                                partial_path_for, recover_sae_folder, sae_files_folder, save_sae)
+from saekit.sae.topk import TopKConfig, topk_training_forward  # noqa: F401
+
+ARCHITECTURES: dict[str, type[SAEConfig]] = {}
+"""Architecture name -> its config class; the `[sae]` table's `architecture` picks one."""
+
+
+def register(cls: type[SAEConfig]) -> type[SAEConfig]:
+    ARCHITECTURES[cls().architecture] = cls
+    return cls
+
+
+register(topk.TopKConfig)
+register(batchtopk.BatchTopKConfig)
+register(jumprelu.JumpReLUConfig)
+register(standard.StandardConfig)
+
+
+def config_class(architecture: str, where: str = "sae") -> type[SAEConfig]:
+    if architecture not in ARCHITECTURES:
+        raise ConfigError(f"{where}.architecture: unknown architecture {architecture!r}; "
+                          f"choose one of {list(ARCHITECTURES)}")
+    return ARCHITECTURES[architecture]
+
+
+def sae_config(table: dict[str, Any], where: str = "sae") -> SAEConfig:
+    """The config of the architecture `table["architecture"]` names (default topk), from the rest of
+    the table; a field that architecture does not have is a ConfigError naming it."""
+    if isinstance(table, SAEConfig):
+        return table
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+    rest = dict(table)
+    return from_dict(config_class(rest.pop("architecture", "topk"), where), rest, where)
+
+
+def build_training_sae(architecture: str | SAEConfig, d_in: int, d_sae: int, *, use_aux_loss: bool = True,
+                       normalize_activations: str = "none", dtype: str = "float32", device: str = "cpu",
+                       metadata: dict[str, Any] | None = None, **fields: Any) -> TrainingSAE:
+    """A fresh sae-lens training SAE (weights from torch's current RNG; seed it first).
+
+    `architecture` is a config, or a name whose config takes `fields`; fields that architecture does
+    not have are ignored, so one call can build every architecture (as in tests)."""
+    if isinstance(architecture, SAEConfig):
+        cfg = architecture
+    else:
+        if architecture not in ARCHITECTURES:
+            raise SAEError(f"unknown architecture {architecture!r}; choose one of {list(ARCHITECTURES)}")
+        cls = ARCHITECTURES[architecture]
+        own = {f for f in cls.__dataclass_fields__ if f != "architecture"}
+        cfg = cls(**{k: v for k, v in fields.items() if k in own})
+    common = common_fields(d_in, d_sae, normalize_activations, dtype, device, metadata)
+    return cfg.build(common, use_aux_loss)
+
+
+def training_forward(sae: TrainingSAE, sae_in_BD, dead_F, step: int, fast_topk: bool = True) -> TrainStepOutput:
+    """One training forward pass of any SAE: the sparse TopK path for a topk SAE, sae-lens' own otherwise
+    (the trainer asks its `SAEConfig.training_forward` instead)."""
+    if fast_topk and sae.cfg.architecture() == "topk":
+        return topk_training_forward(sae, sae_in_BD, dead_F)
+    return SAEConfig().training_forward(sae, sae_in_BD, dead_F, step)
