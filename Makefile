@@ -1,4 +1,5 @@
 # Two commands do everything on a fresh machine:  `make run`  (the study)  and  `make test`.
+# While changing code: `make test-fast` (no real model, torchrun, browser or study) and `make lint`.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -7,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.saekit-installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test test-fast lint bench clean
 
 setup: $(STAMP)
 	# Debian's chromium for the browser tests of `saekit browse` (Playwright drives it; nothing downloads
@@ -30,6 +31,15 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# ruff: lint, import order, and the rule that keeps transformers / transformer_lens / sae_lens / duckdb
+# behind their adapter modules; mypy: the type check
+lint: setup
+	$(BIN)/ruff check saekit tests benchmarks analysis
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python benchmarks/harvest_throughput.py

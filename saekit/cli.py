@@ -6,9 +6,8 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 from rich.console import Console
@@ -27,7 +26,7 @@ class _Commands(TyperGroup):
     --debug it keeps its traceback. Any other exception is a bug and always shows its traceback.
     """
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except (SaekitError, FileNotFoundError) as e:
