@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from saekit.errors import SaekitError
-
 
 
 class _Commands(TyperGroup):
@@ -76,12 +73,14 @@ def harvest(
     config: Annotated[Optional[Path], typer.Option(help="TOML file with HarvestConfig fields.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model folder, hub name, 'smollm2-135m-instruct' or 'tiny'.")] = None,
     hook: Annotated[Optional[list[str]], typer.Option(help="Hook name to record (repeatable), e.g. blocks.20.hook_resid_post.")] = None,
-    corpus: Annotated[Optional[str], typer.Option(help="'shipped', a .jsonl/.csv/.parquet/.txt file, a dataset folder or hub name.")] = None,
+    corpus: Annotated[Optional[str], typer.Option(
+        help="'shipped', a .jsonl/.csv/.parquet/.txt file, a dataset folder or hub name.")] = None,
     text_column: Annotated[Optional[str], typer.Option(help="Column holding the text.")] = None,
     label_column: Annotated[Optional[str], typer.Option(help="Column holding the label.")] = None,
     dataset_config: Annotated[Optional[str], typer.Option(help="Hugging Face dataset: the configuration to read.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Hugging Face dataset: the split to read (default train).")] = None,
-    streaming: Annotated[bool, typer.Option("--streaming", help="Hugging Face dataset: stream rows (with --limit, read only those).")] = False,
+    streaming: Annotated[bool, typer.Option(
+        "--streaming", help="Hugging Face dataset: stream rows (with --limit, read only those).")] = False,
     out: Annotated[Optional[str], typer.Option(help="Output folder for shards and manifest.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Documents per forward pass.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Truncate or window texts longer than this.")] = None,
@@ -89,7 +88,8 @@ def harvest(
     dtype: Annotated[Optional[str], typer.Option(help="Model dtype: float32 or bfloat16.")] = None,
 ) -> None:
     """Record residual-stream activations over a corpus into sharded safetensors (resumable)."""
-    from saekit.harvest import HarvestConfig, harvest as run_harvest, summarize
+    from saekit.harvest import HarvestConfig, summarize
+    from saekit.harvest import harvest as run_harvest
 
     cfg = _config(HarvestConfig, config, {"model": model, "hooks": hook, "corpus": corpus, "text_column": text_column,
                                           "label_column": label_column, "dataset_config": dataset_config,
@@ -142,8 +142,7 @@ def train(
     out: Annotated[Optional[str], typer.Option(help="Output folder (overrides the config).")] = None,
 ) -> None:
     """Train an SAE from a config on harvested (or streamed) activations; saves SAELens format + metrics."""
-    from saekit.sae import SAEError
-    from saekit.train import TrainError, load_train_config, read_metrics, train_sae
+    from saekit.train import load_train_config, read_metrics, train_sae
 
     overrides = {k: v for k, v in {"activations": activations, "out": out}.items() if v is not None}
     cfg = load_train_config(config, overrides)
@@ -177,7 +176,7 @@ def sae_load(
 ) -> None:
     """Load an SAE (local folder always; sae-lens registry when the hub is reachable) and describe it."""
     from saekit.model import load_model
-    from saekit.sae import SAEError, describe, load_sae
+    from saekit.sae import describe, load_sae
 
     m = load_model(model) if model else None
     loaded = load_sae(source, sae_id, model=m)
@@ -201,7 +200,7 @@ def rank(
         help="Token rule: also leave out positions above this multiple of the median norm (0 = off).")] = None,
 ) -> None:
     """Rank SAE features by emotion selectivity, build emotion vectors, and store all in the database."""
-    from saekit.db import Database, DatabaseError
+    from saekit.db import Database
     from saekit.rank import RankConfig, run_rank
 
     cfg = _config(RankConfig, config, {"activations": activations, "sae": sae, "sae_id": sae_id,
@@ -241,7 +240,7 @@ def query(
         "--allow-file-reads", help="Let the query read other files (read_csv, read_text, glob); writing stays refused.")] = False,
 ) -> None:
     """Run read-only SQL on the feature database; print a table or write CSV, JSON or Parquet."""
-    from saekit.db import DatabaseError, head, open_readonly, write_batches
+    from saekit.db import head, open_readonly, write_batches
 
     outputs = {fmt: path for fmt, path in (("csv", csv), ("json", json_out), ("parquet", parquet)) if path}
     with open_readonly(db, allow_files=allow_file_reads) as d:
@@ -274,7 +273,7 @@ def _cell(v) -> str:
 @app.command("db")
 def db_tables(db: Annotated[Optional[Path], typer.Option(help="Database file (default artifacts/saekit.duckdb).")] = None) -> None:
     """List the feature database's tables with row counts."""
-    from saekit.db import Database, DatabaseError
+    from saekit.db import Database
 
     with Database(db, read_only=True) as d:
         tables = d.tables()
@@ -296,8 +295,7 @@ def browse(
                                                         "of serving them.")] = None,
 ) -> None:
     """Browse features, emotions and experiments in a web page (read-only), or export the pages."""
-    from saekit.browse import BrowseError, export_site, serve
-    from saekit.db import DatabaseError
+    from saekit.browse import export_site, serve
 
     if export is not None:
         done = export_site(db, export)
@@ -320,9 +318,7 @@ def experiment_run(
     db: Annotated[Optional[Path], typer.Option(help="Database file (default: the spec's, else artifacts/saekit.duckdb).")] = None,
 ) -> None:
     """Run an experiment spec and store every measurement in the feature database."""
-    from saekit.db import DatabaseError
-    from saekit.experiments import ExperimentError, run_experiment
-    from saekit.interventions import InterventionError
+    from saekit.experiments import run_experiment
 
     with _progress() as bar:
         task = bar.add_task("experiment", total=None, rate="")
@@ -338,8 +334,6 @@ def experiment_report(
     out: Annotated[Optional[Path], typer.Option(help="Folder for the PNG plots and summary.json.")] = None,
 ) -> None:
     """Print an experiment's effects with intervals and controls, and save its plots as PNG."""
-    from saekit.db import DatabaseError
-    from saekit.experiments import ExperimentError
     from saekit.report import report
 
     summary = report(experiment, db_path=db, out_dir=out)
@@ -377,7 +371,7 @@ def export_vectors(
     force: Annotated[bool, typer.Option("--force", help="Replace files that exist.")] = False,
 ) -> None:
     """Export the paper's emotion vectors (neutral PCs removed) from the database."""
-    from saekit.export import ExportError, export_vectors as run
+    from saekit.export import export_vectors as run
 
     written = run(out, format, db, emotion or [], hook or [], model, corpus, force)
     out_console.print(f"wrote {len(written)} file(s): {', '.join(map(str, written))}", markup=False, soft_wrap=True)
@@ -394,7 +388,7 @@ def export_features(
     force: Annotated[bool, typer.Option("--force", help="Replace files that exist.")] = False,
 ) -> None:
     """Export SAE features as the dashboard JSON that Neuronpedia's uploader and SAE-Dashboard read."""
-    from saekit.export import ExportError, export_features as run
+    from saekit.export import export_features as run
 
     written = run(out, db, feature or [], emotion or [], top, sae, force)
     out_console.print(f"wrote {', '.join(map(str, written))}", markup=False, soft_wrap=True)
@@ -416,11 +410,8 @@ def study(
 
         out_console.print(format_plan(plan_study(config, device_profile, gpus)), markup=False, soft_wrap=True)
         return
-    from saekit.db import DatabaseError, check_database_path
-    from saekit.sae import SAEError
-    from saekit.experiments import ExperimentError
+    from saekit.db import check_database_path
     from saekit.study import load_study_config, run_study
-    from saekit.train import TrainError
 
     started = time.perf_counter()
     cfg = load_study_config(config)
@@ -511,7 +502,7 @@ def corpus_generate(
     out: Annotated[Optional[str], typer.Option(help="Output jsonl (a .replies log and .report.json go beside it).")] = None,
 ) -> None:
     """Generate a story corpus with the paper's protocol (emotion x topic prompts, parsed, validated, de-duplicated)."""
-    from saekit.generate import GenerateConfig, GenerateError, generate_corpus, output_paths
+    from saekit.generate import GenerateConfig, generate_corpus, output_paths
 
     cfg = _config(GenerateConfig, config, {"model": model, "emotions": emotion, "topics": topics,
                                            "calls_per_pair": calls_per_pair, "stories_per_call": stories_per_call,
@@ -532,7 +523,8 @@ def corpus_generate(
 
 
 @model_app.command("info")
-def model_info(name: Annotated[str, typer.Argument(help="Model folder, hub name, 'smollm2-135m-instruct' or 'tiny'.")] = "smollm2-135m-instruct") -> None:
+def model_info(name: Annotated[str, typer.Argument(
+        help="Model folder, hub name, 'smollm2-135m-instruct' or 'tiny'.")] = "smollm2-135m-instruct") -> None:
     """Load a model and print its size and residual-stream hook names."""
     from saekit.model import d_model, load_model, n_layers
 
