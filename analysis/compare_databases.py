@@ -1,0 +1,106 @@
+"""Do two feature databases hold the same results? (a refactor's before/after check)
+
+    python analysis/compare_databases.py BEFORE.duckdb AFTER.duckdb [--rtol 1e-4] [--atol 1e-5]
+
+Compares every table the two files share, row for row, leaving out what differs between any two
+runs by design (run ids, timestamps, process ids, package versions, experiment ids). Numbers,
+and lists of numbers, are compared with a tolerance for float noise; everything else exactly.
+Tables only one file has are listed. Exit code 1 when a shared table differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import saekit
+
+VOLATILE = {"run_id", "started_at", "finished_at", "created_at", "pid", "host", "versions", "experiment_id",
+            "config", "status"}
+"""Columns that differ between two runs of the same inputs (ids, clocks, processes, environments)."""
+
+
+def _tables(db) -> list[str]:
+    frame = db.sql("SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'")
+    return sorted(frame["table_name"])
+
+
+def _cells(frame):
+    """The frame with every missing value (NaN, NA, NaT) as None."""
+    frame = frame.astype(object)
+    return frame.where(frame.notna(), None)
+
+
+def _plain(v):
+    """A hashable, sortable stand-in for one cell: lists become tuples, NaN and None sort first."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return (0, "")
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    if isinstance(v, (list, tuple)):
+        return (1, tuple(_plain(x) for x in v))
+    if isinstance(v, float):
+        return (2, round(v, 3))
+    return (3, str(v))
+
+
+def _close(a, b, rtol: float, atol: float) -> bool:
+    if hasattr(a, "tolist"):
+        a = a.tolist()
+    if hasattr(b, "tolist"):
+        b = b.tolist()
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y, rtol, atol) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        if a is None or b is None:
+            return a is None and b is None
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return math.isclose(a, b, rel_tol=rtol, abs_tol=atol)
+    return a == b
+
+
+def compare_table(before, after, table: str, rtol: float, atol: float) -> str | None:
+    """None when the table agrees, else a one-line reason."""
+    a, b = (_cells(db.sql(f'SELECT * FROM "{table}"')) for db in (before, after))
+    columns = [c for c in a.columns if c in set(b.columns) and c not in VOLATILE]
+    if set(a.columns) != set(b.columns):
+        only_a, only_b = sorted(set(a.columns) - set(b.columns)), sorted(set(b.columns) - set(a.columns))
+        return f"columns differ: only before {only_a}, only after {only_b}"
+    if len(a) != len(b):
+        return f"{len(a)} rows before, {len(b)} after"
+    rows_a = sorted((tuple(r) for r in a[columns].itertuples(index=False)), key=lambda r: tuple(_plain(v) for v in r))
+    rows_b = sorted((tuple(r) for r in b[columns].itertuples(index=False)), key=lambda r: tuple(_plain(v) for v in r))
+    for n, (ra, rb) in enumerate(zip(rows_a, rows_b)):
+        for col, x, y in zip(columns, ra, rb):
+            if not _close(x, y, rtol, atol):
+                return f"row {n} column {col}: {str(x)[:80]} before, {str(y)[:80]} after"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("before")
+    parser.add_argument("after")
+    parser.add_argument("--rtol", type=float, default=1e-4)
+    parser.add_argument("--atol", type=float, default=1e-5)
+    args = parser.parse_args(argv)
+    with saekit.open_db(args.before) as before, saekit.open_db(args.after) as after:
+        ta, tb = _tables(before), _tables(after)
+        different = 0
+        for table in sorted(set(ta) & set(tb)):
+            reason = compare_table(before, after, table, args.rtol, args.atol)
+            n = len(before.sql(f'SELECT 1 FROM "{table}"'))
+            print(f"{table:40s} {n:8d} rows  {'same' if reason is None else 'DIFFERENT: ' + reason}")
+            different += reason is not None
+        for table in sorted(set(ta) - set(tb)):
+            print(f"{table:40s} only before")
+        for table in sorted(set(tb) - set(ta)):
+            print(f"{table:40s} only after")
+    print(f"{different} shared table(s) differ")
+    return 1 if different else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
