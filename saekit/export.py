@@ -35,10 +35,11 @@ from typing import Sequence
 import numpy as np
 
 from saekit.artifacts import atomic_write_bytes
-from saekit.db import Database, fetch_dicts, open_readonly
+from saekit.db import Database, open_readonly
+from saekit.db import features as DF
+from saekit.errors import SaekitError
 from saekit.harvest import hook_layer
 from saekit.model import RESIDUAL_HOOK, architecture_hint, hf_model_id
-from saekit.errors import SaekitError
 
 VECTOR_FORMATS = ("safetensors", "gguf", "steering-vectors")
 CONTROL_VECTOR_ARCH = "controlvector"
@@ -95,8 +96,7 @@ def export_vectors(out: str | Path, fmt: str = "safetensors", db_path: str | Pat
 
 def _vector_rows(db: Database, emotions: Sequence[str], hooks: Sequence[str], model: str | None,
                  corpus: str | None) -> list[dict]:
-    rows = fetch_dicts(db, "SELECT model_id, corpus_id, hook, emotion, norm, neutral_pcs, vector, run_id "
-                      "FROM emotion_vectors ORDER BY model_id, corpus_id, hook, emotion")
+    rows = DF.all_emotion_vectors(db)
     if not rows:
         raise ExportError(f"{db.path} holds no emotion vectors; run `saekit rank` (or `saekit study`) first")
     rows = _only(rows, "model_id", [model] if model else [], "model", "--model")
@@ -210,13 +210,13 @@ def export_features(out: str | Path, db_path: str | Path | None = None, features
     return _write_all({out / BATCH_FILE: _json_bytes(batch), out / FEATURES_INDEX: _json_bytes(index)}, force)
 
 
-def _one_sae(db: Database, sae: str | None) -> dict:
-    saes = fetch_dicts(db, "SELECT sae_id, model_id, hook, layer, d_sae, architecture FROM saes ORDER BY sae_id")
+def _one_sae(db: Database, sae_id: str | None) -> DF.SaeRow:
+    saes = DF.saes(db)
     if not saes:
         raise ExportError(f"{db.path} holds no SAE rankings; run `saekit rank --sae ...` first")
-    if sae is None and len(saes) > 1:
+    if sae_id is None and len(saes) > 1:
         raise ExportError(f"{db.path} holds several SAEs; choose one with --sae: {[s['sae_id'] for s in saes]}")
-    return _only(saes, "sae_id", [sae] if sae else [], "SAE", "--sae")[0]
+    return _only(saes, "sae_id", [sae_id] if sae_id else [], "SAE", "--sae")[0]
 
 
 def _chosen_features(db: Database, info: dict, features: Sequence[int], emotions: Sequence[str],
@@ -227,31 +227,21 @@ def _chosen_features(db: Database, info: dict, features: Sequence[int], emotions
             raise ExportError(f"feature {missing[0]} does not exist: SAE {info['sae_id']} has features "
                               f"0..{info['d_sae'] - 1}")
         return list(dict.fromkeys(features))
-    known = [r[0] for r in db.sql("SELECT DISTINCT emotion FROM feature_emotion_stats WHERE sae_id = ? ORDER BY 1",
-                                  [info["sae_id"]])]
+    known = DF.ranked_emotions(db, info["sae_id"])
     _only([{"emotion": e} for e in known], "emotion", emotions, "emotion", "--emotion")
-    rows = db.sql("SELECT feature FROM feature_emotion_stats WHERE sae_id = ? AND selectivity_rank <= ? "
-                  "AND list_contains(?, emotion) ORDER BY emotion, selectivity_rank",
-                  [info["sae_id"], top, list(emotions or known)])
-    return list(dict.fromkeys(r[0] for r in rows))
+    return list(dict.fromkeys(DF.most_selective(db, info["sae_id"], top, list(emotions or known))))
 
 
 def _feature_batch(db: Database, info: dict, chosen: list[int]) -> tuple[dict, dict]:
     """Neuronpedia's batch (model_id, layer, sae_set, sae_id_suffix, features) and saekit's selectivity index."""
     sae_id = info["sae_id"]
-    feats = {r["feature"]: r for r in fetch_dicts(db, "SELECT * FROM features WHERE sae_id = ? AND list_contains(?, feature)",
-                                             [sae_id, chosen])}
+    feats = {r["feature"]: r for r in DF.feature_rows(db, sae_id, chosen)}
     examples: dict[int, list[dict]] = {}
-    for r in fetch_dicts(db, "SELECT * FROM feature_examples WHERE sae_id = ? AND list_contains(?, feature) "
-                        "ORDER BY feature, kind DESC, example_rank", [sae_id, chosen]):   # windows, then stories
+    for r in DF.example_rows(db, sae_id, chosen):   # windows, then stories
         examples.setdefault(r["feature"], []).append(r)
-    corpus = db.sql("SELECT c.corpus_id, c.source, count(s.story_id) FROM corpora c LEFT JOIN stories s "
-                    "USING (corpus_id) GROUP BY ALL ORDER BY 1 LIMIT 1")
-    dataset, n_prompts = (corpus[0][1], corpus[0][2]) if corpus else ("", 0)
+    dataset, n_prompts = DF.first_corpus(db) or ("", 0)
     stats: dict[int, list[dict]] = {}
-    for r in fetch_dicts(db, "SELECT feature, emotion, selectivity_rank, auroc, cohens_d, q_value "
-                             "FROM feature_emotion_stats WHERE sae_id = ? AND list_contains(?, feature) "
-                             "ORDER BY feature, selectivity_rank", [sae_id, chosen]):
+    for r in DF.stats_by_rank(db, sae_id, chosen):
         stats.setdefault(r.pop("feature"), []).append(r)
     batch = {"model_id": hf_model_id(info["model_id"]), "layer": info["layer"],
              "sae_set": f"saekit-{info['architecture']}-{info['d_sae']}", "sae_id_suffix": None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from saekit.db import Database, DatabaseError, open_readonly, query_frame
+from saekit.db import frames as F
 
 
 def open_db(path: str | Path | None = None, frames: str = "pandas", allow_file_reads: bool = False) -> "FeatureDB":
@@ -40,8 +41,12 @@ class FeatureDB:
 
     def sql(self, query: str, params: list | None = None):
         """Your own read-only statement (one SELECT, PRAGMA or EXPLAIN of those), checked like `saekit query`."""
+        return self._ask(query_frame, query, params)
+
+    def _ask(self, question, *args):
+        """A frame from one of saekit.db.frames' questions (or query_frame); a missing view is explained."""
         try:
-            return query_frame(self.db, query, params, self.frames)
+            return question(self.db, *args, self.frames)
         except DatabaseError as e:
             if "top_features" in str(e) or "experiment_effects" in str(e) or "latest_runs" in str(e):
                 raise DatabaseError(f"{e}; this database predates saekit's views: any command that writes to "
@@ -52,46 +57,30 @@ class FeatureDB:
         """The n most selective features for an emotion (per SAE), with logit lens and top story."""
         if n < 1:
             raise DatabaseError(f"n must be at least 1, got {n}")
-        where, params = _sae_filter(sae)
-        frame = self.sql(f"SELECT * FROM top_features WHERE emotion = ? AND selectivity_rank <= ?{where} "
-                         "ORDER BY sae_id, selectivity_rank", [emotion, n, *params])
-        return self._known(frame, "emotion", emotion, "SELECT DISTINCT emotion FROM feature_emotion_stats")
+        return self._known(self._ask(F.top_features, emotion, n, sae), "emotion", emotion)
 
     def feature(self, idx: int, sae: str | None = None):
         """One feature's statistics for every emotion, most selective first, with its lens and top story."""
-        where, params = _sae_filter(sae)
-        frame = self.sql(f"SELECT * FROM top_features WHERE feature = ?{where} ORDER BY sae_id, auroc DESC",
-                         [idx, *params])
+        frame = self._ask(F.feature, idx, sae)
         if len(frame) == 0:
-            sizes = self.db.sql("SELECT sae_id, d_sae FROM saes ORDER BY sae_id")
             raise DatabaseError(f"feature {idx} is not in {self.db.path}"
-                                + (f" for SAE {sae}" if sae else "") + f"; SAEs and their sizes: {sizes}")
+                                + (f" for SAE {sae}" if sae else "") + f"; SAEs and their sizes: {F.sae_sizes(self.db)}")
         return frame
 
     def vectors(self, hook: str):
         """The emotion vectors at a hook (one row per model, corpus and emotion; `vector` holds the floats)."""
-        frame = self.sql("SELECT * FROM emotion_vectors WHERE hook = ? ORDER BY model_id, corpus_id, emotion", [hook])
-        return self._known(frame, "hook", hook, "SELECT DISTINCT hook FROM emotion_vectors")
+        return self._known(self._ask(F.vectors, hook), "hook", hook)
 
     def experiment(self, name: str):
         """An experiment's effects vs controls (experiment_effects) by id, run id or name (its latest run)."""
-        frame = self.sql("SELECT * FROM experiment_effects WHERE experiment_id = (SELECT experiment_id FROM experiments "
-                         "WHERE ? IN (experiment_id, name, run_id) ORDER BY created_at DESC LIMIT 1) "
-                         "ORDER BY condition, strength, metric", [name])
-        return self._known(frame, "experiment", name, "SELECT experiment_id FROM experiments UNION "
-                                                      "SELECT name FROM experiments UNION SELECT run_id FROM experiments")
+        return self._known(self._ask(F.experiment, name), "experiment", name)
 
-    def _known(self, frame, what: str, value: str, known_sql: str):
+    def _known(self, frame, what: str, value: str):
         """The frame; when it is empty because `value` names nothing, a DatabaseError listing what exists.
         Checked only on an empty answer, so a good question costs one query."""
         if len(frame) == 0:
-            known = sorted(str(r[0]) for r in self.db.sql(known_sql) if r[0] is not None)
+            known = F.known(self.db, what)
             if value not in known:
                 raise DatabaseError(f"no {what} {value!r} in {self.db.path}; known: {known[:20]}"
                                     + (f" ... ({len(known)} in all)" if len(known) > 20 else ""))
         return frame
-
-
-def _sae_filter(sae: str | None) -> tuple[str, list]:
-    """The SQL condition and parameter for an optional SAE (an `? IS NULL OR` form costs a third more)."""
-    return (" AND sae_id = ?", [sae]) if sae else ("", [])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from saekit import features as Fe
 from saekit.artifacts import fault_point, story_of
 from saekit.config import to_dict
 from saekit.corpus import NEUTRAL, emotion_table
-from saekit.db import Database
+from saekit.db import Database, corpus_id_of, sae_id_of
+from saekit.db import ranking as W
 from saekit.harvest import Activations, harvest_records, hook_layer
 from saekit.tokens import TokenRule
 
@@ -34,7 +35,8 @@ class RankConfig:
     """SAE folder (SAELens format) or sae-lens release; None ranks only the emotion vectors."""
     sae_id: str | None = None
     """The SAE's id within a sae-lens release."""
-    corpus_id: str = "shipped"
+    corpus_id: str | None = None
+    """The corpus's id in the database; None: from the harvest's corpus ("shipped", or its path as given)."""
     db: str | None = None
     """Database file (default artifacts/saekit.duckdb or $SAEKIT_DB)."""
     probe_features_per_emotion: int = 5
@@ -52,10 +54,6 @@ class RankConfig:
     """Also leave out positions above this multiple of the median norm (0: off); None: the SAE's training rule."""
     n_aligned: int = 10
     """SAE features stored per emotion vector, by decoder cosine."""
-
-    def __post_init__(self):
-        TokenRule(skip_first=1 if self.skip_first is None else self.skip_first,
-                  max_norm_ratio=self.max_norm_ratio or 0.0)   # a bad rule fails here, before any compute
     neutral_variance: float = 0.5
     """Variance of the neutral dialogues whose principal components are projected out."""
     kmeans_k: int = 10
@@ -63,6 +61,10 @@ class RankConfig:
     """CSV of human valence/arousal ratings (columns word, valence, arousal; Warriner et al. 2013
     and NRC-VAD column names are recognised). Not shipped: their licences do not allow it."""
     seed: int = 0
+
+    def __post_init__(self):
+        TokenRule(skip_first=1 if self.skip_first is None else self.skip_first,
+                  max_norm_ratio=self.max_norm_ratio or 0.0)   # a bad rule fails here, before any compute
 
 
 # ---------------------------------------------------------------------------- ratings
@@ -142,10 +144,14 @@ def run_rank(cfg: RankConfig, sae=None, model=None, tokenizer=None, db: Database
     `sae` is a sae-lens SAE (anything with encode() and W_dec works); `model` gives the logit
     lens and tokenizer. Returns a summary dict (also what `saekit rank` prints).
     """
+    from saekit.sae import hook_of
+
     torch.manual_seed(cfg.seed)
     acts = Activations.open(cfg.activations)
+    if cfg.corpus_id is None:
+        cfg = replace(cfg, corpus_id=corpus_id_of(acts.manifest["config"].get("corpus")))
     docs = acts.documents
-    hook = sae.cfg.metadata.hook_name if sae is not None else None
+    hook = hook_of(sae) if sae is not None else None
     if hook is not None and hook not in acts.manifest["hooks"]:
         raise ValueError(f"the SAE reads {hook}, but {cfg.activations} harvested {acts.manifest['hooks']}")
     rule = resolve_token_rule(cfg, acts, hook)
@@ -181,12 +187,14 @@ def run_rank(cfg: RankConfig, sae=None, model=None, tokenizer=None, db: Database
 
     sae_part = None
     if sae is not None:
+        from saekit.sae import d_sae_of
+
         sae_part = sae_evidence(cfg, acts, sae, rule, emotions, labels, train, test, vec, unembed, tokenizer)
         enc, sel = sae_part["enc"], sae_part["sel"]
         skipped.update(enc.skipped)
         summary["counted tokens"] = enc.n_tokens
         summary["dropped tokens (first positions / norm)"] = f"{enc.n_dropped_first} / {enc.n_dropped_norm}"
-        summary["SAE features"] = sae.cfg.d_sae
+        summary["SAE features"] = d_sae_of(sae)
         summary[f"SAE top-feature probe accuracy @ {hook}"] = round(sae_part["probe"].accuracy, 4)
         summary["features with q < 0.05 for some emotion"] = int((sel.q_value < 0.05).any(0).sum())
         summary["features never active on counted tokens"] = int((enc.peak_F <= 0).sum())
@@ -244,25 +252,27 @@ def _trained_token_rule(sae_folder: str | None) -> TokenRule:
 def sae_evidence(cfg: RankConfig, acts: Activations, sae, rule: TokenRule, emotions, labels, train, test, vec,
                  unembed, tokenizer) -> dict[str, Any]:
     """Selectivity, probe, examples, histograms, alignment and logit lens of every SAE feature."""
-    hook = sae.cfg.metadata.hook_name
-    enc = Ev.encode_documents(acts, hook, sae.encode, sae.cfg.d_sae, rule)
+    from saekit.sae import d_sae_of, decoder_FD, hook_of
+
+    hook = hook_of(sae)
+    enc = Ev.encode_documents(acts, hook, sae.encode, d_sae_of(sae), rule)
     train = [i for i in train if i not in enc.skipped]
     test = [i for i in test if i not in enc.skipped]
     sel = Fe.selectivity(enc.mean_NF[train], [labels[i] for i in train], emotions)
     chosen = sorted({f for e in emotions for f in sel.top(e, cfg.probe_features_per_emotion)})
     probe = Fe.logistic_probe(enc.mean_NF[train][:, chosen], [labels[i] for i in train],
                               enc.mean_NF[test][:, chosen], [labels[i] for i in test], emotions, seed=cfg.seed)
-    W_dec = sae.W_dec.detach().float()
-    align = {e: Fe.cosine_matrix(vec[hook]["vectors"][j:j + 1], W_dec)[0] for j, e in enumerate(emotions)} \
+    dec_FD = decoder_FD(sae).detach().float()
+    align = {e: Fe.cosine_matrix(vec[hook]["vectors"][j:j + 1], dec_FD)[0] for j, e in enumerate(emotions)} \
         if hook in vec else {}
     part = {"hook": hook, "enc": enc, "sel": sel, "probe": probe, "chosen": chosen, "align": align,
             "examples": Ev.top_examples(enc, acts, hook, sae.encode, rule, tokenizer, cfg.n_examples),
             "precision": Ev.story_precision(enc, labels, emotions, cfg.n_examples), "lens": None}
     if unembed is not None:
-        part["lens"] = Ev.logit_lens(W_dec, *unembed, n=cfg.logit_lens_tokens)
+        part["lens"] = Ev.logit_lens(dec_FD, *unembed, n=cfg.logit_lens_tokens)
         top1 = sel.rank.argmin(dim=1)
         part["top_features"] = top1.tolist()
-        part["own_word"] = Ev.own_word_check(W_dec[top1], emotions, *unembed, tokenizer, top=cfg.own_word_top,
+        part["own_word"] = Ev.own_word_check(dec_FD[top1], emotions, *unembed, tokenizer, top=cfg.own_word_top,
                                              n_random=cfg.lens_random, seed=cfg.seed)
     return part
 
@@ -274,38 +284,46 @@ def write_results(db: Database, cfg: RankConfig, acts: Activations, emotions, la
     A crash or kill part-way leaves the previous ranking whole (and this run 'failed', see Database.run).
     """
     model_id = acts.manifest["model"]
+    corpus_id = cfg.corpus_id or corpus_id_of(acts.manifest["config"].get("corpus"))
     clusters = emotion_table()
     ratings = read_ratings(cfg.ratings)
     with db.run("rank", to_dict(cfg)) as run:
-        db.replace("models", {"model_id": model_id},
-                   [{"model_id": model_id, "source": model_id, "n_layers": acts.manifest["n_layers"],
-                     "d_model": acts.manifest["d_model"], "run_id": run,
-                     "d_vocab": int(model.cfg.d_vocab) if model is not None else None}])
-        db.replace("corpora", {"corpus_id": cfg.corpus_id},
-                   [{"corpus_id": cfg.corpus_id, "source": acts.manifest["config"]["corpus"],
-                     "n_records": len(acts.documents), "run_id": run}])
-        for e in emotions:
-            db.delete("emotions", {"emotion": e})
-        db.insert("emotions", [{"emotion": e, "cluster": clusters.get(e, {}).get("cluster"),
-                                "valence": ratings.get(e, (None, None))[0], "arousal": ratings.get(e, (None, None))[1]}
-                               for e in emotions])
-        db.replace("stories", {"corpus_id": cfg.corpus_id}, _story_rows(acts, cfg.corpus_id, run))
+        W.replace_model(db, {"model_id": model_id, "source": model_id, "n_layers": acts.manifest["n_layers"],
+                             "d_model": acts.manifest["d_model"], "run_id": run,
+                             "d_vocab": int(model.cfg.d_vocab) if model is not None else None})
+        W.replace_emotions(db, [{"emotion": e, "cluster": clusters.get(e, {}).get("cluster"),
+                                 "valence": ratings.get(e, (None, None))[0], "arousal": ratings.get(e, (None, None))[1]}
+                                for e in emotions])
+        W.replace_corpus(db, {"corpus_id": corpus_id, "source": acts.manifest["config"]["corpus"],
+                              "n_records": len(acts.documents), "run_id": run}, _story_rows(acts, corpus_id, run))
         fault_point("rank.write_results")
         for hook, v in vec.items():
-            scope = {"model_id": model_id, "corpus_id": cfg.corpus_id, "hook": hook}
+            scope = {"model_id": model_id, "corpus_id": corpus_id, "hook": hook}
             lens = _lens_columns(v.get("lens"), model)
-            db.replace("emotion_vectors", scope,
-                       [dict(scope, emotion=e, norm=float(v["vectors"][j].norm()), neutral_pcs=v["neutral_pcs"],
-                             vector=v["vectors"][j].tolist(), run_id=run, **{k: c[j] for k, c in lens.items()})
-                        for j, e in enumerate(emotions)])
-            db.replace("lens_checks", dict(scope, direction="emotion_vector"),
-                       _lens_check_rows(v.get("own_word"), dict(scope, direction="emotion_vector"), run))
-            for method, key in (("vector_projection", "projection_probe"), ("vector_logistic", "logistic_probe")):
-                db.replace("probe_results", dict(scope, method=method),
-                           [_probe_row(run, model_id, cfg.corpus_id, hook, None, method, v[key])])
+            W.replace_hook_results(
+                db, model_id, corpus_id, hook,
+                vectors=[dict(scope, emotion=e, norm=float(v["vectors"][j].norm()), neutral_pcs=v["neutral_pcs"],
+                              vector=v["vectors"][j].tolist(), run_id=run, **{k: c[j] for k, c in lens.items()})
+                         for j, e in enumerate(emotions)],
+                lens_checks=_lens_check_rows(v.get("own_word"), dict(scope, direction="emotion_vector"), run),
+                probes={method: _probe_row(run, model_id, corpus_id, hook, None, method, v[key])
+                        for method, key in (("vector_projection", "projection_probe"),
+                                            ("vector_logistic", "logistic_probe"))},
+                **_geometry_rows(v["geometry"], emotions, scope, run, cfg))
         if sae_part is not None:
-            _write_sae_results(db, run, cfg, model_id, emotions, sae_part, sae, model, rule, skipped or {})
+            _write_sae_results(db, run, cfg, corpus_id, model_id, emotions, sae_part, sae, model, rule, skipped or {})
     return run
+
+
+def _geometry_rows(geo: dict, emotions: list[str], scope: dict, run: str, cfg: RankConfig) -> dict[str, list[dict]]:
+    """The k-means clusters, cosine similarities and linkage of one hook's vectors, as table rows."""
+    k = min(cfg.kmeans_k, len(emotions) - 1)   # geo["kmeans"] is empty when k < 2
+    clusters = [dict(scope, emotion=e, cluster=c, k=k, seed=cfg.seed, run_id=run) for e, c in geo["kmeans"].items()]
+    similarity = [dict(scope, emotion_a=a, emotion_b=b, cosine=float(geo["similarity"][i][j]), run_id=run)
+                  for i, a in enumerate(emotions) for j, b in enumerate(emotions)]
+    linkage = [dict(scope, step=s, left_node=int(a), right_node=int(b), distance=float(d), size=int(n), run_id=run)
+               for s, (a, b, d, n) in enumerate(geo["linkage"])]
+    return {"clusters": clusters, "similarity": similarity, "linkage": linkage}
 
 
 def _lens_columns(lens: Ev.LogitLens | None, model) -> dict[str, list]:
@@ -327,16 +345,18 @@ def _lens_check_rows(check: dict | None, scope: dict, run: str, features: list[i
             for j, r in enumerate(check["per_emotion"])]
 
 
-def _write_sae_results(db: Database, run: str, cfg: RankConfig, model_id: str, emotions, sae_part, sae, model,
-                       rule: TokenRule, skipped: dict[int, str]) -> None:
-    """The SAE's rows (its features, their statistics, examples, alignments and probe), scope by scope."""
-    sae_id = cfg.sae if cfg.sae_id is None else f"{cfg.sae}:{cfg.sae_id}"
+def _write_sae_results(db: Database, run: str, cfg: RankConfig, corpus_id: str, model_id: str, emotions, sae_part,
+                       sae, model, rule: TokenRule, skipped: dict[int, str]) -> None:
+    """The SAE's rows (its features, their statistics, examples, alignments and probe)."""
+    from saekit.sae import d_in_of, d_sae_of
+
+    sae_id = sae_id_of(cfg.sae, cfg.sae_id)
     sel, enc, hook = sae_part["sel"], sae_part["enc"], sae_part["hook"]
-    scope = {"sae_id": sae_id, "corpus_id": cfg.corpus_id}
+    scope = {"sae_id": sae_id, "corpus_id": corpus_id}
     E, F = sel.auroc.shape
     e_idx = torch.arange(E).repeat_interleave(F)
     f_idx = torch.arange(F).repeat(E)
-    stats = {"sae_id": [sae_id] * (E * F), "corpus_id": [cfg.corpus_id] * (E * F), "feature": f_idx.tolist(),
+    stats = {"sae_id": [sae_id] * (E * F), "corpus_id": [corpus_id] * (E * F), "feature": f_idx.tolist(),
              "emotion": [emotions[i] for i in e_idx.tolist()], "run_id": [run] * (E * F)}
     for col, t in (("mean_in", sel.mean_in), ("mean_out", sel.mean_out), ("cohens_d", sel.cohens_d),
                    ("auroc", sel.auroc), ("rate_in", sel.rate_in), ("rate_out", sel.rate_out),
@@ -345,33 +365,29 @@ def _write_sae_results(db: Database, run: str, cfg: RankConfig, model_id: str, e
         stats[col] = t.flatten().tolist()
     n_tok = max(enc.n_tokens, 1)
     rule_json = rule.to_json()
-    feature_rows = {"sae_id": [sae_id] * F, "feature": list(range(F)),
+    feature_cols = {"sae_id": [sae_id] * F, "feature": list(range(F)),
                     "firing_rate": (enc.fire_F / n_tok).tolist(), "mean_activation": (enc.sum_F / n_tok).tolist(),
                     "max_activation": enc.peak_F.tolist(), "hist_counts": enc.hist_FB.tolist(),
                     "token_rule": [rule_json] * F, "run_id": [run] * F}
     if sae_part["lens"] is not None:
-        feature_rows.update(_lens_columns(sae_part["lens"], model))
+        feature_cols.update(_lens_columns(sae_part["lens"], model))
     alignment = []
     for e, cos in sae_part["align"].items():
         order = cos.argsort(descending=True)[: cfg.n_aligned]
         alignment += [dict(scope, emotion=e, feature=int(f), cosine=float(cos[f]), alignment_rank=r + 1, run_id=run)
                       for r, f in enumerate(order)]
-    db.replace("saes", {"sae_id": sae_id},
-               [dict(_sae_quality(cfg), sae_id=sae_id, model_id=model_id, hook=hook, layer=hook_layer(hook),
-                     architecture=sae.cfg.architecture(), d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae, path=cfg.sae,
-                     run_id=run, token_rule=rule_json, counted_tokens=enc.n_tokens,
-                     dropped_tokens=enc.n_dropped_first + enc.n_dropped_norm,
-                     skipped_texts=json.dumps(sorted(skipped.values())))])
-    db.replace("features", {"sae_id": sae_id}, feature_rows)
-    db.replace("feature_emotion_stats", scope, stats)
-    db.replace("feature_examples", scope, [dict(r, **scope, run_id=run) for r in sae_part["examples"]])
-    db.replace("vector_feature_alignment", scope, alignment)
-    check_scope = {"model_id": model_id, "corpus_id": cfg.corpus_id, "hook": hook, "direction": "sae_top_feature",
+    sae_row = dict(_sae_quality(cfg), sae_id=sae_id, model_id=model_id, hook=hook, layer=hook_layer(hook),
+                   architecture=sae.cfg.architecture(), d_in=d_in_of(sae), d_sae=d_sae_of(sae), path=cfg.sae,
+                   run_id=run, token_rule=rule_json, counted_tokens=enc.n_tokens,
+                   dropped_tokens=enc.n_dropped_first + enc.n_dropped_norm,
+                   skipped_texts=json.dumps(sorted(skipped.values())))
+    check_scope = {"model_id": model_id, "corpus_id": corpus_id, "hook": hook, "direction": "sae_top_feature",
                    "sae_id": sae_id}
-    db.replace("lens_checks", check_scope,
-               _lens_check_rows(sae_part.get("own_word"), check_scope, run, sae_part.get("top_features")))
-    db.replace("probe_results", dict(scope, method="sae_top_features"),
-               [_probe_row(run, model_id, cfg.corpus_id, hook, sae_id, "sae_top_features", sae_part["probe"])])
+    W.replace_sae_results(
+        db, sae_row, corpus_id, feature_cols, stats,
+        examples=[dict(r, **scope, run_id=run) for r in sae_part["examples"]], alignment=alignment,
+        lens_checks=_lens_check_rows(sae_part.get("own_word"), check_scope, run, sae_part.get("top_features")),
+        probe=_probe_row(run, model_id, corpus_id, hook, sae_id, "sae_top_features", sae_part["probe"]))
 
 
 SAE_METRICS_FILE = "metrics.json"         # written beside an SAE by `saekit train`
@@ -380,8 +396,6 @@ SAE_TRAIN_RECORD = "saekit_train.json"
 
 def _sae_quality(cfg: RankConfig) -> dict[str, Any]:
     """Quality metrics and training config of a saekit-trained SAE folder (empty for others)."""
-    import json
-
     folder = Path(cfg.sae) if cfg.sae else None
     if folder is None or not (folder / SAE_METRICS_FILE).exists():
         return {"config": json.dumps({"source": cfg.sae, "sae_id": cfg.sae_id})}
@@ -409,8 +423,6 @@ def _story_rows(acts: Activations, corpus_id: str, run: str) -> list[dict]:
 
 
 def _probe_row(run, model_id, corpus_id, hook, sae_id, method, p: Fe.ProbeResult) -> dict:
-    import json
-
     return {"run_id": run, "model_id": model_id, "corpus_id": corpus_id, "hook": hook, "sae_id": sae_id, "method": method,
             "accuracy": p.accuracy, "chance": p.chance, "majority": p.majority, "n_test": p.n_test,
             "precision": json.dumps(p.precision), "recall": json.dumps(p.recall), "confusion": json.dumps(p.confusion)}

@@ -21,7 +21,9 @@ import torch  # noqa: E402
 
 from saekit import features as Fe  # noqa: E402
 from saekit.corpus import emotion_table  # noqa: E402
-from saekit.db import Database  # noqa: E402
+from saekit.db import Database, corpus_id_of, sae_id_of  # noqa: E402
+from saekit.db import features as DF  # noqa: E402
+from saekit.db import report as DR  # noqa: E402
 from saekit.rank import POSITIVE_CLUSTERS, read_ratings  # noqa: E402
 
 
@@ -36,17 +38,10 @@ class Figure:
         return buf.getvalue()
 
 
-def _rows(db: Database, sql: str, params=None) -> list[dict]:
-    cur = db.con.execute(sql, params or [])
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
-
-
 def sae_quality(db: Database, sae_id: str) -> Figure | None:
-    rows = _rows(db, "SELECT * FROM saes WHERE sae_id = ?", [sae_id])
-    if not rows:
+    r = DF.sae(db, sae_id)
+    if r is None:
         return None
-    r = rows[0]
     names = ["explained_variance", "mean_l0", "dead_fraction", "dense_fraction", "ce_loss_recovered", "kl_divergence"]
     vals = [r.get(n) for n in names]
     fig, ax = plt.subplots(figsize=(6, 2.6))
@@ -66,13 +61,10 @@ def sae_quality(db: Database, sae_id: str) -> Figure | None:
 
 
 def selectivity_heatmap(db: Database, sae_id: str, corpus_id: str) -> tuple[Figure, list[dict]]:
-    stats = _rows(db, "SELECT emotion, feature, cohens_d, auroc, q_value, selectivity_rank FROM feature_emotion_stats "
-                      "WHERE sae_id = ? AND corpus_id = ? AND selectivity_rank <= 2 ORDER BY emotion, selectivity_rank",
-                  [sae_id, corpus_id])
+    stats = DF.top_stats(db, sae_id, corpus_id, max_rank=2)
     emotions = sorted({s["emotion"] for s in stats})
     feats = list(dict.fromkeys(s["feature"] for s in stats))
-    d = _rows(db, "SELECT emotion, feature, cohens_d FROM feature_emotion_stats WHERE sae_id = ? AND corpus_id = ? "
-                  f"AND feature IN ({','.join(map(str, feats)) or '-1'})", [sae_id, corpus_id])
+    d = DF.cohens_d(db, sae_id, corpus_id, feats)
     grid = torch.zeros(len(emotions), len(feats))
     for row in d:
         grid[emotions.index(row["emotion"]), feats.index(row["feature"])] = row["cohens_d"] or 0
@@ -97,17 +89,13 @@ def top_feature_table(db: Database, sae_id: str, corpus_id: str, best: list[dict
     rows, precisions = [], []
     for b in best:
         f = b["feature"]
-        lens = _rows(db, "SELECT promoted_tokens, promoted_logits FROM features WHERE sae_id = ? AND feature = ?",
-                     [sae_id, f])
-        ex = _rows(db, "SELECT story_id, emotion, tokens, token_activations, activation FROM feature_examples "
-                       "WHERE sae_id = ? AND corpus_id = ? AND feature = ? AND kind = 'story' ORDER BY example_rank",
-                   [sae_id, corpus_id, f])
-        prec = _rows(db, "SELECT top_story_precision AS p FROM feature_emotion_stats WHERE sae_id = ? AND corpus_id = ? "
-                         "AND feature = ? AND emotion = ?", [sae_id, corpus_id, f, b["emotion"]])
-        p = prec[0]["p"] if prec and prec[0]["p"] is not None else float("nan")
+        lens = DF.feature_lens(db, sae_id, f)
+        ex = DF.story_examples(db, sae_id, corpus_id, f)
+        p = DF.top_story_precision(db, sae_id, corpus_id, f, b["emotion"])
+        p = float("nan") if p is None else p
         precisions.append(p)
-        promoted = ", ".join(f"{t!r} {v:+.1f}" for t, v in zip((lens[0]["promoted_tokens"] or [])[:5],
-                                                                  (lens[0]["promoted_logits"] or [])[:5])) if lens else ""
+        promoted = ", ".join(f"{t!r} {v:+.1f}" for t, v in zip((lens["promoted_tokens"] or [])[:5],
+                                                                  (lens["promoted_logits"] or [])[:5])) if lens else ""
         examples = "<br>".join(f"<b>{html.escape(e['story_id'])}</b> [{html.escape(e['emotion'] or '')}] "
                                f"(mean {e['activation']:.2f}): {highlight(e['tokens'], e['token_activations'])}"
                                for e in ex[:2])
@@ -137,12 +125,7 @@ def highlight(tokens: list[str] | None, values: list[float] | None) -> str:
 
 def lens_check_table(db: Database, model_id: str, corpus_id: str) -> tuple[str, str] | None:
     """The paper's logit-lens check per hook and direction kind, next to random directions of equal norm."""
-    rows = _rows(db, "SELECT hook, direction, count(*) AS n, any_value(top_n) AS top, any_value(set_hits) AS hits, "
-                     "any_value(set_random_mean) AS rnd, any_value(set_p_value) AS p, "
-                     "string_agg(CASE WHEN own_word_in_top THEN emotion || ' (' || best_token || ', #' || "
-                     "own_word_rank || ')' END, ', ' ORDER BY own_word_rank) AS found "
-                     "FROM lens_checks WHERE model_id = ? AND corpus_id = ? GROUP BY hook, direction "
-                     "ORDER BY direction, hook", [model_id, corpus_id])
+    rows = DR.lens_check_summary(db, model_id, corpus_id)
     if not rows:
         return None
     body = "".join(f"<tr><td>{html.escape(r['direction'])}</td><td>{html.escape(r['hook'])}</td>"
@@ -159,12 +142,11 @@ def lens_check_table(db: Database, model_id: str, corpus_id: str) -> tuple[str, 
 
 
 def vector_geometry(db: Database, model_id: str, corpus_id: str, hook: str, ratings: dict) -> list[Figure]:
-    rows = _rows(db, "SELECT emotion, vector FROM emotion_vectors WHERE model_id = ? AND corpus_id = ? AND hook = ? "
-                     "ORDER BY emotion", [model_id, corpus_id, hook])
+    rows = DF.emotion_vectors(db, model_id, corpus_id, hook)
     if len(rows) < 3:
         return []
-    emotions = [r["emotion"] for r in rows]
-    vecs = torch.tensor([r["vector"] for r in rows])
+    emotions = [r.emotion for r in rows]
+    vecs = torch.tensor([r.vector for r in rows])
     scores, ratio = Fe.pca(vecs, 2)
     clusters = emotion_table()
     rated = [i for i, e in enumerate(emotions) if e in ratings]
@@ -196,12 +178,13 @@ def vector_geometry(db: Database, model_id: str, corpus_id: str, hook: str, rati
 
     from scipy.cluster.hierarchy import dendrogram
 
-    link = Fe.hierarchical(vecs)
+    link = DF.linkage(db, model_id, corpus_id, hook) or Fe.hierarchical(vecs)   # databases before the geometry tables
     fig, ax = plt.subplots(figsize=(9, 4))
     dendrogram(link, labels=emotions, ax=ax, leaf_rotation=90, leaf_font_size=8)
     first = link[0]
     a, b = emotions[int(first[0])], emotions[int(first[1])]
-    sims = Fe.cosine_matrix(vecs, vecs)
+    stored = DF.similarity(db, model_id, corpus_id, hook, emotions)
+    sims = torch.tensor(stored) if stored else Fe.cosine_matrix(vecs, vecs)
     same_cluster = [sims[i, j] for i in range(len(emotions)) for j in range(i + 1, len(emotions))
                     if clusters.get(emotions[i], {}).get("cluster") == clusters.get(emotions[j], {}).get("cluster")]
     other = [sims[i, j] for i in range(len(emotions)) for j in range(i + 1, len(emotions))
@@ -213,9 +196,7 @@ def vector_geometry(db: Database, model_id: str, corpus_id: str, hook: str, rati
 
 
 def probe_accuracy(db: Database, corpus_id: str) -> Figure | None:
-    rows = _rows(db, "SELECT hook, method, accuracy, chance FROM probe_results WHERE corpus_id = ? AND run_id IN "
-                     "(SELECT run_id FROM runs WHERE kind = 'rank' AND status = 'done' ORDER BY started_at DESC LIMIT 1) "
-                     "ORDER BY hook, method", [corpus_id])
+    rows = DR.latest_probes(db, corpus_id)
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -242,8 +223,8 @@ def write_report(cfg, out: Path, progress: Callable[[float, str], None] | None =
     figdir.mkdir(parents=True, exist_ok=True)
     ratings = read_ratings(cfg.ratings or None)
     manifest = json.loads((out / "activations" / "manifest.json").read_text())
-    model_id, corpus_id = manifest["model"], "shipped"
-    sae_id = cfg.sae if cfg.sae and not cfg.sae_id else (f"{cfg.sae}:{cfg.sae_id}" if cfg.sae else str(out / "sae"))
+    model_id, corpus_id = manifest["model"], corpus_id_of(manifest["config"].get("corpus"))
+    sae_id = sae_id_of(cfg.sae, cfg.sae_id) if cfg.sae else sae_id_of(out / "sae")
     sections: list[tuple[str, Any]] = []
     with Database(cfg.db, read_only=True) as db:
         tick(0.1, "SAE quality")

@@ -22,6 +22,7 @@ from saekit.browse import queries as Q
 from saekit.browse.pages import PLOTLY_JS, STATIC, TOP_ALIGNED, TOP_FEATURES, Page, Site
 from saekit.browse.server import BrowseError
 from saekit.db import SANDBOX, Database, check_database_path
+from saekit.db import browse as B
 
 MARKER = ".saekit-browse-export"
 RULE = (f"Feature pages: the {TOP_FEATURES} most selective features of each emotion, the {TOP_ALIGNED} best "
@@ -29,11 +30,11 @@ RULE = (f"Feature pages: the {TOP_FEATURES} most selective features of each emot
         "other pages link to). Every emotion page, the home, experiments and search pages are included.")
 
 
-def exported_features(r: Q.Reader, saes: list[Q.Sae]) -> dict[str, set[int]]:
+def exported_features(r: B.Reader, saes: list[Q.Sae]) -> dict[str, set[int]]:
     """slug -> the features whose pages the export writes (RULE)."""
-    wanted = {(x["sae_id"], x["feature"]) for s in saes for x in Q.top_features(r, s.sae_id, TOP_FEATURES)}
-    wanted |= {(x["sae_id"], x["feature"]) for x in Q.aligned_features_all(r, TOP_ALIGNED)}
-    wanted |= Q.experiment_features(Q.experiment_specs(r))
+    wanted = {(x["sae_id"], x["feature"]) for s in saes for x in B.top_features(r, s.sae_id, TOP_FEATURES)}
+    wanted |= {(x["sae_id"], x["feature"]) for x in B.aligned_features_all(r, TOP_ALIGNED)}
+    wanted |= Q.experiment_features(B.experiment_specs(r))
     return {s.slug: {f for sae_id, f in wanted if sae_id == s.sae_id and 0 <= f < s.d_sae} for s in saes}
 
 
@@ -64,7 +65,7 @@ def export_site(db_path: str | Path | None, out: str | Path) -> dict:
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     try:
         with Database(path, read_only=True, config=SANDBOX) as db:
-            r = Q.Reader(db)
+            r = B.Reader(db)
             chosen = exported_features(r, Q.saes(r))
             site = Site(exported=chosen)
             pages = 0
@@ -86,7 +87,7 @@ def export_site(db_path: str | Path | None, out: str | Path) -> dict:
             "seconds": round(time.perf_counter() - started, 2)}
 
 
-def _pages(r: Q.Reader, site: Site, chosen: dict[str, set[int]]) -> Iterator[tuple[str, Page]]:
+def _pages(r: B.Reader, site: Site, chosen: dict[str, set[int]]) -> Iterator[tuple[str, Page]]:
     yield from [("index.html", site.home(r)), ("experiments.html", site.experiments(r)),
                 ("search.html", site.search(r)), ("sql.html", Page("sql.html", 0, "SQL", {}))]
     for e in site.emotions(r):

@@ -20,6 +20,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from saekit.browse import queries as Q
+from saekit.db import browse as B
 from saekit.evidence import hist_edges
 from saekit.harvest import hook_layer
 
@@ -93,10 +94,10 @@ class Site:
             value = self.memo[key] = build()
         return value
 
-    def saes(self, r: Q.Reader) -> list[Q.Sae]:
+    def saes(self, r: B.Reader) -> list[Q.Sae]:
         return self.cached("saes", lambda: Q.saes(r))
 
-    def html(self, r: Q.Reader | None, page: Page, banner: str | None = None) -> str:
+    def html(self, r: B.Reader | None, page: Page, banner: str | None = None) -> str:
         root = "../" * page.depth
         slugs = {s.sae_id: s.slug for s in self.saes(r)} if r is not None else {}
         return self.env.get_template(page.template).render(
@@ -105,45 +106,45 @@ class Site:
 
     # ------------------------------------------------------------------ pages
 
-    def home(self, r: Q.Reader) -> Page:
+    def home(self, r: B.Reader) -> Page:
         saes = self.saes(r)
-        top = {s.sae_id: _group(Q.top_features(r, s.sae_id, HOME_TOP), "emotion") for s in saes}
+        top = {s.sae_id: _group(B.top_features(r, s.sae_id, HOME_TOP), "emotion") for s in saes}
         return Page("home.html", 0, "saekit feature browser", {
-            **Q.overview(r), "saes": saes, "emotions": self.emotions(r), "top": top,
-            "pca": self.cached("pca", lambda: _pca_plot(Q.vectors(r)))})
+            **B.overview(r), "saes": saes, "emotions": self.emotions(r), "top": top,
+            "pca": self.cached("pca", lambda: _pca_plot(B.vectors(r)))})
 
-    def emotions(self, r: Q.Reader) -> list[dict[str, Any]]:
-        return self.cached("emotions", lambda: Q.emotions(r))
+    def emotions(self, r: B.Reader) -> list[dict[str, Any]]:
+        return self.cached("emotions", lambda: B.emotions(r))
 
-    def emotion(self, r: Q.Reader, name: str) -> Page:
+    def emotion(self, r: B.Reader, name: str) -> Page:
         known = {e["emotion"]: e for e in self.emotions(r)}
         if name not in known:
             raise NotFound(f"no emotion {name!r} in this database; known: {', '.join(sorted(known)) or 'none'}")
         saes = self.saes(r)
-        probes = [dict(p, row=_confusion_row(p, name)) for p in self.cached("probes", lambda: Q.probes(r))]
+        probes = [dict(p, row=_confusion_row(p, name)) for p in self.cached("probes", lambda: B.probes(r))]
         return Page("emotion.html", 1, name, {
             "e": known[name], "saes": saes,
-            "top": {s.sae_id: Q.top_features(r, s.sae_id, TOP_FEATURES, name) for s in saes},
-            "vectors": Q.vectors(r, name), "lens_checks": Q.lens_checks(r, name),
-            "aligned": _group(Q.aligned_features(r, name, TOP_ALIGNED), "sae_id"), "probes": probes})
+            "top": {s.sae_id: B.top_features(r, s.sae_id, TOP_FEATURES, name) for s in saes},
+            "vectors": B.vectors(r, name), "lens_checks": B.lens_checks(r, name),
+            "aligned": _group(B.aligned_features(r, name, TOP_ALIGNED), "sae_id"), "probes": probes})
 
-    def feature(self, r: Q.Reader, slug: str, n: int) -> Page:
+    def feature(self, r: B.Reader, slug: str, n: int) -> Page:
         sae = next((s for s in self.saes(r) if s.slug == slug), None)
         if sae is None:
             raise NotFound(f"no SAE {slug!r}; this database has {', '.join(s.slug for s in self.saes(r))}")
-        row = Q.feature(r, sae.sae_id, n)
+        row = B.feature(r, sae.sae_id, n)
         if row is None:
             raise NotFound(f"no feature {n} in SAE {sae.sae_id} (features 0 to {sae.d_sae - 1})")
-        stats = Q.feature_stats(r, sae.sae_id, n)
-        examples = _group(Q.examples(r, sae.sae_id, n), "kind")
+        stats = B.feature_stats(r, sae.sae_id, n)
+        examples = _group(B.examples(r, sae.sae_id, n), "kind")
         scale = row["max_activation"] or max((max(e["token_activations"] or [0]) for k in examples.values() for e in k),
                                              default=0) or 1.0
-        specs = self.cached(f"specs:{sae.sae_id}", lambda: Q.experiment_specs(r, sae.sae_id))
+        specs = self.cached(f"specs:{sae.sae_id}", lambda: B.experiment_specs(r, sae.sae_id))
         return Page("feature.html", 2, f"feature {n}", {
             "sae": sae, "n": n, "f": row, "stats": stats, "best": sorted(stats, key=lambda s: -s["auroc"])[:5],
             "bars": _bar_plot(stats, n), "hist": _hist_plot(row["hist_counts"] or []),
             "examples": {k: [_tokens(e, scale) for e in v] for k, v in examples.items()}, "scale": scale,
-            "emotion_names": {e["emotion"] for e in self.emotions(r)}, "aligned": Q.feature_alignment(r, sae.sae_id, n),
+            "emotion_names": {e["emotion"] for e in self.emotions(r)}, "aligned": B.feature_alignment(r, sae.sae_id, n),
             "uses": Q.experiment_uses(specs, n), "nav": self._neighbours(sae, n)})
 
     def _neighbours(self, sae: Q.Sae, n: int) -> dict[str, Any]:
@@ -155,21 +156,21 @@ class Site:
         return {"prev": have[i - 1] if i else None, "next": have[i + 1] if i + 1 < len(have) else None,
                 "allowed": have}
 
-    def experiments(self, r: Q.Reader) -> Page:
+    def experiments(self, r: B.Reader) -> Page:
         return Page("experiments.html", 0, "experiments", {"experiments": self.cached(
-            "experiments", lambda: [_experiment(r, e) for e in Q.experiment_specs(r)])})
+            "experiments", lambda: [_experiment(r, e) for e in B.experiment_specs(r)])})
 
-    def search(self, r: Q.Reader) -> Page:
+    def search(self, r: B.Reader) -> Page:
         return Page("search.html", 0, "search", {})
 
-    def search_index(self, r: Q.Reader) -> str:
+    def search_index(self, r: B.Reader) -> str:
         """The search page's data as a script: emotions and each feature's promoted tokens."""
         def build() -> str:
             feats = {}
             for s in self.saes(r):
                 keep = self.exported.get(s.slug, set()) if self.exported is not None else None
                 feats[s.slug] = [[x["feature"], [t.strip() for t in x["promoted_tokens"] or []]]
-                                 for x in Q.search_rows(r, s.sae_id) if keep is None or x["feature"] in keep]
+                                 for x in B.search_rows(r, s.sae_id) if keep is None or x["feature"] in keep]
             data = {"emotions": [e["emotion"] for e in self.emotions(r)],
                     "saes": [{"slug": s.slug, "sae_id": s.sae_id, "d_sae": s.d_sae} for s in self.saes(r)],
                     "features": feats, "static": self.static}
@@ -268,7 +269,7 @@ def _pca_plot(vectors: list[dict]) -> dict[str, Any] | None:
                  yaxis={"title": {"text": f"PC2 ({100 * share[1]:.0f}% of variance)"}})
 
 
-def _experiment(r: Q.Reader, spec_row: dict[str, Any]) -> dict[str, Any]:
+def _experiment(r: B.Reader, spec_row: dict[str, Any]) -> dict[str, Any]:
     """One experiment's effects (or trace statistics) as report.py computes them, and its generations."""
     from saekit import report as R
 

@@ -1,34 +1,14 @@
-"""The SQL behind the browser's pages: each function reads one page's facts as plain dicts.
-
-Every query filters on a key (sae_id, feature, emotion) so a page reads a few rows, not a table;
-the features, stats and examples tables are written in feature order, so DuckDB's zone maps skip
-almost everything (benchmarks/browse_speed.py measures a page against these queries run raw).
+"""What the browser's pages show beyond the rows saekit.db.browse reads: SAEs' URL slugs, and where
+an experiment used a feature (from its stored spec).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
-from saekit.db import Database, fetch_dicts
-
-
-@dataclass
-class Reader:
-    """One open read-only handle; `log` keeps every statement run, for the speed benchmark."""
-    db: Database
-    log: list[tuple[str, list]] | None = None
-
-    def rows(self, sql: str, params: Sequence = ()) -> list[dict[str, Any]]:
-        if self.log is not None:
-            self.log.append((sql, list(params)))
-        return fetch_dicts(self.db, sql, list(params))
-
-    def one(self, sql: str, params: Sequence = ()) -> dict[str, Any] | None:
-        found = self.rows(sql, params)
-        return found[0] if found else None
+from saekit.db.browse import Reader, sae_rows
 
 
 @dataclass(frozen=True)
@@ -48,7 +28,7 @@ def _slug(text: str) -> str:
 
 def saes(r: Reader) -> list[Sae]:
     """Every SAE, each with a URL slug unique in this database."""
-    rows = r.rows("SELECT * FROM saes ORDER BY sae_id")
+    rows = sae_rows(r)
     out, seen = [], set()
     for i, row in enumerate(rows):
         slug = _slug(row["sae_id"].rstrip("/").split("/")[-1] if len(rows) == 1 else row["sae_id"])
@@ -57,95 +37,6 @@ def saes(r: Reader) -> list[Sae]:
         seen.add(slug)
         out.append(Sae(row["sae_id"], slug, row["model_id"], row["hook"], int(row["d_sae"]), row))
     return out
-
-
-def overview(r: Reader) -> dict[str, Any]:
-    return {"models": r.rows("SELECT * FROM models ORDER BY model_id"),
-            "corpora": r.rows("SELECT c.corpus_id, c.source, c.n_records, "
-                              "(SELECT count(*) FROM stories s WHERE s.corpus_id = c.corpus_id) AS n_stories "
-                              "FROM corpora c ORDER BY corpus_id"),
-            "probes": r.rows("SELECT hook, method, sae_id, accuracy, chance, majority, n_test FROM probe_results "
-                             "ORDER BY hook, method")}
-
-
-def emotions(r: Reader) -> list[dict[str, Any]]:
-    """The emotions that have results, with their story counts."""
-    return r.rows("SELECT e.emotion, any_value(e.cluster) AS cluster, count(s.story_id) AS n_stories "
-                  "FROM emotions e LEFT JOIN stories s ON s.emotion = e.emotion "
-                  "WHERE e.emotion IN (SELECT DISTINCT emotion FROM feature_emotion_stats "
-                  "                    UNION SELECT DISTINCT emotion FROM emotion_vectors) "
-                  "GROUP BY e.emotion ORDER BY e.emotion")
-
-
-def top_features(r: Reader, sae_id: str, n: int, emotion: str | None = None) -> list[dict[str, Any]]:
-    """The n most selective features of each emotion (or of one), best first."""
-    where = "AND emotion = ?" if emotion else ""
-    return r.rows("SELECT sae_id, emotion, feature, selectivity_rank, auroc, cohens_d, q_value, mean_in, mean_out, rate_in, "
-                  f"rate_out, top_story_precision FROM feature_emotion_stats WHERE sae_id = ? AND selectivity_rank <= ? "
-                  f"{where} ORDER BY emotion, selectivity_rank", [sae_id, n] + ([emotion] if emotion else []))
-
-
-def vectors(r: Reader, emotion: str | None = None) -> list[dict[str, Any]]:
-    """Emotion vectors with their logit lens; the vectors themselves only for the map (emotion=None)."""
-    cols = "hook, emotion, norm, neutral_pcs, promoted_tokens, promoted_logits, suppressed_tokens, suppressed_logits"
-    if emotion is None:
-        return r.rows(f"SELECT {cols}, vector FROM emotion_vectors ORDER BY hook, emotion")
-    return r.rows(f"SELECT {cols} FROM emotion_vectors WHERE emotion = ? ORDER BY hook", [emotion])
-
-
-def lens_checks(r: Reader, emotion: str) -> list[dict[str, Any]]:
-    return r.rows("SELECT hook, direction, feature, own_word_rank, own_word_in_top, best_token, random_rate, top_n "
-                  "FROM lens_checks WHERE emotion = ? ORDER BY hook, direction", [emotion])
-
-
-def aligned_features(r: Reader, emotion: str, n: int) -> list[dict[str, Any]]:
-    return r.rows("SELECT sae_id, feature, cosine, alignment_rank FROM vector_feature_alignment "
-                  "WHERE emotion = ? AND alignment_rank <= ? ORDER BY sae_id, alignment_rank", [emotion, n])
-
-
-def aligned_features_all(r: Reader, n: int) -> list[dict[str, Any]]:
-    return r.rows("SELECT DISTINCT sae_id, feature FROM vector_feature_alignment WHERE alignment_rank <= ?", [n])
-
-
-def probes(r: Reader) -> list[dict[str, Any]]:
-    """Probe rows with precision, recall and confusion parsed; `emotions` is the confusion's order."""
-    out = []
-    for row in r.rows("SELECT hook, method, sae_id, accuracy, chance, precision, recall, confusion FROM probe_results "
-                      "ORDER BY hook, method"):
-        for k in ("precision", "recall", "confusion"):
-            row[k] = json.loads(row[k]) if isinstance(row[k], str) else row[k]
-        row["emotions"] = list(row["precision"])
-        out.append(row)
-    return out
-
-
-def feature(r: Reader, sae_id: str, n: int) -> dict[str, Any] | None:
-    return r.one("SELECT * FROM features WHERE sae_id = ? AND feature = ?", [sae_id, n])
-
-
-def feature_stats(r: Reader, sae_id: str, n: int) -> list[dict[str, Any]]:
-    return r.rows("SELECT emotion, auroc, cohens_d, q_value, selectivity_rank, mean_in, rate_in, top_story_precision "
-                  "FROM feature_emotion_stats WHERE sae_id = ? AND feature = ? ORDER BY emotion", [sae_id, n])
-
-
-def examples(r: Reader, sae_id: str, n: int) -> list[dict[str, Any]]:
-    return r.rows("SELECT kind, example_rank, story_id, emotion, activation, tokens, token_activations "
-                  "FROM feature_examples WHERE sae_id = ? AND feature = ? ORDER BY kind, example_rank", [sae_id, n])
-
-
-def feature_alignment(r: Reader, sae_id: str, n: int) -> list[dict[str, Any]]:
-    return r.rows("SELECT emotion, cosine, alignment_rank FROM vector_feature_alignment "
-                  "WHERE sae_id = ? AND feature = ? ORDER BY alignment_rank, emotion", [sae_id, n])
-
-
-def experiment_specs(r: Reader, sae_id: str | None = None) -> list[dict[str, Any]]:
-    """Experiments, newest first, with their stored spec parsed (the targets live there)."""
-    where, params = ("WHERE sae_id = ?", [sae_id]) if sae_id else ("", [])
-    rows = r.rows(f"SELECT experiment_id, name, model_id, sae_id, spec, created_at FROM experiments {where} "
-                  "ORDER BY created_at DESC", params)
-    for row in rows:
-        row["spec"] = json.loads(row["spec"]) if isinstance(row["spec"], str) else row["spec"]
-    return rows
 
 
 def experiment_uses(specs: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -166,7 +57,3 @@ def experiment_features(specs: list[dict[str, Any]]) -> set[tuple[str, int]]:
     """(sae_id, feature) of every feature an experiment targeted."""
     return {(exp["sae_id"], f) for exp in specs for t in exp["spec"].get("targets", {}).values()
             for f in t.get("features", [])}
-
-
-def search_rows(r: Reader, sae_id: str) -> list[dict[str, Any]]:
-    return r.rows("SELECT feature, promoted_tokens FROM features WHERE sae_id = ? ORDER BY feature", [sae_id])

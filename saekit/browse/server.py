@@ -25,8 +25,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from saekit.browse.pages import PLOTLY_JS, STATIC, NotFound, Page, Site
-from saekit.browse.queries import Reader
 from saekit.db import SANDBOX, Database, DatabaseBusy, DatabaseError, check_database_path, head, open_readonly
+from saekit.db.browse import Reader
 from saekit.errors import SaekitError
 
 WAIT_S = 0.5

@@ -15,9 +15,20 @@ A new table: its CREATE in schema.sql, its section in analysis/SCHEMA.md, and it
 writes as functions in the module of the stage that owns it.
 """
 
-from saekit.db.connection import (DUCKDB_MAGIC, EXPLAINABLE_STATEMENTS, READ_ONLY_STATEMENTS, SANDBOX,  # noqa: F401
-                                  Database, DatabaseBusy, DatabaseError, check_database_path, check_read_only,
-                                  default_path, fetch_dicts, query_failed, schema_sql)
+from saekit.db.connection import (  # noqa: F401
+                                  DUCKDB_MAGIC,
+                                  EXPLAINABLE_STATEMENTS,
+                                  READ_ONLY_STATEMENTS,
+                                  SANDBOX,
+                                  Database,
+                                  DatabaseBusy,
+                                  DatabaseError,
+                                  check_database_path,
+                                  check_read_only,
+                                  default_path,
+                                  fetch_dicts,
+                                  query_failed,
+                                  schema_sql,
+)
 from saekit.db.ids import SHIPPED, corpus_id_of, sae_id_of  # noqa: F401
-from saekit.db.user_sql import (EXPORT_FORMATS, FRAME_KINDS, head, open_readonly, query_frame,  # noqa: F401
-                                read_only_query, write_batches)
+from saekit.db.user_sql import EXPORT_FORMATS, FRAME_KINDS, head, open_readonly, query_frame, read_only_query, write_batches  # noqa: F401

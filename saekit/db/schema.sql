@@ -146,6 +146,42 @@ CREATE TABLE IF NOT EXISTS emotion_vectors (
     PRIMARY KEY (model_id, corpus_id, hook, emotion)
 );
 
+CREATE TABLE IF NOT EXISTS emotion_clusters (
+    model_id        VARCHAR NOT NULL,
+    corpus_id       VARCHAR NOT NULL,
+    hook            VARCHAR NOT NULL,
+    emotion         VARCHAR NOT NULL,
+    cluster         INTEGER,
+    k               INTEGER,
+    seed            INTEGER,
+    run_id          VARCHAR,
+    PRIMARY KEY (model_id, corpus_id, hook, emotion)
+);
+
+CREATE TABLE IF NOT EXISTS emotion_similarity (
+    model_id        VARCHAR NOT NULL,
+    corpus_id       VARCHAR NOT NULL,
+    hook            VARCHAR NOT NULL,
+    emotion_a       VARCHAR NOT NULL,
+    emotion_b       VARCHAR NOT NULL,
+    cosine          DOUBLE,
+    run_id          VARCHAR,
+    PRIMARY KEY (model_id, corpus_id, hook, emotion_a, emotion_b)
+);
+
+CREATE TABLE IF NOT EXISTS emotion_linkage (
+    model_id        VARCHAR NOT NULL,
+    corpus_id       VARCHAR NOT NULL,
+    hook            VARCHAR NOT NULL,
+    step            INTEGER NOT NULL,
+    left_node       INTEGER,
+    right_node      INTEGER,
+    distance        DOUBLE,
+    size            INTEGER,
+    run_id          VARCHAR,
+    PRIMARY KEY (model_id, corpus_id, hook, step)
+);
+
 CREATE TABLE IF NOT EXISTS lens_checks (
     model_id        VARCHAR NOT NULL,
     corpus_id       VARCHAR NOT NULL,

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import duckdb
 
-from saekit.db.connection import SANDBOX, Database, DatabaseError, query_failed, check_read_only
+from saekit.db.connection import SANDBOX, Database, DatabaseError, check_read_only, query_failed
 
 
 def open_readonly(path: str | Path | None = None, allow_files: bool = False) -> Database:
