@@ -99,7 +99,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         return dict(value)
     if dataclasses.is_dataclass(hint):
-        return value if isinstance(value, hint) else from_dict(hint, value, where)
+        if isinstance(value, hint):
+            return value
+        parse = getattr(hint, "from_table", None)  # a table that picks its own class (saekit.sae.SAEConfig)
+        return parse(value, where) if parse else from_dict(hint, value, where)
     if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):

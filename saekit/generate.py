@@ -377,7 +377,7 @@ def assemble(replies: list[dict], cfg: GenerateConfig) -> tuple[list[Record], di
         rid = f"{_slug(row['emotion'])}-g{topic_index[row['topic']]:03d}-{per_pair[pair]:02d}"
         records.append(Record(id=rid, text=text, emotion=row["emotion"], topic=row["topic"],
                               narration=narration(text)))
-    records = assign_splits(records, cfg.test_fraction, cfg.seed)
+    records = split_by_emotion(records, cfg.test_fraction, cfg.seed)
     report = {
         "calls": len(replies),
         "calls_cut_off": sum(1 for r in replies if not r["finished"]),
@@ -411,7 +411,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
-def assign_splits(records: list[Record], test_fraction: float, seed: int) -> list[Record]:
+def split_by_emotion(records: list[Record], test_fraction: float, seed: int) -> list[Record]:
     """A seeded split stratified by emotion: round(fraction x n) test stories per emotion, and
     at least one once an emotion has two stories (and test_fraction > 0)."""
     by_emotion: dict[str, list[int]] = collections.defaultdict(list)

@@ -14,8 +14,9 @@ import os
 import re
 import shutil
 import socket
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -247,6 +248,22 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None):
     return AutoTokenizer.from_pretrained(str(resolve_model(name_or_path)))
 
 
+def local_tokenizer(name_or_path: str | os.PathLike):
+    """A tokenizer from a folder or the local Hugging Face cache, never the network (OSError or
+    ValueError when it is not on disk)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=True)
+
+
+def cached_config_path(model_id: str) -> Path | None:
+    """config.json of a hub model from the local Hugging Face cache, without the network (None: absent)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model_id, "config.json") if model_id.count("/") == 1 else None
+    return Path(cached) if isinstance(cached, str) else None
+
+
 def prepends_bos(tokenizer) -> bool:
     """Whether the tokenizer itself starts every text with BOS: saekit never adds one, so this is
     what sae-lens' `prepend_bos` means for activations saekit harvested."""
@@ -460,6 +477,17 @@ def capture(model, tokens_BT: torch.Tensor, mask_BT: torch.Tensor | None, hooks:
     model.run_with_hooks(tokens_BT, fwd_hooks=[(h, saver(h)) for h in hooks], stop_at_layer=stop,
                          return_type=None, **kwargs)
     return {h: seen[h] for h in hooks}
+
+
+@contextmanager
+def add_hooks(model, hooks: Sequence[tuple[str, Any]]) -> Iterator[None]:
+    """Forward hooks [(hook name, fn(act, hook) -> act)] for the duration of the block.
+
+    Uses the bridge's own scoped hooks: they are added at a fresh context level and only that
+    level is removed on exit, even on error, so hooks others added stay in place.
+    """
+    with model.hooks(fwd_hooks=list(hooks)):
+        yield
 
 
 def format_chat(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:

@@ -143,11 +143,11 @@ def _model_config(model: str) -> tuple[dict, str]:
         return _read_json(path / "config.json"), str(path / "config.json")
     if model in KNOWN_CONFIGS:
         return KNOWN_CONFIGS[model], f"known config.json values of {model}"
-    from huggingface_hub import try_to_load_from_cache
+    from saekit.model import cached_config_path
 
-    cached = try_to_load_from_cache(model, "config.json") if model.count("/") == 1 else None
-    if isinstance(cached, str):
-        return _read_json(Path(cached)), cached
+    cached = cached_config_path(model)
+    if cached is not None:
+        return _read_json(cached), str(cached)
     raise ConfigError(f"cannot plan for model {model!r}: the plan needs its config.json, in a local folder "
                       f"(model = \"path/to/folder\") or the Hugging Face cache "
                       f"(`huggingface-cli download {model} config.json`)")
@@ -164,16 +164,14 @@ def _read_json(path: Path) -> dict:
 
 def plan_tokenizer(model: str):
     """The model's tokenizer without weights; SmolLM2's as a stated stand-in when it is not on disk."""
-    from transformers import AutoTokenizer
-
-    from saekit.model import tokenizer_folder
+    from saekit.model import local_tokenizer, tokenizer_folder
 
     if model.lower() in (DEFAULT_MODEL, "default", TINY_MODEL):
-        return AutoTokenizer.from_pretrained(str(tokenizer_folder())), "SmolLM2's tokenizer"
+        return local_tokenizer(tokenizer_folder()), "SmolLM2's tokenizer"
     try:
-        return AutoTokenizer.from_pretrained(model, local_files_only=True), f"{model}'s tokenizer"
+        return local_tokenizer(model), f"{model}'s tokenizer"
     except (OSError, ValueError):
-        return (AutoTokenizer.from_pretrained(str(tokenizer_folder())),
+        return (local_tokenizer(tokenizer_folder()),
                 f"SmolLM2's tokenizer as a stand-in ({model}'s is not on disk; counts are estimates)")
 
 
@@ -233,7 +231,8 @@ def sae_bytes(d: int, F: int) -> int:
 
 def plan_study(config: str | Path, profile: str = "", gpus: int = 1) -> StudyPlan:
     """The plan of a study config; `profile` names a DEVICE_PROFILES entry instead of measuring."""
-    from saekit.harvest import harvest_records, hook_layer, tokenize
+    from saekit.harvest import harvest_records, tokenize
+    from saekit.model import hook_layer
     from saekit.study import StudyRun, load_study_config
 
     if profile and profile not in DEVICE_PROFILES:
@@ -252,7 +251,7 @@ def plan_study(config: str | Path, profile: str = "", gpus: int = 1) -> StudyPla
     T = sum(doc_tokens)
     stop = max(hook_layer(h) or 0 for h in hcfg.hooks) + 1
     tcfg = None if cfg.sae else run.train_config()
-    F = (tcfg.d_sae or tcfg.expansion_factor * shape.d_model) if tcfg else shape.d_model * 8
+    F = tcfg.sae.resolved_d_sae(shape.d_model) if tcfg else shape.d_model * 8
     if profile:
         rate = sae_rate = DEVICE_PROFILES[profile]["gflops"]
         rate_src = f"device profile {profile}"
@@ -298,13 +297,13 @@ def _train_eval_flops(tcfg, shape: ModelShape, F: int, mean_doc_tokens: float) -
 
 def _train_step(tcfg, d: int, F: int, rate: float, gpus: int, eval_seconds: float) -> StepPlan:
     T = tcfg.training_tokens
-    sparse = tcfg.architecture == "topk" and tcfg.fast_topk
-    flops = (6.0 * d * F + 6.0 * tcfg.k * d) * T if sparse else 12.0 * d * F * T
+    k = tcfg.sae.sparse_latents()
+    flops = (6.0 * d * F + 6.0 * k * d) * T if k else 12.0 * d * F * T
     params = sae_bytes(d, F)
     memory = 4 * params + tcfg.batch_size * F * 4 * 3 + tcfg.shuffle_buffer_tokens * d * 4
     checkpoints = min(tcfg.keep_checkpoints, max(T // tcfg.batch_size // max(tcfg.checkpoint_every, 1), 1))
     disk = params + F * 4 + checkpoints * (3 * params + 2 * F * 8)  # weights, sparsity, checkpoints with Adam state
-    formula = "6·d·F·T + 6·k·d·T (TopK, sparse decode)" if sparse else "12·d·F·T (dense)"
+    formula = "6·d·F·T + 6·k·d·T (TopK, sparse decode)" if k else "12·d·F·T (dense)"
     return StepPlan("train SAE", T, flops, flops / rate / 1e9 / gpus + eval_seconds, memory, disk,
                     f"{F:,} latents; {formula}; time includes the evaluation ({eval_seconds:.1f} s)")
 

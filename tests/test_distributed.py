@@ -17,13 +17,18 @@ from saekit import train as T
 HOOK = "blocks.1.hook_resid_post"
 HARVEST = dict(model="tiny", hooks=[HOOK], corpus="shipped", limit=10, docs_per_shard=2, batch_size=2,
                max_tokens=96)
-TRAIN = dict(model="tiny", hook=HOOK, architecture="topk", d_sae=96, k=3, batch_size=64,
+TRAIN = dict(model="tiny", hook=HOOK, sae={"architecture": "topk", "d_sae": 96, "k": 3}, batch_size=64,
              training_tokens=64 * 16, lr=3e-3, checkpoint_every=5, keep_checkpoints=5, lm_metrics=False,
              dead_feature_window=4, eval_tokens=400, shuffle_buffer_tokens=512, seed=3)
 
 
 def toml(path: Path, fields: dict) -> Path:
-    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in fields.items()))
+    """A TOML file of scalar fields and one-level tables (dict values)."""
+    top = [(k, v) for k, v in fields.items() if not isinstance(v, dict)]
+    tables = [(k, v) for k, v in fields.items() if isinstance(v, dict)]
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in top)
+                    + "".join(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in t.items())
+                              for name, t in tables))
     return path
 
 

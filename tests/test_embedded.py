@@ -72,9 +72,10 @@ def test_reduced_study_on_embedded_model(tmp_path):
     spec = tmp_path / "reduced_probes.toml"
     spec.write_text(REDUCED_SPEC)
     train = tmp_path / "train.toml"
-    train.write_text('architecture = "topk"\nexpansion_factor = 2\nk = 16\nbatch_size = 512\n'
+    train.write_text('batch_size = 512\n'
                      'training_tokens = 16384\nlr = 1e-3\nnormalize_activations = "expected_average_only_in"\n'
-                     'checkpoint_every = 16\neval_tokens = 4000\neval_docs = 6\nmax_tokens = 96\n')
+                     'checkpoint_every = 16\neval_tokens = 4000\neval_docs = 6\nmax_tokens = 96\n'
+                     '[sae]\narchitecture = "topk"\nexpansion_factor = 2\nk = 16\n')
     cfg = tmp_path / "study.toml"
     cfg.write_text("\n".join([
         'model = "smollm2-135m-instruct"', 'hook = "blocks.20.hook_resid_post"',

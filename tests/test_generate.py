@@ -129,14 +129,14 @@ def test_splits_are_stratified_seeded_and_about_one_fifth():
 
     recs = [Record(id=f"{e}-{i:02d}", text="x", emotion=e) for e in ("calm", "afraid") for i in range(10)]
     recs.append(Record(id="lonely-00", text="x", emotion="lonely"))
-    split = G.assign_splits(recs, 0.2, seed=0)
+    split = G.split_by_emotion(recs, 0.2, seed=0)
     for emo in ("calm", "afraid"):
         assert sum(r.split == "test" for r in split if r.emotion == emo) == 2
     assert [r.split for r in split if r.emotion == "lonely"] == ["train"]
-    assert [r.split for r in G.assign_splits(recs, 0.2, seed=0)] == [r.split for r in split]
-    assert [r.split for r in G.assign_splits(recs, 0.2, seed=1)] != [r.split for r in split]
+    assert [r.split for r in G.split_by_emotion(recs, 0.2, seed=0)] == [r.split for r in split]
+    assert [r.split for r in G.split_by_emotion(recs, 0.2, seed=1)] != [r.split for r in split]
     two = [Record(id=f"a{i}", text="x", emotion="sad") for i in range(2)]
-    assert sorted(r.split for r in G.assign_splits(two, 0.2, 0)) == ["test", "train"]
+    assert sorted(r.split for r in G.split_by_emotion(two, 0.2, 0)) == ["test", "train"]
 
 
 def test_config_validation_and_lists(tmp_path):

@@ -78,7 +78,7 @@ def test_the_gpu_configs_load_and_plan():
     assert (cfg.device, cfg.dtype) == ("cuda", "bfloat16")
     train = load_config(TrainConfig, cfg.train_config)
     shape = model_shape(cfg.model)
-    assert 16_384 <= (train.d_sae or train.expansion_factor * shape.d_model) <= 65_536
+    assert 16_384 <= train.sae.resolved_d_sae(shape.d_model) <= 65_536
     assert int(cfg.hook.split(".")[1]) / shape.n_layers == pytest.approx(2 / 3, abs=0.06)
     result = runner.invoke(app, ["study", "analysis/study-gpu.toml", "--plan", "--device-profile", "h100", "--gpus", "8"])
     assert result.exit_code == 0, result.output

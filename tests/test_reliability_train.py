@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+import saekit.sae.storage
 from saekit import sae as S
 from saekit import train as T
 from saekit.cli import app
@@ -46,11 +47,12 @@ def cli_fails_clearly(args, *expected):
 # ---------------------------------------------------------------------------- NaN and inf in configs
 
 
-@pytest.mark.parametrize("line,field", [("lr = nan", "lr"), ("aux_loss_coefficient = nan", "aux_loss_coefficient"),
+@pytest.mark.parametrize("line,field", [("lr = nan", "lr"),
+                                        ('[sae]\narchitecture = "topk"\naux_loss_coefficient = nan', "sae.aux_loss_coefficient"),
                                         ("max_grad_norm = inf", "max_grad_norm"), ("lr_end = -inf", "lr_end")])
 def test_non_finite_train_config_values_are_refused_at_load(tmp_path, line, field):
     path = tmp_path / "t.toml"
-    path.write_text(f'architecture = "topk"\n{line}\n')
+    path.write_text(f"{line}\n")
     with pytest.raises(ConfigError, match=rf"{path}\.{field} is -?(nan|inf): it must be a finite number"):
         T.load_train_config(path)
     cli_fails_clearly(["train", str(path)], str(path), field, "finite")
@@ -140,12 +142,12 @@ def tiny_source(d=16, n=1600, seed=0):
     return T.TensorSource(x_ND[: n * 9 // 10], x_ND[n * 9 // 10:], chunk_tokens=400)
 
 
-def tiny_cfg(out, **kw):
-    base = dict(model="tiny", hook="blocks.1.hook_resid_post", out=str(out), architecture="topk", d_sae=32, k=2,
-                batch_size=64, training_tokens=64 * 12, lr=3e-3, checkpoint_every=5, lm_metrics=False,
-                dead_feature_window=4, eval_tokens=100)
+def tiny_cfg(out, sae=None, **kw):
+    """A tiny training config; `sae` is the [sae] table (default: a topk SAE of 32 latents, k = 2)."""
+    base = dict(model="tiny", hook="blocks.1.hook_resid_post", out=str(out), batch_size=64, training_tokens=64 * 12,
+                lr=3e-3, checkpoint_every=5, lm_metrics=False, dead_feature_window=4, eval_tokens=100)
     base.update(kw)
-    return T.TrainConfig(**base)
+    return T.train_config(base | {"sae": sae or {"architecture": "topk", "d_sae": 32, "k": 2}})
 
 
 def tiny_run(out, resume=False, **kw):
@@ -156,7 +158,7 @@ def tiny_run(out, resume=False, **kw):
 def test_k_wider_than_the_expanded_sae_fails_before_any_step(tmp_path):
     steps = []
     with pytest.raises(T.TrainError, match=r"k \(40\) must be less than d_sae \(32 = expansion_factor 2 x d_in 16\)"):
-        T.train_sae(tiny_cfg(tmp_path / "sae", d_sae=0, expansion_factor=2, k=40), activations=tiny_source(),
+        T.train_sae(tiny_cfg(tmp_path / "sae", sae={"architecture": "topk", "d_sae": 0, "expansion_factor": 2, "k": 40}), activations=tiny_source(),
                     progress=steps.append)
     assert steps == [] and T.list_checkpoints(tmp_path / "sae") == []
 
@@ -299,7 +301,7 @@ def kill_at(monkeypatch, point):
     def fault(name):
         if name == point:
             raise Killed(name)
-    monkeypatch.setattr(S, "fault_point", fault)
+    monkeypatch.setattr(saekit.sae.storage, "fault_point", fault)
 
 
 def weights_of(folder):

@@ -35,12 +35,12 @@ def source(n_tokens=6000, **kw):
     return T.TensorSource(x_ND[:split], x_ND[split:], chunk_tokens=1000), atoms
 
 
-def cfg(tmp_path, **kw):
-    base = dict(model="tiny", hook=HOOK, out=str(tmp_path / "sae"), architecture="topk", d_sae=96, k=3,
-                batch_size=256, training_tokens=256 * 40, lr=3e-3, checkpoint_every=10, lm_metrics=False,
-                dead_feature_window=20, eval_tokens=2000, log_every=5)
+def cfg(tmp_path, sae=None, **kw):
+    """A small training config; `sae` is the [sae] table (default: a topk SAE of 96 latents, k = 3)."""
+    base = dict(model="tiny", hook=HOOK, out=str(tmp_path / "sae"), batch_size=256, training_tokens=256 * 40,
+                lr=3e-3, checkpoint_every=10, lm_metrics=False, dead_feature_window=20, eval_tokens=2000, log_every=5)
     base.update(kw)
-    return T.TrainConfig(**base)
+    return T.train_config(base | {"sae": {"d_sae": 96} | (sae or {"architecture": "topk", "k": 3})})
 
 
 def sae_tensors(folder):
@@ -63,13 +63,13 @@ def test_topk_learns_planted_sparse_features(tmp_path):
     assert cos_AF.max(dim=1).values.median() > 0.9  # most planted directions have a latent
 
 
-@pytest.mark.parametrize("arch,extra", [("batchtopk", {}), ("jumprelu", {"l0_coefficient": 0.02}),
-                                        ("standard", {"l1_coefficient": 0.05, "dead_feature_handling": "resample"})])
-def test_other_architectures_train_and_save_as_sae_lens(tmp_path, arch, extra):
+@pytest.mark.parametrize("arch,sae,extra", [("batchtopk", {"k": 3}, {}), ("jumprelu", {"l0_coefficient": 0.02}, {}),
+                                            ("standard", {"l1_coefficient": 0.05}, {"dead_feature_handling": "resample"})])
+def test_other_architectures_train_and_save_as_sae_lens(tmp_path, arch, sae, extra):
     src, _ = source(3000)
     reports = []
-    out = T.train_sae(cfg(tmp_path, architecture=arch, training_tokens=256 * 300, checkpoint_every=0, **extra), activations=src,
-                      progress=reports.append)
+    out = T.train_sae(cfg(tmp_path, sae={"architecture": arch, **sae}, training_tokens=256 * 300, checkpoint_every=0,
+                          **extra), activations=src, progress=reports.append)
     assert reports[-1].mse < reports[0].mse
     saved = json.loads((out / "cfg.json").read_text())
     assert saved["architecture"] == ("jumprelu" if arch == "batchtopk" else arch)
@@ -208,7 +208,7 @@ def test_checkpoint_round_trip_restores_optimizer_and_statistics(tmp_path):
 
 def test_resampling_reinitialises_dead_latents_and_their_adam_moments(tmp_path):
     src, _ = source(2000)
-    c = cfg(tmp_path, architecture="standard", dead_feature_handling="resample")
+    c = cfg(tmp_path, sae={"architecture": "standard"}, dead_feature_handling="resample")
     state = T.init_state(c, src.d_in)
     batch = next(src.batches(c.batch_size, 0))
     T.train_step(state, batch, c)
@@ -269,7 +269,7 @@ def test_shipped_configs_load_and_the_default_fits_the_embedded_model():
     for f in files:
         T.load_train_config(f)
     default = T.load_train_config(ROOT / "train" / "smollm2-135m-l20-topk.toml")
-    assert default.hook == "blocks.20.hook_resid_post" and default.architecture == "topk"
+    assert default.hook == "blocks.20.hook_resid_post" and default.sae.architecture == "topk"
     assert default.model == "smollm2-135m-instruct" and not default.wandb
 
 
@@ -303,25 +303,25 @@ def test_norm_rule_leaves_outliers_out_of_training_and_is_stored(tiny_model, sma
     assert src.rule.reference_norm is not None
     kept = src.held_out(10_000).norm(dim=-1)
     assert kept.max() <= ratio * src.rule.reference_norm
-    c = cfg(tmp_path, d_sae=64, k=4, batch_size=64, training_tokens=64 * 4, exclude_first_token=True,
-            max_norm_ratio=50.0)
+    c = cfg(tmp_path, sae={"architecture": "topk", "d_sae": 64, "k": 4}, batch_size=64, training_tokens=64 * 4,
+            exclude_first_token=True, max_norm_ratio=50.0)
     out = T.train_sae(c, activations=acts, model=tiny_model)
-    stored = json.loads((out / T.METRICS).read_text())["token_rule"]
+    stored = json.loads((out / T.METRICS_FILE).read_text())["token_rule"]
     assert stored["skip_first"] == 1 and stored["max_norm_ratio"] == 50.0 and stored["reference_norm"] > 0
     assert json.loads((out / T.TRAIN_RECORD).read_text())["token_rule"] == stored
 
 
 def test_train_from_tiny_model_streaming_records_lm_metrics(tiny_model, small_records, tmp_path):
     src = T.StreamSource(tiny_model, small_records, HOOK, max_tokens=64, batch_docs=4)
-    c = cfg(tmp_path, d_sae=128, k=8, batch_size=128, training_tokens=128 * 12, lm_metrics=True, eval_docs=3,
-            max_tokens=64)
+    c = cfg(tmp_path, sae={"architecture": "topk", "d_sae": 128, "k": 8}, batch_size=128, training_tokens=128 * 12,
+            lm_metrics=True, eval_docs=3, max_tokens=64)
     out = T.train_sae(c, activations=src, model=tiny_model)
     lm = T.read_metrics(out)["lm"]
     assert lm["texts"] == 2 and lm["predicted_tokens"] > 0  # the two test-split records
     assert lm["loss_sae_with_error"] == pytest.approx(lm["loss_clean"], abs=1e-4)
     assert lm["kl_sae_with_error"] == pytest.approx(0, abs=1e-5) and lm["kl_sae"] > 0
     rec = json.loads((out / T.TRAIN_RECORD).read_text())
-    assert rec["seed"] == 0 and rec["versions"]["sae-lens"].startswith("6.54") and rec["config"]["k"] == 8
+    assert rec["seed"] == 0 and rec["versions"]["sae-lens"].startswith("6.54") and rec["config"]["sae"]["k"] == 8
 
 
 def test_every_file_of_a_trained_sae_follows_the_users_umask(tmp_path):
@@ -345,8 +345,8 @@ def test_every_file_of_a_trained_sae_follows_the_users_umask(tmp_path):
         def held_out_texts(self, n):
             return []
 
-    out = T.train_sae(cfg(tmp_path, d_sae=32, k=2, batch_size=64, training_tokens=64 * 6, checkpoint_every=2),
-                      activations=Source())
+    out = T.train_sae(cfg(tmp_path, sae={"architecture": "topk", "d_sae": 32, "k": 2}, batch_size=64,
+                          training_tokens=64 * 6, checkpoint_every=2), activations=Source())
     files = [p for p in out.rglob("*") if p.is_file()]
     assert any(p.suffix == ".safetensors" for p in files) and any("checkpoints" in p.parts for p in files)
     assert {p.relative_to(out).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == \

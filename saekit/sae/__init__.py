@@ -9,7 +9,8 @@ releases), and checks an SAE against a model.
     storage.py     SAE folders: save by renames, recover a killed save, load (never unpickles)
     interface.py   hook_of, decoder_FD, d_in_of ...: what other modules read an SAE through
 
-A new architecture is one new module with an `SAEConfig` subclass plus one `register` line below.
+A new architecture is one new module with an `SAEConfig` subclass plus one `register` line below
+(ARCHITECTURES, the registry, is a plain dict in base.py).
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from typing import Any
 from sae_lens import SAE, __version__ as SAE_LENS_VERSION  # noqa: F401  (re-exported for provenance)
 from sae_lens.saes.sae import TrainingSAE, TrainStepOutput
 
-from saekit.config import ConfigError, from_dict
 from saekit.sae import batchtopk, jumprelu, standard, topk
-from saekit.sae.base import (SAEConfig, SAEError, coefficient_values, common_fields, fold_activation_scale,  # noqa: F401
-                             latent_params, load_training_state, reinit_latents, set_metadata,
-                             training_state_tensors)
+from saekit.sae.base import (ARCHITECTURES, SAEConfig, SAEError, coefficient_values, common_fields,  # noqa: F401
+                             config_class, fold_activation_scale, latent_params, load_training_state, register,
+                             reinit_latents, set_metadata, training_state_tensors)
 from saekit.sae.batchtopk import BatchTopKConfig  # noqa: F401
 from saekit.sae.interface import (check_against_model, d_in_of, d_sae_of, decoder_FD, describe, hook_of,  # noqa: F401
                                   hook_width, model_name_of)
@@ -34,37 +34,16 @@ from saekit.sae.storage import (PICKLE_SUFFIXES, SAE_FILES, SAFE_REGISTRY_LOADER
                                 partial_path_for, recover_sae_folder, sae_files_folder, save_sae)
 from saekit.sae.topk import TopKConfig, topk_training_forward  # noqa: F401
 
-ARCHITECTURES: dict[str, type[SAEConfig]] = {}
-"""Architecture name -> its config class; the `[sae]` table's `architecture` picks one."""
-
-
-def register(cls: type[SAEConfig]) -> type[SAEConfig]:
-    ARCHITECTURES[cls().architecture] = cls
-    return cls
-
-
+# ---------------------------------------------------------------------------- the architectures
 register(topk.TopKConfig)
 register(batchtopk.BatchTopKConfig)
 register(jumprelu.JumpReLUConfig)
 register(standard.StandardConfig)
 
 
-def config_class(architecture: str, where: str = "sae") -> type[SAEConfig]:
-    if architecture not in ARCHITECTURES:
-        raise ConfigError(f"{where}.architecture: unknown architecture {architecture!r}; "
-                          f"choose one of {list(ARCHITECTURES)}")
-    return ARCHITECTURES[architecture]
-
-
-def sae_config(table: dict[str, Any], where: str = "sae") -> SAEConfig:
-    """The config of the architecture `table["architecture"]` names (default topk), from the rest of
-    the table; a field that architecture does not have is a ConfigError naming it."""
-    if isinstance(table, SAEConfig):
-        return table
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
-    rest = dict(table)
-    return from_dict(config_class(rest.pop("architecture", "topk"), where), rest, where)
+def sae_config(table: dict[str, Any] | SAEConfig, where: str = "sae") -> SAEConfig:
+    """The SAE config a `[sae]` table describes (see SAEConfig.from_table)."""
+    return table if isinstance(table, SAEConfig) else SAEConfig.from_table(table, where)
 
 
 def build_training_sae(architecture: str | SAEConfig, d_in: int, d_sae: int, *, use_aux_loss: bool = True,

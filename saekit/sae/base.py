@@ -2,7 +2,7 @@
 
 An architecture is one module holding one `SAEConfig` subclass: its own fields, its checks, and
 `build`, which makes the sae-lens training SAE. `saekit.sae.__init__` registers each class by its
-`architecture` name; the trainer only calls the methods below.
+`architecture` name in ARCHITECTURES; the trainer only calls the methods below.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 
 from sae_lens.saes.sae import SAEMetadata, TrainingSAE, TrainStepInput, TrainStepOutput
 
+from saekit.config import ConfigError, from_dict
 from saekit.errors import SaekitError
 
 
@@ -31,6 +32,19 @@ class SAEConfig:
     expansion_factor: int = 8
     has_aux_loss: ClassVar[bool] = False
     """Whether dead_feature_handling = "auxk" has an auxiliary loss to switch on."""
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], where: str = "sae") -> "SAEConfig":
+        """The config of the architecture `table["architecture"]` names (default topk), from the rest
+        of the table; a field that architecture does not have is a ConfigError naming it."""
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+        rest = dict(table)
+        name = rest.pop("architecture", "topk" if cls is SAEConfig else cls().architecture)
+        chosen = config_class(name, where)
+        if cls is not SAEConfig and chosen is not cls:
+            raise ConfigError(f"{where}.architecture: {name!r} is not {cls().architecture!r}")
+        return from_dict(chosen, rest, where)
 
     def validate(self) -> None:
         if self.d_sae < 0 or (self.d_sae == 0 and self.expansion_factor < 1):
@@ -50,6 +64,10 @@ class SAEConfig:
             raise ValueError(f"the {self.architecture} SAE has no auxiliary dead-latent loss; "
                              "use dead_feature_handling = \"resample\" or \"none\"")
 
+    def sparse_latents(self) -> float | None:
+        """Latents per token the training pass computes through when it skips the rest (None: dense)."""
+        return None
+
     def build(self, common: dict[str, Any], use_aux_loss: bool) -> TrainingSAE:
         """The sae-lens training SAE; `common` holds d_in, d_sae, dtype, device, normalisation, metadata."""
         raise NotImplementedError
@@ -60,6 +78,22 @@ class SAEConfig:
         return sae.training_forward_pass(TrainStepInput(
             sae_in=sae_in_BD, coefficients=coefficient_values(sae, step), dead_neuron_mask=dead_F,
             n_training_steps=step, is_logging_step=False))
+
+
+ARCHITECTURES: dict[str, type[SAEConfig]] = {}
+"""Architecture name -> its config class, filled by the `register` lines in saekit/sae/__init__.py."""
+
+
+def register(cls: type[SAEConfig]) -> type[SAEConfig]:
+    ARCHITECTURES[cls().architecture] = cls
+    return cls
+
+
+def config_class(architecture: str, where: str = "sae") -> type[SAEConfig]:
+    if architecture not in ARCHITECTURES:
+        raise ConfigError(f"{where}.architecture: unknown architecture {architecture!r}; "
+                          f"choose one of {list(ARCHITECTURES)}")
+    return ARCHITECTURES[architecture]
 
 
 def common_fields(d_in: int, d_sae: int, normalize_activations: str = "none", dtype: str = "float32",

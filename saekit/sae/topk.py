@@ -42,6 +42,9 @@ class TopKConfig(SAEConfig):
     def check_training(self, normalize_activations: str, dead_feature_handling: str) -> None:
         check_aux_normalisation(normalize_activations, dead_feature_handling)
 
+    def sparse_latents(self) -> float | None:
+        return self.k if self.fast_topk else None
+
     def build(self, common: dict[str, Any], use_aux_loss: bool) -> TrainingSAE:
         aux = self.aux_loss_coefficient if use_aux_loss else 0.0
         return TopKTrainingSAE(TopKTrainingSAEConfig(k=int(self.k), aux_loss_coefficient=aux, **common))

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from saekit import __version__
 from saekit.config import ConfigError, from_dict, load_toml, set_key
 from saekit.model import DEFAULT_MODEL, hf_model_id, parse_dtype
-from saekit.sae import SAEConfig, TopKConfig, config_class, sae_config
+from saekit.sae import SAEConfig, TopKConfig, config_class
 from saekit.tokens import TokenRule
 
 
@@ -163,10 +163,7 @@ def nest_flat_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
 
 def train_config(data: dict[str, Any], where: str = "train config") -> TrainConfig:
     """A TrainConfig from a TOML-shaped dict; unknown fields are ConfigErrors naming the field."""
-    data = nest_flat_keys(data, where)
-    if "sae" in data:
-        data = data | {"sae": sae_config(data["sae"], f"{where}.sae")}
-    return from_dict(TrainConfig, data, where)
+    return from_dict(TrainConfig, nest_flat_keys(data, where), where)
 
 
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
