@@ -116,3 +116,69 @@ def test_ratings_file_gives_valence_and_arousal_correlations(ranked, tmp_path):
     bad.write_text("word,score\ncalm,1\n")
     with pytest.raises(ValueError, match="no \\['valence', 'arousal'\\] column"):
         R.read_ratings(bad)
+
+
+def test_geometry_is_stored_and_agrees_with_the_stored_vectors(ranked):
+    """k-means clusters, cosine similarities and the linkage are rows, recomputable from emotion_vectors."""
+    from saekit import features as Fe
+    from saekit.db import features as DF
+
+    cfg, result, sae = ranked
+    with Database(cfg.db, read_only=True) as db:
+        for hook in ("blocks.1.hook_resid_post", HOOK):
+            rows = DF.emotion_vectors(db, "tiny", "shipped", hook)
+            emotions = [r.emotion for r in rows]
+            vecs = torch.tensor([r.vector for r in rows])
+            assert emotions == sorted(EMOTIONS)
+            stored = DF.similarity(db, "tiny", "shipped", hook, emotions)
+            assert torch.allclose(torch.tensor(stored), Fe.cosine_matrix(vecs, vecs), atol=1e-6)
+            assert DF.clusters(db, "tiny", "shipped", hook) == dict(zip(emotions, Fe.kmeans(vecs, 2, seed=cfg.seed)))
+            k = db.sql("SELECT DISTINCT k, seed FROM emotion_clusters WHERE hook = ?", [hook])
+            assert k == [(2, cfg.seed)]
+            link = DF.linkage(db, "tiny", "shipped", hook)
+            assert len(link) == len(emotions) - 1
+            assert torch.allclose(torch.tensor(link, dtype=torch.float64),
+                                  torch.from_numpy(Fe.hierarchical(vecs)), atol=1e-6)
+
+
+def test_n_aligned_sets_the_features_stored_per_emotion_vector(ranked, tiny_model, tmp_path):
+    cfg, result, sae = ranked
+    acts = R.Activations.open(cfg.activations)
+    labels = [d["label"] for d in acts.documents]
+    for n in (3, 7):
+        cfg_n = R.RankConfig(activations=cfg.activations, sae=cfg.sae, db=str(tmp_path / "a.duckdb"), kmeans_k=2,
+                             n_aligned=n)
+        with Database(cfg_n.db) as db:
+            R.write_results(db, cfg_n, acts, result["emotions"], labels, result["vectors"], result["sae"], sae,
+                            tiny_model, result["token_rule"], result["skipped"])
+        got = read_only_query("SELECT emotion, count(*) AS n, max(alignment_rank) AS hi FROM vector_feature_alignment "
+                              "GROUP BY emotion ORDER BY emotion", cfg_n.db).to_pylist()
+        assert got == [{"emotion": e, "n": n, "hi": n} for e in sorted(EMOTIONS)]
+
+
+def test_a_corpus_file_ranks_under_its_own_corpus_id(tiny_model, tmp_path):
+    """Rows of a user's corpus land under an id derived from the config's corpus, not "shipped"."""
+    from saekit.db import corpus_id_of
+
+    words = "sun rain wind snow fog storm calm bright dark cold warm long short".split()
+    rows = [{"id": f"{e}-{i}", "emotion": e, "split": "test" if i % 3 == 2 else "train",
+             "text": " ".join(words[(i + j + len(e)) % len(words)] for j in range(12))}
+            for e in ("glad", "sad", "mad") for i in range(6)]
+    corpus = tmp_path / "my stories.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    acts = harvest(HarvestConfig(model="tiny", hooks=[HOOK], corpus=str(corpus), out=str(tmp_path / "acts"),
+                                 max_tokens=32, batch_size=8), model=tiny_model)
+    cfg = R.RankConfig(activations=str(acts), db=str(tmp_path / "u.duckdb"), kmeans_k=2)
+    with Database(cfg.db) as db:
+        R.run_rank(cfg, db=db)
+    assert corpus_id_of(str(corpus)) == str(corpus) != "shipped"
+    for table in ("corpora", "stories", "emotion_vectors", "probe_results", "emotion_similarity"):
+        ids = read_only_query(f"SELECT DISTINCT corpus_id FROM {table}", cfg.db).column("corpus_id").to_pylist()
+        assert ids == [str(corpus)], table
+    run = read_only_query("SELECT config FROM runs", cfg.db).column("config").to_pylist()
+    assert json.loads(run[0])["corpus_id"] == str(corpus)
+    explicit = R.RankConfig(activations=str(acts), db=cfg.db, kmeans_k=2, corpus_id="mine")
+    with Database(cfg.db) as db:
+        R.run_rank(explicit, db=db)
+    ids = read_only_query("SELECT DISTINCT corpus_id FROM stories ORDER BY 1", cfg.db).column("corpus_id").to_pylist()
+    assert ids == sorted(["mine", str(corpus)])
