@@ -103,6 +103,7 @@ class StudyRun:
         return load_train_config(self.cfg.train_config, overrides)
 
     def steps(self) -> list[Step]:
+        from saekit.db import corpus_id_of
         from saekit.rank import RankConfig
 
         c = self.cfg
@@ -117,7 +118,7 @@ class StudyRun:
             sae_path = tcfg.out
             train_step = Step("train SAE", k_sae, lambda tick: self._train(tcfg, k_sae, tick), [Path(tcfg.out)])
         rcfg = RankConfig(activations=hcfg.out, sae=sae_path, sae_id=c.sae_id or None, db=c.db,
-                          ratings=c.ratings or None, seed=c.seed)
+                          ratings=c.ratings or None, seed=c.seed, corpus_id=corpus_id_of(c.corpus))
         k_rank = content_hash(["rank", to_dict(rcfg), k_harvest, k_sae])
         steps = [Step("harvest activations", k_harvest, lambda tick: self._harvest(hcfg, tick), [Path(hcfg.out)])]
         if train_step:
@@ -182,13 +183,15 @@ class StudyRun:
     def _experiment(self, spec_path: str, key: str, sae_path: str, tick) -> dict[str, Any]:
         """Run a shipped spec against this study's model, hook, SAE and database, then report it."""
         from saekit.config import load_toml
+        from saekit.db import corpus_id_of
         from saekit.experiments import run_experiment
         from saekit.model import load_model
         from saekit.report import report
 
         spec = load_toml(spec_path)
         folder = self.out / "experiments" / Path(spec_path).stem
-        spec.update(model=self.cfg.model, hook=self.cfg.hook, db=self.cfg.db, out=str(folder))
+        spec.update(model=self.cfg.model, hook=self.cfg.hook, db=self.cfg.db, out=str(folder),
+                    corpus_id=corpus_id_of(self.cfg.corpus))   # the rows this study's ranking wrote
         if spec.get("sae"):
             spec["sae"] = sae_path
         model = load_model(self.cfg.model, device=self.cfg.device) if self.cfg.device != "cpu" else None

@@ -208,10 +208,10 @@ def probe_accuracy(db: Database, corpus_id: str) -> Figure | None:
     ax.set_ylabel("held-out accuracy")
     ax.legend()
     best = max(rows, key=lambda r: r["accuracy"])
-    sae = [r for r in rows if r["method"].startswith("sae")]
+    sae_probes = [r for r in rows if r["method"].startswith("sae")]
     sentence = (f"On the test split, the best probe is {best['method']} at {best['hook']} with accuracy "
                 f"{best['accuracy']:.2f} (chance {best['chance']:.3f})" +
-                (f"; the SAE's top selective features reach {sae[0]['accuracy']:.2f}." if sae else "."))
+                (f"; the SAE's top selective features reach {sae_probes[0]['accuracy']:.2f}." if sae_probes else "."))
     return Figure("probe_accuracy", "Held-out emotion classification: SAE features vs emotion vectors", fig, sentence)
 
 
