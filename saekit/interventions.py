@@ -16,9 +16,12 @@ matmul; otherwise decode is called twice, literally.
 `Steer` adds strength x scale x unit(direction) at a hook, where scale is the mean residual norm
 at that layer (`mean_resid_norm`), as the paper defines steering strength.
 
-Both work on any model loaded through saekit.model (a TransformerLens TransformerBridge) and
-any sae-lens SAE. Positions: None (every token), a list of token indices (negative from the end)
-or a boolean mask [T] or [B, T] (e.g. the real tokens of a right-padded batch).
+`Zero` replaces the activation with zeros (the zero-ablation baseline of the SAE metrics).
+
+All work on any model loaded through saekit.model, whose `add_hooks` scopes the hooks, and any
+SAE the saekit.sae adapter reads; this module calls neither backend directly. Positions: None
+(every token), a list of token indices (negative from the end) or a boolean mask [T] or [B, T]
+(e.g. the real tokens of a right-padded batch).
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from typing import Iterator, Sequence, Union
 
 import torch
 
-from saekit.tokens import TokenRule
 from saekit.errors import SaekitError
+from saekit.model import add_hooks, capture, d_model, hook_names
+from saekit.sae import d_in_of, d_sae_of, decoder_FD, hook_of
+from saekit.tokens import TokenRule
 
 Positions = Union[None, Sequence[int], torch.Tensor]
 
@@ -143,17 +148,19 @@ class Splice:
     sae: object
     edits: Sequence[FeatureEdit] = ()
     hook: str | None = None
-    """The hook point (default: the SAE's cfg.metadata.hook_name)."""
+    """The hook point (default: the hook the SAE was trained on)."""
     positions: Positions = None
     rule: TokenRule | None = None
     """Narrows `positions` to the tokens a norm-filtering token rule counts (its position part is
     expressed through `positions`)."""
+    keep_error: bool = True
+    """False: the output is the (edited) reconstruction alone, as the SAE metrics' spliced loss needs."""
 
     def __post_init__(self) -> None:
-        self.hook = self.hook or self.sae.cfg.metadata.hook_name
+        self.hook = self.hook or hook_of(self.sae)
         if self.hook is None:
             raise InterventionError("the SAE names no hook (cfg.metadata.hook_name); pass hook=")
-        d_sae = int(self.sae.cfg.d_sae)
+        d_sae = d_sae_of(self.sae)
         for e in self.edits:
             bad = [f for f in e.features if not 0 <= f < d_sae]
             if bad:
@@ -165,12 +172,14 @@ class Splice:
         sae = self.sae
         x = act_BTD.to(sae.dtype)
         feats = sae.encode(x)
-        if self._affine:
+        if not self.keep_error:
+            out = sae.decode(edit_features(feats, self.edits))
+        elif self._affine:
             # decode(f') + x - decode(f) = x + (f' - f) @ W_dec for an affine decoder: touch edited columns only
             idx = torch.tensor(self._edited, device=feats.device, dtype=torch.long)
             sub = feats[..., idx]
             delta = edit_features(feats, self.edits)[..., idx] - sub if len(idx) else sub
-            out = x + delta @ sae.W_dec[idx] if len(idx) else x
+            out = x + delta @ decoder_FD(sae)[idx] if len(idx) else x
         else:
             # one decode call for both: sae-lens' output normalisation consumes the statistics encode() stored
             both = sae.decode(torch.stack([edit_features(feats, self.edits), feats]))
@@ -211,20 +220,37 @@ class Steer:
         return act_BTD + mask[..., None].to(act_BTD.dtype) * add_D
 
 
-Edit = Union[Splice, Steer]
+@dataclass
+class Zero:
+    """Replace the activation at a hook with zeros (at `positions`, less those `rule` filters out)."""
+    hook: str
+    positions: Positions = None
+    rule: TokenRule | None = None
+
+    def __call__(self, act_BTD: torch.Tensor, hook=None) -> torch.Tensor:
+        mask = _edit_mask(self.positions, self.rule, act_BTD)
+        zeros = torch.zeros_like(act_BTD)
+        return zeros if mask is None else torch.where(mask[..., None], zeros, act_BTD)
+
+
+Edit = Union[Splice, Steer, Zero]
+
+
+def _width(e: Edit) -> int | None:
+    if isinstance(e, Splice):
+        return d_in_of(e.sae)
+    return e.unit.numel() if isinstance(e, Steer) else None
 
 
 def check_edits(model, edits: Sequence[Edit]) -> None:
     """Every hook exists on the model and every width fits; raises InterventionError otherwise."""
-    from saekit.model import d_model
-
-    hooks = set(model.hook_dict)
+    hooks = set(hook_names(model))
     for e in edits:
         if e.hook not in hooks:
             resid = sorted(h for h in hooks if h.endswith("hook_resid_post"))
             raise InterventionError(f"the model has no hook {e.hook!r} (residual hooks: {resid[:2]} ... {resid[-1:]})")
-        width = e.sae.cfg.d_in if isinstance(e, Splice) else e.unit.numel()
-        if "hook_resid" in e.hook and width != d_model(model):
+        width = _width(e)
+        if width is not None and "hook_resid" in e.hook and width != d_model(model):
             what = "SAE d_in" if isinstance(e, Splice) else "steering vector length"
             raise InterventionError(f"{what} is {width} but {e.hook} has width {d_model(model)}")
 
@@ -232,28 +258,10 @@ def check_edits(model, edits: Sequence[Edit]) -> None:
 @contextmanager
 def patched(model, edits: Sequence[Edit] | Edit) -> Iterator[None]:
     """Apply edits for the duration of the block; their hooks are removed on exit, even on error."""
-    edits = [edits] if isinstance(edits, (Splice, Steer)) else list(edits)
+    edits = [edits] if isinstance(edits, (Splice, Steer, Zero)) else list(edits)
     check_edits(model, edits)
-    points = []
-    try:
-        for e in edits:
-            points.append(model.hook_dict[e.hook])
-            points[-1].add_hook(e, dir="fwd")
+    with add_hooks(model, [(e.hook, e) for e in edits]):
         yield
-    finally:
-        for point in points:
-            _remove(point, edits)
-
-
-def _remove(point, edits) -> None:
-    """Remove only our hook functions from a hook point, leaving others' hooks in place."""
-    kept = []
-    for handle in list(point.fwd_hooks):
-        if any(handle.user_hook is e for e in edits):
-            handle.hook.remove()
-        else:
-            kept.append(handle)
-    point.fwd_hooks = kept
 
 
 # ---------------------------------------------------------------------------- measurements
@@ -263,30 +271,12 @@ def _remove(point, edits) -> None:
 def mean_resid_norm(model, hook: str, token_ids: Sequence[Sequence[int]], rule: TokenRule = TokenRule()) -> float:
     """Mean L2 norm of the activations at `hook` over the tokens `rule` counts (by default all but
     the first, an attention sink with an outsized norm)."""
-    from saekit.model import n_layers
-
     total, count = 0.0, 0
-    seen: dict[str, torch.Tensor] = {}
-
-    def grab(act, hook):
-        seen["a"] = act.detach()
-        return act
-
-    layer = _layer(hook)
-    stop = layer + 1 if layer is not None and layer + 1 < n_layers(model) else None
-    device = next(model.parameters()).device
     for ids in token_ids:
-        model.run_with_hooks(torch.tensor([list(ids)], device=device), fwd_hooks=[(hook, grab)],
-                             stop_at_layer=stop, return_type=None)
-        x_TD = seen["a"][0].float()
+        x_TD = capture(model, torch.tensor([list(ids)]), None, [hook])[hook][0].float()
         norms = x_TD.norm(dim=-1)[rule.keep(torch.arange(len(x_TD), device=x_TD.device), x_TD)]
         total += float(norms.sum())
         count += len(norms)
     if count == 0:
         raise InterventionError("no tokens to measure the residual norm on")
     return total / count
-
-
-def _layer(hook: str) -> int | None:
-    parts = hook.split(".")
-    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None

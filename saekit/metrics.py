@@ -3,8 +3,8 @@
 Activation metrics (from activation vectors alone): explained variance and FVU, mean L0, dead
 and dense latent fractions over the stated token window, mean cosine of reconstructions.
 
-Language-model metrics (with the model): the SAE's reconstruction is spliced into the
-TransformerBridge at its hook with `run_with_hooks`; we report the next-token loss clean, with
+Language-model metrics (with the model): the SAE's reconstruction is spliced in at its hook
+with the interventions' `Splice` (and the hook zeroed with `Zero`); we report the next-token loss clean, with
 the SAE, with the SAE plus its error term (a sanity check: it must equal the clean loss), and with
 the hook zero-ablated; the fraction of loss recovered; and the KL divergence of the spliced
 model's next-token distribution from the clean one's.
@@ -19,6 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from saekit.interventions import Splice, Zero, patched
+from saekit.model import model_device, pad_batch
 from saekit.tokens import TokenRule
 
 
@@ -59,32 +61,20 @@ def activation_metrics(sae, acts_ND: torch.Tensor, batch_size: int = 4096,
     }
 
 
-def _pad(token_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(t) for t in token_ids)
-    tokens_BT = torch.full((len(token_ids), T), pad_id, dtype=torch.long)
-    mask_BT = torch.zeros((len(token_ids), T), dtype=torch.bool)
-    for b, ids in enumerate(token_ids):
-        tokens_BT[b, :len(ids)] = torch.tensor(ids)
-        mask_BT[b, :len(ids)] = True
-    return tokens_BT, mask_BT
+def kl_per_token(clean_logp_BTV: torch.Tensor, other_logp_BTV: torch.Tensor) -> torch.Tensor:
+    """KL(clean || other) at each position [B, T], from log-probabilities over the vocabulary.
+
+    The one KL of the package: the SAE metrics and the experiments' side effects both use it."""
+    return (clean_logp_BTV.exp() * (clean_logp_BTV - other_logp_BTV)).sum(-1)
 
 
-def splice_hook(sae, mode: str, keep_BT: torch.Tensor, rule: TokenRule | None = None):
-    """A forward hook replacing the activation with the SAE's output ("sae"), the output plus the
-    error term ("sae+error") or zeros ("zero") at the positions in keep_BT (narrowed by the
-    rule's norm filter when it has one); others stay clean."""
-    def hook(act_BTD, hook=None):
-        x_BTD = act_BTD
-        keep = keep_BT.to(x_BTD.device)
-        if rule is not None:
-            keep = keep & rule.norm_ok(x_BTD)
-        if mode == "zero":
-            new_BTD = torch.zeros_like(x_BTD)
-        else:
-            recon_BTD = sae.decode(sae.encode(x_BTD.to(sae.dtype))).to(x_BTD.dtype)
-            new_BTD = recon_BTD + (x_BTD - recon_BTD) if mode == "sae+error" else recon_BTD
-        return torch.where(keep[..., None], new_BTD, x_BTD)
-    return hook
+def splice_edits(sae, mode: str, hook: str, keep_BT: torch.Tensor, rule: TokenRule | None = None) -> list:
+    """The edit replacing the activation with the SAE's output ("sae"), the output plus the error
+    term ("sae+error", i.e. the clean activation) or zeros ("zero") at the positions in keep_BT
+    (narrowed by the rule's norm filter when it has one); others stay clean."""
+    if mode == "zero":
+        return [Zero(hook, positions=keep_BT, rule=rule)]
+    return [Splice(sae, hook=hook, positions=keep_BT, rule=rule, keep_error=mode == "sae+error")]
 
 
 @torch.no_grad()
@@ -98,20 +88,21 @@ def lm_metrics(model, sae, hook: str, texts: list[str], max_tokens: int = 512, b
     tok = model.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     ids = [t[:max_tokens] for t in tok(texts, add_special_tokens=True)["input_ids"] if len(t) > 1]
-    device = next(model.parameters()).device
+    device = model_device(model)
     sums = {"clean": 0.0, "sae": 0.0, "sae+error": 0.0, "zero": 0.0}
     kl_sum = {"sae": 0.0, "sae+error": 0.0}
     n_pred = 0
     for b in range(0, len(ids), batch_size):
-        tokens_BT, mask_BT = _pad(ids[b:b + batch_size], pad_id)
+        tokens_BT, mask_BT = pad_batch(ids[b:b + batch_size], pad_id)
         keep_BT = rule.keep_padded(mask_BT)
         tokens_BT, mask_BT = tokens_BT.to(device), mask_BT.to(device)
         pred_mask = mask_BT[:, 1:]  # predictions of real next tokens
         n_pred += int(pred_mask.sum())
 
         def run(mode: str | None) -> torch.Tensor:
-            hooks = [] if mode is None else [(hook, splice_hook(sae, mode, keep_BT, rule))]
-            logits = model.run_with_hooks(tokens_BT, attention_mask=mask_BT.long(), fwd_hooks=hooks)
+            edits = [] if mode is None else splice_edits(sae, mode, hook, keep_BT.to(device), rule)
+            with patched(model, edits):
+                logits = model(tokens_BT, attention_mask=mask_BT.long())
             return logits[:, :-1].float().log_softmax(-1)
 
         def nll(logp_BTV: torch.Tensor) -> float:
@@ -125,8 +116,7 @@ def lm_metrics(model, sae, hook: str, texts: list[str], max_tokens: int = 512, b
             logp = run(mode)
             sums[mode] += nll(logp)
             if mode in kl_sum:
-                kl_BT = (clean.exp() * (clean - logp)).sum(-1)
-                kl_sum[mode] += float(kl_BT[pred_mask].sum())
+                kl_sum[mode] += float(kl_per_token(clean, logp)[pred_mask].sum())
     if n_pred == 0:
         raise ValueError("no held-out texts long enough for the language-model metrics")
     loss = {k: v / n_pred for k, v in sums.items()}

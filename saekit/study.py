@@ -185,8 +185,8 @@ class StudyRun:
         from saekit.config import load_toml
         from saekit.db import corpus_id_of
         from saekit.experiments import run_experiment
+        from saekit.experiments.report import report
         from saekit.model import load_model
-        from saekit.report import report
 
         spec = load_toml(spec_path)
         folder = self.out / "experiments" / Path(spec_path).stem
@@ -239,23 +239,10 @@ class StudyRun:
 
 
 def experiment_sentence(summary: dict[str, Any]) -> str:
-    """One sentence from an experiment report's numbers: how many effects beat their controls."""
-    cols, rows = summary["columns"], summary["rows"]
-    if not rows:
-        return "No measurements."
-    if summary["task"] == "trace":
-        return f"{len(rows)} emotion readings traced; " + "; ".join(summary["notes"][:1])
-    verdicts = [r[-1] for r in rows]
-    above = sum(v in ("above control", "positive") for v in verdicts)
-    below = sum(v in ("below control", "negative") for v in verdicts)
-    nulls = sum(v.startswith("null") for v in verdicts)
-    few = sum(v.startswith("too few") for v in verdicts)
-    i = cols.index("effect - control") if "effect - control" in cols else len(cols) - 4
-    best = max(rows, key=lambda r: abs(float(r[i])) if r[i] not in ("-", "nan", "") else -1)
-    return (f"Of {len(rows)} condition x strength settings, {above} raise the metric beyond their random control, "
-            f"{below} lower it, {nulls} are null and {few} have too few prompts for a verdict (95% bootstrap "
-            f"intervals over prompts); the largest difference "
-            f"from control is {best[0]} at strength {best[1]}: {best[i]} {best[i + 1]}.")
+    """One sentence from an experiment report's numbers, worded by the experiment's task."""
+    from saekit.experiments.report import sentence
+
+    return sentence(summary)
 
 
 def _table_html(summary: dict[str, Any]) -> str:

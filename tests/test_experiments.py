@@ -8,8 +8,9 @@ import torch
 
 from saekit import experiments as X
 from saekit.config import ConfigError
-from saekit.corpus import load_corpus
+from saekit.corpus import load_corpus, load_scenario
 from saekit.db import Database, read_only_query
+from saekit.db.experiments import feature_stats
 from saekit.harvest import HarvestConfig, harvest
 from saekit.interventions import Clamp, Splice, Steer
 from saekit.rank import RankConfig, run_rank
@@ -118,7 +119,7 @@ def test_clamp_to_multiple_of_max_uses_the_databases_max_activation(ranked, tmp_
 def test_controls_are_other_features_with_matched_statistics(ranked):
     with Database(ranked["db"], read_only=True) as db:
         res = X.resolve(X.load_spec(spec(ranked, controls=3)), db)
-        stats = X._feature_stats(db, res.sae_id)
+        stats = feature_stats(db, res.sae_id)
     target = res.targets["afraid_clamp"]
     controls = res.controls["afraid_clamp"]
     assert len(controls) == 3
@@ -200,7 +201,7 @@ def test_probe_values_match_a_direct_steered_forward_pass(ranked, tiny_model):
     norm = stored["mean_resid_norm"][HOOK]
     with Database(ranked["db"], read_only=True) as db:
         vec = torch.tensor(db.scalar("SELECT vector FROM emotion_vectors WHERE emotion = 'calm' AND hook = ?", [HOOK]))
-    text = X.load_scenario("probes")["probes"][1]["text"]
+    text = load_scenario("probes")["probes"][1]["text"]
     ids = torch.tensor([tiny_model.tokenizer(text)["input_ids"]])
     word = X.word_token(tiny_model.tokenizer, "calm")
     from saekit.interventions import patched
@@ -231,7 +232,7 @@ def test_impossible_task_margins(ranked, tiny_model):
         if key[3] == "margin_sum":
             assert v == pytest.approx(by[key[:3] + ("logp_cheating_sum",)] - by[key[:3] + ("logp_honest_sum",)])
     # the clean margin equals a direct computation
-    conv = X.load_scenario("impossible_task")["conversations"][0]
+    conv = load_scenario("impossible_task")["conversations"][0]
     step = conv["steps"][0]
     msgs = [{"role": "system", "content": conv["system"]}] + conv["turns"][:step["after_turn"] + 1]
     prefix = X.chat_ids(tiny_model.tokenizer, msgs)
@@ -263,9 +264,9 @@ def test_trace_reads_each_emotion_along_the_scenarios(ranked, tiny_model):
     assert any(r["is_control"] and r["metric"] == "vec:random" for r in rows)
     # a reading equals the projection of the clean activation at the last prompt token
     row = next(r for r in rows if r["prompt_id"] == "Tylenol/6000mg" and r["metric"] == "vec:afraid" and not r["is_control"])
-    text = X.load_scenario("dose_response")["template"].format(dose=6000, drug="Tylenol", reason="headache")
+    text = load_scenario("dose_response")["template"].format(dose=6000, drug="Tylenol", reason="headache")
     ids = X.chat_ids(tiny_model.tokenizer, [{"role": "user", "content": text}])
-    acts = X._read_acts(tiny_model, HOOK, ids)
+    acts = X.read_acts(tiny_model, HOOK, ids)
     with Database(ranked["db"], read_only=True) as db:
         vec = torch.tensor(db.scalar("SELECT vector FROM emotion_vectors WHERE emotion = 'afraid' AND hook = ?", [HOOK]))
     assert row["value"] == pytest.approx(float(acts[-1] @ (vec / vec.norm())), rel=1e-4, abs=1e-4)

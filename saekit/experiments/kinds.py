@@ -1,0 +1,177 @@
+"""Intervention kinds of a spec's conditions: steer, clamp, ablate, scale.
+
+Each kind is one small object that checks its condition, resolves it against the database into
+a target and its random controls, says which strengths it sweeps, and builds the edits of one
+setting (saekit.interventions). `KINDS` maps a condition's `kind` to its object; a new kind is
+one class here (or anywhere) and one `register_kind` line below.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Sequence
+
+import torch
+
+from saekit.experiments.base import ExperimentError, Resolved, Setting, Target
+from saekit.experiments.controls import control_direction
+from saekit.interventions import Ablate, Clamp, Edit, FeatureEdit, Scale, Splice, Steer
+
+if TYPE_CHECKING:
+    from saekit.experiments.resolve import Resolver
+    from saekit.experiments.spec import ConditionSpec, ExperimentSpec
+
+
+class InterventionKind:
+    """How conditions of one kind are checked, resolved and turned into edits."""
+    name: ClassVar[str]
+    signed: ClassVar[bool] = False
+    """Strengths are multiplied by the condition's sign (-1 steers "down")."""
+    has_strength: ClassVar[bool] = True
+    """False: the kind runs once per condition, with strength None (ablation)."""
+
+    def check(self, spec: ExperimentSpec, c: ConditionSpec) -> None:
+        """Raise ValueError for a condition that cannot run; no database yet."""
+
+    def prepare(self, ctx: Resolver, conditions: Sequence[ConditionSpec]) -> None:
+        """Look up what all this kind's conditions need at once, before any is resolved."""
+
+    def resolve(self, ctx: Resolver, c: ConditionSpec) -> tuple[Target, list[Target] | None]:
+        """The condition's target and its random controls (None: the spec asks for none)."""
+        raise NotImplementedError
+
+    def strengths(self, spec: ExperimentSpec, c: ConditionSpec) -> list[float | None]:
+        """The strengths as written in the spec (the condition's own, else the experiment's)."""
+        return list(c.strengths or spec.strengths) if self.has_strength else [None]
+
+    def value(self, c: ConditionSpec, strength: float | None) -> float | None:
+        """A strength as applied."""
+        return strength * c.sign if self.signed and strength is not None else strength
+
+    def scale_hooks(self, spec: ExperimentSpec) -> list[str]:
+        """Hooks whose mean residual norm the edits are scaled by (measured before the first setting)."""
+        return []
+
+    def edits(self, res: Resolved, setting: Setting, c: ConditionSpec, positions, rule) -> list[Edit]:
+        raise NotImplementedError
+
+
+class SteerKind(InterventionKind):
+    """Add strength x (mean residual norm) x the emotion's unit vector at each steering hook."""
+    name = "steer"
+    signed = True
+
+    def check(self, spec, c):
+        if not c.emotion:
+            raise ValueError(f"condition {c.name!r}: steering needs an emotion")
+
+    def prepare(self, ctx, conditions):
+        hooks = ctx.spec.steer_hooks or [ctx.spec.hook]
+        ctx.steer_vectors = ctx.load_vectors(hooks, sorted({c.emotion for c in conditions}))
+
+    def resolve(self, ctx, c):
+        spec, vecs = ctx.spec, ctx.steer_vectors
+        hooks = spec.steer_hooks or [spec.hook]
+        target = Target(f"vector:{c.emotion}", vectors={h: vecs[h][c.emotion].tolist() for h in hooks})
+        controls = [Target(f"random_direction:{k}",
+                           vectors={h: control_direction(vecs[h][c.emotion].numel(), spec.seed, k).tolist() for h in hooks})
+                    for k in range(spec.controls)]
+        return target, controls
+
+    def scale_hooks(self, spec):
+        return list(spec.steer_hooks or [spec.hook])
+
+    def edits(self, res, setting, c, positions, rule):
+        return [Steer(h, torch.tensor(v), setting.strength, res.mean_norms[h], positions=positions, rule=rule)
+                for h, v in setting.target.vectors.items()]
+
+
+class FeatureKind(InterventionKind):
+    """Edit SAE features (by index or "top N selective for <emotion>") inside a Splice."""
+
+    def check(self, spec, c):
+        if not spec.sae:
+            raise ValueError(f"condition {c.name!r}: {c.kind} edits SAE features, so the spec needs sae = ...")
+        if c.features is None and not c.emotion:
+            raise ValueError(f"condition {c.name!r}: give features (indices or 'top N selective for <emotion>') or an emotion")
+
+    def resolve(self, ctx, c):
+        feats = ctx.condition_features(c)
+        t = Target(f"features:{','.join(map(str, feats))}", features=feats)
+        stats = ctx.stats
+        if stats:
+            t.max_activation = [stats.get(f, (0.0, 0.0))[0] for f in feats]
+            t.firing_rate = [stats.get(f, (0.0, 0.0))[1] for f in feats]
+        self.check_stats(ctx, c)
+        if not ctx.spec.controls:
+            return t, None
+        if not stats:
+            raise ExperimentError(f"condition {c.name!r}: matched random-feature controls need feature statistics "
+                                  f"in the database (`saekit rank --sae {ctx.spec.sae}`), or set controls = 0")
+        controls = [Target(f"random_features:{','.join(map(str, draw))}", features=draw,
+                           max_activation=[stats[f][0] for f in draw], firing_rate=[stats[f][1] for f in draw])
+                    for draw in ctx.matched_controls(feats)]
+        return t, controls
+
+    def check_stats(self, ctx: Resolver, c: ConditionSpec) -> None:
+        """Raise when the kind's values need feature statistics the database lacks."""
+
+    def edits(self, res, setting, c, positions, rule):
+        return [Splice(res.sae, [self.feature_edit(setting, c)], positions=positions, rule=rule)]
+
+    def feature_edit(self, setting: Setting, c: ConditionSpec) -> FeatureEdit:
+        raise NotImplementedError
+
+
+class AblateKind(FeatureKind):
+    name = "ablate"
+    has_strength = False
+
+    def feature_edit(self, setting, c):
+        return Ablate(setting.target.features)
+
+
+class ScaleKind(FeatureKind):
+    name = "scale"
+
+    def feature_edit(self, setting, c):
+        return Scale(setting.target.features, setting.strength)
+
+
+class ClampKind(FeatureKind):
+    """Clamp to strength x each feature's max activation on the corpus, or to the strength itself."""
+    name = "clamp"
+    signed = True
+
+    def check_stats(self, ctx, c):
+        if c.clamp_to == "max_multiple" and not ctx.stats:
+            raise ExperimentError(f"condition {c.name!r}: clamping to a multiple of the max activation needs "
+                                  f"features.max_activation for SAE {ctx.spec.sae!r} in the database (`saekit rank --sae`)")
+
+    def feature_edit(self, setting, c):
+        t = setting.target
+        if c.clamp_to == "max_multiple":
+            return Clamp(t.features, [setting.strength * m for m in t.max_activation])
+        return Clamp(t.features, setting.strength)
+
+
+KINDS: dict[str, InterventionKind] = {}
+"""Condition kind -> its object, in registration order."""
+
+
+def register_kind(kind: InterventionKind) -> InterventionKind:
+    KINDS[kind.name] = kind
+    return kind
+
+
+register_kind(SteerKind())
+register_kind(ClampKind())
+register_kind(AblateKind())
+register_kind(ScaleKind())
+
+
+def make_edits(res: Resolved, setting: Setting, mask_BT: torch.Tensor | None) -> list[Edit]:
+    """The interventions of one setting, applied at `mask_BT` (None: every position)."""
+    if setting.kind == "none":
+        return []
+    rule = res.token_rule if res.spec.positions == "counted" else None
+    return KINDS[setting.kind].edits(res, setting, res.condition(setting.condition), mask_BT, rule)

@@ -1,0 +1,30 @@
+"""The experiment tasks: `TASKS` maps a spec's `task` to its class.
+
+A new experiment kind is one new module here (a `Task` subclass: name, metrics, its own prompt
+fields, how it measures, summarises and plots) and one `register_task` line below.
+"""
+
+from __future__ import annotations
+
+from saekit.experiments.tasks.base import Task
+from saekit.experiments.tasks.impossible_task import ImpossibleTask
+from saekit.experiments.tasks.intervention import InterventionTask
+from saekit.experiments.tasks.probes import ProbesTask
+from saekit.experiments.tasks.side_effects import SideEffectsTask
+from saekit.experiments.tasks.trace import TraceTask
+
+TASKS: dict[str, type[Task]] = {}
+"""Task name -> its class, in registration order."""
+
+
+def register_task(task: type[Task]) -> type[Task]:
+    TASKS[task.name] = task
+    return task
+
+
+register_task(ProbesTask)
+register_task(ImpossibleTask)
+register_task(TraceTask)
+register_task(SideEffectsTask)
+
+__all__ = ["TASKS", "Task", "InterventionTask", "register_task"]

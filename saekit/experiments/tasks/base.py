@@ -1,0 +1,73 @@
+"""The task interface: what an experiment measures, and how its report reads the measurements.
+
+A task class declares its name, the metrics a spec may ask for, its own [prompts] fields, and
+whether it takes conditions. An instance prepares its prompts once (checking them, no forward
+pass), then measures one setting at a time. Its class methods summarise and plot the stored rows
+for `saekit experiment report`, and word the study's one-sentence finding.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from saekit.experiments.base import Resolved, Row, Setting
+
+if TYPE_CHECKING:
+    from saekit.experiments.resolve import Resolver
+    from saekit.experiments.spec import ExperimentSpec
+
+
+class Task(abc.ABC):
+    name: ClassVar[str]
+    metrics: ClassVar[tuple[str, ...]]
+    """What `metrics = [...]` in a spec may name (default: all of them)."""
+    Prompts: ClassVar[type | None] = None
+    """A dataclass of this task's own [prompts] fields (beside the shared ids and limit)."""
+    takes_conditions: ClassVar[bool] = True
+
+    def __init__(self, model, res: Resolved):
+        self.model, self.res, self.spec, self.tok = model, res, res.spec, model.tokenizer
+
+    # ------------------------------------------------------------------ before any forward pass
+
+    @classmethod
+    def check(cls, spec: ExperimentSpec) -> None:
+        """Raise ValueError for a spec this task cannot run (no database yet)."""
+
+    @classmethod
+    def resolve(cls, ctx: Resolver) -> None:
+        """Look up what the task reads beyond the conditions (vectors, features) into ctx.res."""
+
+    @classmethod
+    def settings(cls, res: Resolved) -> list[Setting]:
+        """The settings to measure, in order (the baseline first)."""
+        return res.settings()
+
+    # ------------------------------------------------------------------ running
+
+    @abc.abstractmethod
+    def measure(self, setting: Setting) -> list[Row]:
+        """Rows of measurements for one condition x strength (or the clean model)."""
+
+    def write_outputs(self, folder: Path) -> dict[str, str]:
+        """Files beside the database rows (e.g. generations); returns what to note in the stored spec."""
+        return {}
+
+    # ------------------------------------------------------------------ reporting
+
+    @classmethod
+    @abc.abstractmethod
+    def summarize(cls, exp: dict[str, Any], data: list[Row]) -> tuple[list[str], list[list[str]], list[str], Any]:
+        """(columns, rows of strings, notes, the statistics the plots draw) from the stored measurements."""
+
+    @classmethod
+    def plot(cls, exp: dict[str, Any], data: list[Row], stats: Any, out: Path, title: str) -> list[Path]:
+        """PNG figures in `out`."""
+        return []
+
+    @classmethod
+    def sentence(cls, summary: dict[str, Any]) -> str:
+        """The study report's one sentence about this experiment."""
+        return f"{len(summary['rows'])} result rows." if summary["rows"] else "No measurements."

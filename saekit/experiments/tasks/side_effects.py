@@ -1,0 +1,94 @@
+"""side_effects: KL from the clean model on neutral text, and sampled generations."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+from saekit.corpus import NEUTRAL, load_corpus
+from saekit.experiments.base import Row, baseline_setting, result_rows, select_items
+from saekit.experiments.batches import chat_ids, kl_per_text, positions_mask, run_logits
+from saekit.experiments.kinds import KINDS, make_edits
+from saekit.experiments.tasks.intervention import InterventionTask
+from saekit.interventions import patched
+from saekit.model import hf_model_of
+
+
+@dataclass
+class SideEffectsPrompts:
+    max_tokens: int = 48
+    """side_effects: neutral texts are cut to this many tokens."""
+    generate: list[str] = field(default_factory=list)
+    """side_effects: user messages to sample replies to under each condition's strongest setting."""
+    max_new_tokens: int = 20
+    temperature: float = 0.7
+
+
+class SideEffectsTask(InterventionTask):
+    name = "side_effects"
+    metrics = ("kl", "generations")
+    Prompts = SideEffectsPrompts
+    primary = "kl"
+    relative_to_baseline = False
+    effect_note = "Effect: mean per-token KL(clean || intervened) on neutral text."
+
+    def __init__(self, model, res):
+        super().__init__(model, res)
+        texts = [r for r in load_corpus(include_neutral=True) if r.emotion == NEUTRAL]
+        self.items = select_items([{"id": r.id, "text": r.text} for r in texts], self.spec.prompts)
+        self.seqs = [self.tok(it["text"])["input_ids"][:self.spec.prompts.max_tokens] for it in self.items]
+        self.clean = None
+        self.generations: list[dict] = []
+        self.strongest: dict[str, float | None] = {}
+        for c in self.spec.conditions:
+            ss = KINDS[c.kind].strengths(self.spec, c)
+            self.strongest[c.name] = max(ss, key=lambda s: abs(s)) if ss[0] is not None else None
+
+    def measure(self, setting):
+        rows = []
+        if self.spec.wants("kl"):
+            if self.clean is None:
+                self.clean = run_logits(self.model, self.res, baseline_setting(), self.seqs)[0]
+            if setting.kind == "none":
+                kls = [0.0] * len(self.items)
+            else:
+                logp, mask = run_logits(self.model, self.res, setting, self.seqs)
+                kls = kl_per_text(self.clean, logp, positions_mask("counted", mask, self.res.token_rule))
+            for it, kl in zip(self.items, kls):
+                rows += result_rows(setting, it["id"], {"kl": kl})
+        if self.spec.wants("generations") and self.spec.prompts.generate and not setting.is_control:
+            top = self.strongest.get(setting.condition)
+            strongest = top is None or (setting.strength is not None and abs(setting.strength) == abs(top))
+            if setting.kind == "none" or strongest:
+                rows += self._generate(setting)
+        return rows
+
+    def _generate(self, setting) -> list[Row]:
+        hf = hf_model_of(self.model)
+        rows = []
+        for i, msg in enumerate(self.spec.prompts.generate):
+            ids = chat_ids(self.tok, [{"role": "user", "content": msg}])
+            x = torch.tensor([ids], device=hf.device)
+            torch.manual_seed(self.spec.seed + i)
+            edits = make_edits(self.res, setting, None)
+            with torch.no_grad(), patched(self.model, edits):
+                out = hf.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=self.spec.prompts.max_new_tokens,
+                                  do_sample=True, temperature=self.spec.prompts.temperature, use_cache=False,
+                                  pad_token_id=self.tok.pad_token_id)
+            new = out[0, len(ids):].tolist()
+            text = self.tok.decode(new, skip_special_tokens=True)
+            distinct = len(set(new)) / max(len(new), 1)
+            self.generations.append({"condition": setting.condition, "strength": setting.strength,
+                                     "target": setting.target.label, "prompt": msg, "reply": text})
+            rows += result_rows(setting, f"generate-{i}", {"distinct_token_fraction": distinct})
+        return rows
+
+    def write_outputs(self, folder):
+        if not self.generations:
+            return {}
+        folder.mkdir(parents=True, exist_ok=True)
+        gpath = folder / "generations.jsonl"
+        gpath.write_text("".join(json.dumps(g, ensure_ascii=False) + "\n" for g in self.generations))
+        return {"generations_file": str(gpath)}
