@@ -143,11 +143,11 @@ def tiny_source(d=16, n=1600, seed=0):
 
 
 def tiny_cfg(out, sae=None, **kw):
-    """A tiny training config; `sae` is the [sae] table (default: a topk SAE of 32 latents, k = 2)."""
+    """A tiny training config, built in Python; `sae` defaults to a topk SAE of 32 latents, k = 2."""
     base = dict(model="tiny", hook="blocks.1.hook_resid_post", out=str(out), batch_size=64, training_tokens=64 * 12,
                 lr=3e-3, checkpoint_every=5, lm_metrics=False, dead_feature_window=4, eval_tokens=100)
     base.update(kw)
-    return T.train_config(base | {"sae": sae or {"architecture": "topk", "d_sae": 32, "k": 2}})
+    return T.TrainConfig(sae=sae or S.TopKConfig(d_sae=32, k=2), **base)
 
 
 def tiny_run(out, resume=False, **kw):
@@ -158,7 +158,7 @@ def tiny_run(out, resume=False, **kw):
 def test_k_wider_than_the_expanded_sae_fails_before_any_step(tmp_path):
     steps = []
     with pytest.raises(T.TrainError, match=r"k \(40\) must be less than d_sae \(32 = expansion_factor 2 x d_in 16\)"):
-        T.train_sae(tiny_cfg(tmp_path / "sae", sae={"architecture": "topk", "d_sae": 0, "expansion_factor": 2, "k": 40}), activations=tiny_source(),
+        T.train_sae(tiny_cfg(tmp_path / "sae", sae=S.TopKConfig(d_sae=0, expansion_factor=2, k=40)), activations=tiny_source(),
                     progress=steps.append)
     assert steps == [] and T.list_checkpoints(tmp_path / "sae") == []
 

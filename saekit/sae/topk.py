@@ -66,7 +66,7 @@ def check_topk_fields(cfg) -> None:
 def check_k_below(k: float, d_sae: int, how: str = "") -> None:
     """TopK needs fewer active latents than latents."""
     if k >= d_sae:
-        raise ValueError(f"k ({k:g}) must be less than d_sae ({d_sae}{how}); lower k or widen the SAE")
+        raise ValueError(f"k ({k}) must be less than d_sae ({d_sae}{how}); lower k or widen the SAE")
 
 
 def check_aux_normalisation(normalize_activations: str, dead_feature_handling: str) -> None:
