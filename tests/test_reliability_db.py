@@ -227,8 +227,9 @@ def run_status(path) -> dict[str, str]:
         return dict(db.sql("SELECT run_id, status FROM runs"))
 
 
-RANKED_TABLES = ("corpora", "emotion_vectors", "feature_emotion_stats", "feature_examples", "features", "lens_checks",
-                 "models", "probe_results", "saes", "stories", "vector_feature_alignment")
+RANKED_TABLES = ("corpora", "emotion_clusters", "emotion_linkage", "emotion_similarity", "emotion_vectors",
+                 "feature_emotion_stats", "feature_examples", "features", "lens_checks", "models", "probe_results", "saes",
+                 "stories", "vector_feature_alignment")
 
 
 def run_ids(path) -> dict[str, set]:
