@@ -140,11 +140,14 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in the output folder.")] = False,
     activations: Annotated[Optional[str], typer.Option(help="Harvest folder (overrides the config; '' streams from the model).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Output folder (overrides the config).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field, key=value (sae.k=64 for the [sae] table); repeatable.")] = None,
 ) -> None:
     """Train an SAE from a config on harvested (or streamed) activations; saves SAELens format + metrics."""
+    from saekit.config import parse_assignments
     from saekit.train import load_train_config, read_metrics, train_sae
 
-    overrides = {k: v for k, v in {"activations": activations, "out": out}.items() if v is not None}
+    overrides = parse_assignments(set_ or [])
+    overrides |= {k: v for k, v in {"activations": activations, "out": out}.items() if v is not None}
     cfg = load_train_config(config, overrides)
     with _progress() as bar:
         task = bar.add_task("train", total=cfg.total_steps, rate="")

@@ -115,3 +115,14 @@ def test_a_new_architecture_is_one_class_and_one_register_line(tmp_path):
         assert json.loads((out / T.TRAIN_RECORD).read_text())["config"]["sae"]["width_note"] == 3
     finally:
         del S.ARCHITECTURES["doubled"]
+
+
+def test_the_train_command_takes_set_overrides(tmp_path):
+    from typer.testing import CliRunner
+
+    from saekit.cli import app
+
+    path = write(tmp_path / "t.toml", TRAINER + "[sae]\nd_sae = 32\nk = 2\n")
+    result = CliRunner().invoke(app, ["train", str(path), "--set", "sae.k=99", "--out", str(tmp_path / "sae")])
+    assert result.exit_code != 0  # the override reached [sae]:
+    assert "t.toml.sae: k (99.0) must be less than d_sae (32)" in result.output
