@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence, Union
+from typing import Any, Iterator, Sequence, Union
 
 import torch
 
@@ -135,7 +135,7 @@ def position_mask(positions: Positions, shape_BT: tuple[int, int], device) -> to
 
 def _edit_mask(positions: Positions, rule: TokenRule | None, act_BTD: torch.Tensor) -> torch.Tensor | None:
     """Where an edit applies: the given positions, less those a norm-filtering token rule drops."""
-    mask = position_mask(positions, act_BTD.shape[:2], act_BTD.device)
+    mask = position_mask(positions, (act_BTD.shape[0], act_BTD.shape[1]), act_BTD.device)
     if rule is None or not rule.uses_norm:
         return mask
     norm_ok = rule.norm_ok(act_BTD)
@@ -145,7 +145,7 @@ def _edit_mask(positions: Positions, rule: TokenRule | None, act_BTD: torch.Tens
 @dataclass
 class Splice:
     """An SAE spliced into its hook point, with feature edits, keeping the reconstruction error."""
-    sae: object
+    sae: Any
     edits: Sequence[FeatureEdit] = ()
     hook: str | None = None
     """The hook point (default: the hook the SAE was trained on)."""
@@ -260,7 +260,7 @@ def patched(model, edits: Sequence[Edit] | Edit) -> Iterator[None]:
     """Apply edits for the duration of the block; their hooks are removed on exit, even on error."""
     edits = [edits] if isinstance(edits, (Splice, Steer, Zero)) else list(edits)
     check_edits(model, edits)
-    with add_hooks(model, [(e.hook, e) for e in edits]):
+    with add_hooks(model, [(str(e.hook), e) for e in edits]):
         yield
 
 

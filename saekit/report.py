@@ -1,6 +1,7 @@
 """Experiment reports: moved to saekit.experiments.report (the table and plots of each task live
 in its module under saekit.experiments.tasks); these names stay importable from here."""
 
+from saekit.experiments.base import ExperimentError
 from saekit.experiments.report import format_report, load_experiment, report, sentence, summarize
 from saekit.experiments.tasks.intervention import EFFECT_COLUMNS as COLUMNS
 from saekit.experiments.tasks.intervention import MIN_PROMPTS_FOR_VERDICT, effect_table, plot_effects
@@ -16,5 +17,9 @@ __all__ = ["COLUMNS", "MIN_PROMPTS_FOR_VERDICT", "TRACE_COLUMNS", "effect_table"
 def effects(exp: dict, data: list[dict]) -> list[dict]:
     """One row per condition x strength of an intervening experiment, as its task computes them."""
     from saekit.experiments.report import task_of
+    from saekit.experiments.tasks import InterventionTask
 
-    return _effects(exp, data, task_of(exp))
+    task = task_of(exp)
+    if not issubclass(task, InterventionTask):
+        raise ExperimentError(f"experiment {exp['experiment_id']!r} ({task.name}) intervenes on nothing: it has no effects")
+    return _effects(exp, data, task)

@@ -80,6 +80,7 @@ class Resolver:
         """Feature indices of a condition, checked against the SAE's width and the database."""
         features = c.features if c.features is not None else f"top 1 selective for {c.emotion}"
         d_sae = self.res.d_sae
+        assert d_sae is not None, "feature kinds are checked to have an SAE"
         if isinstance(features, list):
             bad = [f for f in features if not 0 <= f < d_sae]
             if bad:
@@ -89,6 +90,7 @@ class Resolver:
                 raise ExperimentError(f"condition {c.name!r}: empty feature list")
             return [int(f) for f in features]
         m = TOP_RE.match(features)
+        assert m is not None, "the spec's validation checked the form"
         return self.top_features(c.name, features, m.group(2), int(m.group(1)))
 
     def top_features(self, name: str, what: str, emotion: str, n: int) -> list[int]:
@@ -140,9 +142,9 @@ def resolve(spec: ExperimentSpec, db: Database | None, sae=None) -> Resolved:
     by_kind: dict[str, list[ConditionSpec]] = collections.defaultdict(list)
     for c in spec.conditions:
         by_kind[c.kind].append(c)
-    for kind in KINDS:  # registration order: steering vectors are looked up before any feature
-        if by_kind.get(kind):
-            KINDS[kind].prepare(ctx, by_kind[kind])
+    for name, kind in KINDS.items():  # registration order: steering vectors are looked up before any feature
+        if by_kind.get(name):
+            kind.prepare(ctx, by_kind[name])
     for c in spec.conditions:
         kind = KINDS[c.kind]
         res.targets[c.name], controls = kind.resolve(ctx, c)

@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from saekit.config import check_config, from_dict, load_toml
 from saekit.experiments.base import TOP_RE
@@ -56,7 +56,8 @@ def compose_prompts(tasks) -> type:
 
     Every task's fields are accepted whatever the task (as they always were); a name two tasks
     declare must mean one thing, so it is an error."""
-    fields, owner = [], {}
+    fields: list[tuple[str, Any, Any]] = []
+    owner: dict[str, str] = {}
     for source in (CommonPrompts, *(t.Prompts for t in tasks.values() if t.Prompts is not None)):
         hints = typing.get_type_hints(source)
         for f in dataclasses.fields(source):
@@ -70,7 +71,10 @@ def compose_prompts(tasks) -> type:
     return cls
 
 
-PromptSpec = compose_prompts(TASKS)
+if TYPE_CHECKING:
+    PromptSpec = Any  # a class composed at import; its fields are only known then
+else:
+    PromptSpec = compose_prompts(TASKS)
 
 
 @dataclass
@@ -95,7 +99,7 @@ class ExperimentSpec:
     """Token positions edited: counted = those the SAE's token rule counts (as ranked, with its
     norm filter if it has one; all but the first by default), the same positions the clamp
     strengths and the metrics are measured on."""
-    prompts: PromptSpec = field(default_factory=PromptSpec)  # type: ignore[valid-type]
+    prompts: PromptSpec = field(default_factory=PromptSpec)
     metrics: list[str] | None = None
     """Default: every metric of the task."""
     controls: int = 1
@@ -127,9 +131,10 @@ class ExperimentSpec:
             if c.kind not in KINDS:
                 raise ValueError(f"condition {c.name!r}: kind {c.kind!r} is not one of {list(KINDS)}")
             KINDS[c.kind].check(self, c)
-            if isinstance(c.features, str) and not TOP_RE.match(c.features):
+            top = TOP_RE.match(c.features) if isinstance(c.features, str) else None
+            if isinstance(c.features, str) and top is None:
                 raise ValueError(f"condition {c.name!r}: features {c.features!r} should read 'top N selective for <emotion>'")
-            if isinstance(c.features, str) and int(TOP_RE.match(c.features).group(1)) < 1:
+            if top is not None and int(top.group(1)) < 1:
                 raise ValueError(f"condition {c.name!r}: {c.features!r} selects no features; N must be at least 1")
         for name in ("controls", "norm_texts", "n_bootstrap", "trace_features"):
             if getattr(self, name) < 0:
