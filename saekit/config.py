@@ -12,6 +12,7 @@ import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
 from saekit.errors import SaekitError
 
 T = TypeVar("T")

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Iterable
+
 from saekit.errors import SaekitError
 
 NEUTRAL = "neutral"

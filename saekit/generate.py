@@ -33,10 +33,20 @@ import torch
 
 from saekit.artifacts import atomic_write_json, content_hash
 from saekit.config import to_dict
-from saekit.corpus import (MAX_WORDS, MIN_WORDS, Record, corpus_root, emotion_table, forbidden_patterns,
-                           near_duplicates, paper_topics, word_count, write_jsonl)
-from saekit.model import DEFAULT_MODEL, format_chat, hf_model_of, load_hf
+from saekit.corpus import (
+    MAX_WORDS,
+    MIN_WORDS,
+    Record,
+    corpus_root,
+    emotion_table,
+    forbidden_patterns,
+    near_duplicates,
+    paper_topics,
+    word_count,
+    write_jsonl,
+)
 from saekit.errors import SaekitError
+from saekit.model import DEFAULT_MODEL, format_chat, hf_model_of, load_hf
 
 PROMPT_VERSION = 1
 REJECT_REASONS = ("empty", "too_short", "too_long", "truncated", "forbidden_word", "duplicate", "near_duplicate")

@@ -32,19 +32,43 @@ from typing import Callable, Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save as save_safetensors
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
 from saekit import __version__
 from saekit import distributed as D
-from saekit.artifacts import (MANIFEST, POOLED, SHARD_PATTERN, atomic_write_bytes, atomic_write_json,
-                              content_hash, file_sha256, story_of, window_id)
+from saekit.artifacts import (
+    MANIFEST,
+    POOLED,
+    SHARD_PATTERN,
+    atomic_write_bytes,
+    atomic_write_json,
+    content_hash,
+    file_sha256,
+    story_of,
+    window_id,
+)
 from saekit.config import to_dict
 from saekit.corpus import CorpusError, DatasetOptions, Record, load_corpus
-from saekit.model import (DEFAULT_MODEL, RESIDUAL_HOOK, d_model, hook_layer, hook_names, is_bridge, load_hf,  # noqa: F401
-                          load_model, load_tokenizer, n_layers, pad_token_id, parse_dtype, prepends_bos, stop_layer)
+from saekit.errors import SaekitError
+from saekit.model import (  # noqa: F401
+    DEFAULT_MODEL,
+    RESIDUAL_HOOK,
+    d_model,
+    hook_layer,
+    hook_names,
+    is_bridge,
+    load_hf,
+    load_model,
+    load_tokenizer,
+    n_layers,
+    pad_token_id,
+    parse_dtype,
+    prepends_bos,
+    stop_layer,
+)
 from saekit.model import capture_padded as forward_capture  # a module attribute, so tests can stand in for it
 from saekit.tokens import DEFAULT as DEFAULT_RULE
-from saekit.errors import SaekitError
 
 
 class HarvestError(SaekitError, RuntimeError):
@@ -300,7 +324,8 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
     by_id = {r.id: r for r in records}
 
     identity = {"model": cfg.model, "hooks": cfg.hooks, "corpus": cfg.corpus, "max_tokens": cfg.max_tokens,
-                "overflow": cfg.overflow, "token_hooks": cfg.stored_token_hooks, "docs_per_shard": cfg.docs_per_shard, "pool_offset": cfg.pool_offset,
+                "overflow": cfg.overflow, "token_hooks": cfg.stored_token_hooks, "docs_per_shard": cfg.docs_per_shard,
+                "pool_offset": cfg.pool_offset,
                 "dtype": cfg.dtype, "store_dtype": cfg.store_dtype, "limit": cfg.limit,
                 "documents": documents_hash(pieces)}
     rank, world = D.rank(), D.world()
@@ -317,7 +342,8 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
     if manifest is None:
         manifest = {
             "saekit_version": __version__, "identity": identity, "config": to_dict(cfg),
-            "model": cfg.model, "hooks": cfg.hooks, "token_hooks": cfg.stored_token_hooks, "dtype": cfg.store_dtype, "d_model": d_model(model),
+            "model": cfg.model, "hooks": cfg.hooks, "token_hooks": cfg.stored_token_hooks, "dtype": cfg.store_dtype,
+            "d_model": d_model(model),
             "n_layers": n_layers(model), "total_tokens": total, "pool_offset": cfg.pool_offset,
             "prepend_bos": prepends_bos(tok),
             # every position is stored; later stages count those of the token rule (saekit.tokens)
@@ -342,7 +368,8 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
     for s in todo:
         members = shards[s]
         tensors = _harvest_shard(model, [pieces[i] for i in members], cfg, stop_at, pad_id, store,
-                                 first_doc=members[0], on_batch=lambda d, t: progress and progress(docs_done + d, len(pieces), tokens_done + t))
+                                 first_doc=members[0],
+                                 on_batch=lambda d, t: progress and progress(docs_done + d, len(pieces), tokens_done + t))
         problem = out_of_range(tensors)
         if problem:
             raise HarvestError(f"the model's activations for shard {s} of {out} are out of range: {problem} "

@@ -261,7 +261,8 @@ def plan_study(config: str | Path, profile: str = "", gpus: int = 1) -> StudyPla
         dev = cfg.device if not cfg.device.startswith("cuda") or torch.cuda.is_available() else "cpu"
         rate = measure_rate(shape.d_model, shape.d_ff, cfg.dtype, dev)
         sae_rate = measure_rate(shape.d_model, F, tcfg.dtype if tcfg else "float32", dev)
-        rate_src = f"measured on {dev}: {shape.d_model}x{shape.d_ff} {cfg.dtype} matmul (model); {sae_rate:,.0f} GFLOP/s {shape.d_model}x{F} (SAE)"
+        rate_src = (f"measured on {dev}: {shape.d_model}x{shape.d_ff} {cfg.dtype} matmul (model); "
+                    f"{sae_rate:,.0f} GFLOP/s {shape.d_model}x{F} (SAE)")
     mbytes = parse_dtype(cfg.dtype).itemsize
     steps = [_harvest_step(shape, hcfg, doc_tokens, stop, mbytes, rate, gpus, tok_note)]
     if tcfg:

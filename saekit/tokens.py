@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping
 
 import torch
+
 from saekit.errors import SaekitError
 
 

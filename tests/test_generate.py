@@ -22,7 +22,9 @@ def cfg_for(tmp_path, **kw) -> G.GenerateConfig:
 def story(seed: int, n: int = 12, subject: str = "Mara") -> str:
     """A distinct crafted story of n words (letter-only words that depend on seed, so no two
     stories share a word 5-gram; near_duplicates reads only letters)."""
-    alpha = lambda k: "".join(chr(97 + (k // 26 ** j) % 26) for j in range(3))
+    def alpha(k):
+        return "".join(chr(97 + (k // 26 ** j) % 26) for j in range(3))
+
     words = [alpha(1000 * seed + i) for i in range(n - 2)]
     return f"{subject} {' '.join(words)} stopped."
 
@@ -83,7 +85,9 @@ def test_fallback_patterns_for_emotions_without_synonym_list():
     assert not {"exasperated", "mad", "on edge"} & set(emotion_table())
     assert {"exasperated", "mad", "on edge"} <= set(G.all_emotions())
     pats = G.emotion_patterns("exasperated")
-    hit = lambda text: any(p.search(text) for p in pats)
+    def hit(text):
+        return any(p.search(text) for p in pats)
+
     assert hit("Her exasperation grew") and hit("EXASPERATED again") and hit("so exasperating")
     assert not hit("She slammed the drawer shut")
     mad = G.emotion_patterns("mad")

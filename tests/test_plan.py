@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from saekit.cli import app
 from saekit.config import ConfigError, load_config
 from saekit.plan import HEADER_BYTES, model_shape, plan_study, sae_bytes
-from saekit.study import StudyConfig, StudyRun, load_study_config
+from saekit.study import StudyRun, load_study_config
 from saekit.train import TrainConfig
 from tests.test_study import write_config
 

@@ -17,21 +17,44 @@ from __future__ import annotations
 
 from typing import Any
 
-from sae_lens import SAE, __version__ as SAE_LENS_VERSION  # noqa: F401  (re-exported for provenance)
+from sae_lens import SAE  # noqa: F401  (re-exported)
+from sae_lens import __version__ as SAE_LENS_VERSION  # noqa: F401  (re-exported for provenance)
 from sae_lens.saes.sae import TrainingSAE, TrainStepOutput
 
 from saekit.sae import batchtopk, jumprelu, standard, topk
-from saekit.sae.base import (ARCHITECTURES, SAEConfig, SAEError, coefficient_values, common_fields,  # noqa: F401
-                             config_class, fold_activation_scale, latent_params, load_training_state, register,
-                             reinit_latents, set_metadata, training_state_tensors)
+from saekit.sae.base import (  # noqa: F401
+    ARCHITECTURES,
+    SAEConfig,
+    SAEError,
+    coefficient_values,
+    common_fields,
+    config_class,
+    fold_activation_scale,
+    latent_params,
+    load_training_state,
+    register,
+    reinit_latents,
+    set_metadata,
+    training_state_tensors,
+)
 from saekit.sae.batchtopk import BatchTopKConfig  # noqa: F401
-from saekit.sae.interface import (check_against_model, d_in_of, d_sae_of, decoder_FD, describe, hook_of,  # noqa: F401
-                                  hook_width, model_name_of)
+from saekit.sae.interface import check_against_model, d_in_of, d_sae_of, decoder_FD, describe, hook_of, hook_width, model_name_of  # noqa: F401
 from saekit.sae.jumprelu import JumpReLUConfig  # noqa: F401
 from saekit.sae.standard import StandardConfig  # noqa: F401
-from saekit.sae.storage import (PICKLE_SUFFIXES, SAE_FILES, SAFE_REGISTRY_LOADERS, LoadedSAE,  # noqa: F401
-                                aside_path_for, check_finite_weights, check_sae_folder, load_sae,
-                                partial_path_for, recover_sae_folder, sae_files_folder, save_sae)
+from saekit.sae.storage import (  # noqa: F401
+    PICKLE_SUFFIXES,
+    SAE_FILES,
+    SAFE_REGISTRY_LOADERS,
+    LoadedSAE,
+    aside_path_for,
+    check_finite_weights,
+    check_sae_folder,
+    load_sae,
+    partial_path_for,
+    recover_sae_folder,
+    sae_files_folder,
+    save_sae,
+)
 from saekit.sae.topk import TopKConfig, topk_training_forward  # noqa: F401
 
 # ---------------------------------------------------------------------------- the architectures

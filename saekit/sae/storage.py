@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-
 from sae_lens import SAE
 from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME
 from sae_lens.saes.sae import TrainingSAE
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from saekit.artifacts import fault_point, match_umask
 from saekit.model import hub_offline, hub_reachable

@@ -14,14 +14,43 @@ never the model. Output folder (cfg.out):
     checkpoints/step-00000200/{state.safetensors,state.json}     resumable training state
 """
 
-from saekit.train.checkpoints import (CHECKPOINTS, CKPT_STATE, CKPT_TENSORS, TrainState,  # noqa: F401
-                                      config_identity, list_checkpoints, load_checkpoint, resume_from_latest,
-                                      save_checkpoint)
-from saekit.train.config import (LEGACY_SAE_KEYS, TrainConfig, load_train_config, nest_flat_keys,  # noqa: F401
-                                 sae_metadata, token_rule, train_config)
+from saekit.train.checkpoints import (  # noqa: F401
+                                      CHECKPOINTS,
+                                      CKPT_STATE,
+                                      CKPT_TENSORS,
+                                      TrainState,
+                                      config_identity,
+                                      list_checkpoints,
+                                      load_checkpoint,
+                                      resume_from_latest,
+                                      save_checkpoint,
+)
+from saekit.train.config import LEGACY_SAE_KEYS, TrainConfig, load_train_config, nest_flat_keys, sae_metadata, token_rule, train_config  # noqa: F401
 from saekit.train.errors import CorruptCheckpoint, TrainError, TrainingDiverged  # noqa: F401
-from saekit.train.loop import (METRICS_FILE, TRAIN_RECORD, StepReport, dead_mask, estimate_scale,  # noqa: F401
-                               explained_variance, finish, firing_counts, init_state, lr_at, read_metrics,
-                               resample_dead, train_sae, train_step)
-from saekit.train.sources import (HELD_OUT_SPLITS, ActivationSource, HarvestSource, StreamSource,  # noqa: F401
-                                  TensorSource, first_rows, held_out_documents, open_source, shuffled_batches)
+from saekit.train.loop import (  # noqa: F401
+                                      METRICS_FILE,
+                                      TRAIN_RECORD,
+                                      StepReport,
+                                      dead_mask,
+                                      estimate_scale,
+                                      explained_variance,
+                                      finish,
+                                      firing_counts,
+                                      init_state,
+                                      lr_at,
+                                      read_metrics,
+                                      resample_dead,
+                                      train_sae,
+                                      train_step,
+)
+from saekit.train.sources import (  # noqa: F401
+                                      HELD_OUT_SPLITS,
+                                      ActivationSource,
+                                      HarvestSource,
+                                      StreamSource,
+                                      TensorSource,
+                                      first_rows,
+                                      held_out_documents,
+                                      open_source,
+                                      shuffled_batches,
+)

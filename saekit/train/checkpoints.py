@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,8 +40,8 @@ class TrainState:
     tokens: int = 0
     scale: float | None = None
     first_loss: float | None = None
-    steps_since_fired_F: torch.Tensor | None = None
-    window_fired_F: torch.Tensor | None = None
+    steps_since_fired_F: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    window_fired_F: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     window_tokens: int = 0
     last_checkpoint: Path | None = None
 

@@ -233,7 +233,8 @@ def train_sae(cfg: TrainConfig, activations=None, model=None,
         try:
             report = train_step(state, batch, cfg)
         except TrainingDiverged as e:
-            kept = state.last_checkpoint or (list_checkpoints(out) or [None])[-1]
+            written = list_checkpoints(out)
+            kept = state.last_checkpoint or (written[-1] if written else None)
             where = f"the last good checkpoint {kept} is kept" if kept else "no checkpoint was written yet"
             raise TrainingDiverged(f"{e}; training stopped ({where}). Check the activations' scale (mean norm; "
                                    "normalize_activations = \"expected_average_only_in\" rescales them), then lower "

@@ -16,8 +16,7 @@ import torch
 
 from saekit.artifacts import story_of
 from saekit.corpus import load_corpus
-from saekit.harvest import (Activations, check_hooks, dataset_provenance, documents_hash, harvest_prepends_bos,
-                            harvest_records, tokenize)
+from saekit.harvest import Activations, check_hooks, dataset_provenance, documents_hash, harvest_prepends_bos, harvest_records, tokenize
 from saekit.model import DEFAULT_MODEL, capture_padded, d_model, load_model, pad_token_id, prepends_bos, stop_layer
 from saekit.tokens import TokenRule
 from saekit.train.config import TrainConfig, token_rule
