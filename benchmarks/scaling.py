@@ -25,6 +25,7 @@ from pathlib import Path
 def worker(args) -> None:
     from saekit import distributed as D
     from saekit import harvest as H
+    from saekit import sae as S
     from saekit import train as T
 
     D.setup(args.device)
@@ -38,7 +39,7 @@ def worker(args) -> None:
     harvest_s = time.perf_counter() - start
     tokens = json.loads((out / "acts" / "manifest.json").read_text())["total_tokens"]
     tc = T.TrainConfig(model=args.model, hook=args.hook, activations=str(out / "acts"), out=str(out / "sae"),
-                       architecture="topk", expansion_factor=args.expansion, k=32, batch_size=args.batch_size,
+                       sae=S.TopKConfig(expansion_factor=args.expansion, k=32), batch_size=args.batch_size,
                        training_tokens=args.batch_size * args.steps, checkpoint_every=0, lm_metrics=False,
                        eval_tokens=2000, device=args.device)
     T.train_sae(tc)

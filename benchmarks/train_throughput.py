@@ -17,6 +17,7 @@ import time
 import torch
 
 from saekit import train as T
+from saekit.harvest import Activations
 
 
 def synthetic(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -50,10 +51,14 @@ def run_sae_lens(sae, batches, args) -> float:
 
 
 def run_saekit(sae, batches, args) -> float:
-    cfg = T.TrainConfig(architecture=args.arch, d_sae=args.d_sae, k=args.k, batch_size=args.batch_size,
-                        training_tokens=len(batches) * args.batch_size, lr=args.lr, checkpoint_every=0,
-                        dead_feature_window=args.dead_window, fast_topk=not args.no_fast,
-                        aux_loss_coefficient=args.aux, dead_feature_handling="auxk" if args.arch != "standard" else "none")
+    sae_table = {"architecture": args.arch, "d_sae": args.d_sae}
+    if args.arch in ("topk", "batchtopk"):
+        sae_table |= {"k": args.k, "aux_loss_coefficient": args.aux}
+    if args.arch == "topk":
+        sae_table["fast_topk"] = not args.no_fast
+    cfg = T.train_config(dict(sae=sae_table, batch_size=args.batch_size, training_tokens=len(batches) * args.batch_size,
+                              lr=args.lr, checkpoint_every=0, dead_feature_window=args.dead_window,
+                              dead_feature_handling="auxk" if args.arch != "standard" else "none"))
     state = T.TrainState(sae=sae, optimizer=torch.optim.Adam(sae.parameters(), lr=args.lr),
                          steps_since_fired_F=torch.zeros(args.d_sae), window_fired_F=torch.zeros(args.d_sae))
     start = time.perf_counter()
@@ -81,7 +86,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     if args.activations:
-        src = T.HarvestSource(T.Activations.open(args.activations), args.hook)
+        src = T.HarvestSource(Activations.open(args.activations), args.hook)
         held = src.held_out(20_000)
     else:
         x = synthetic(args.steps * args.batch_size + 20_000, 576)
