@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from saekit.interventions import Splice, Zero, patched
 from saekit.model import model_device, pad_batch
+from saekit.sae import d_sae_of
 from saekit.tokens import TokenRule
 
 
@@ -31,7 +32,7 @@ def activation_metrics(sae, acts_ND: torch.Tensor, batch_size: int = 4096,
     n = acts_ND.shape[0]
     if n == 0:
         raise ValueError("no held-out activations to measure the SAE on")
-    d_sae = sae.cfg.d_sae
+    d_sae = d_sae_of(sae)
     mean_D = acts_ND.double().mean(0)
     err = total = l0_sum = cos_sum = 0.0
     fired_F = torch.zeros(d_sae, dtype=torch.float64)

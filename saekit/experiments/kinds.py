@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import torch
 
-from saekit.experiments.base import ExperimentError, Resolved, Setting, Target
+from saekit.experiments.base import BASELINE, ExperimentError, Resolved, Setting, Target
 from saekit.experiments.controls import control_direction
 from saekit.interventions import Ablate, Clamp, Edit, FeatureEdit, Scale, Splice, Steer
 
@@ -171,7 +171,7 @@ register_kind(ScaleKind())
 
 def make_edits(res: Resolved, setting: Setting, mask_BT: torch.Tensor | None) -> list[Edit]:
     """The interventions of one setting, applied at `mask_BT` (None: every position)."""
-    if setting.kind == "none":
+    if setting.kind == BASELINE:
         return []
     rule = res.token_rule if res.spec.positions == "counted" else None
     return KINDS[setting.kind].edits(res, setting, res.condition(setting.condition), mask_BT, rule)

@@ -13,7 +13,7 @@ from typing import Callable
 from saekit.corpus import NEUTRAL, load_corpus
 from saekit.db import Database
 from saekit.db import experiments as dbx
-from saekit.experiments.base import ExperimentError, Resolved, Row
+from saekit.experiments.base import BASELINE, ExperimentError, Resolved, Row
 from saekit.experiments.kinds import KINDS
 from saekit.experiments.resolve import resolve, resolved_dict
 from saekit.experiments.spec import ExperimentSpec, load_spec
@@ -63,7 +63,7 @@ def measure_all(task, settings, progress: Progress = None) -> list[Row]:
     done: dict[tuple, list[Row]] = {}
     for i, s in enumerate(settings):
         key = s.key()
-        if key in done and s.kind != "none":
+        if key in done and s.kind != BASELINE:
             rows += [dict(r, condition=s.condition, is_control=s.is_control) for r in done[key]]
         else:
             new = task.measure(s)

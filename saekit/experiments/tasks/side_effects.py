@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from saekit.corpus import NEUTRAL, load_corpus
-from saekit.experiments.base import Row, baseline_setting, result_rows, select_items
+from saekit.experiments.base import BASELINE, Row, baseline_setting, result_rows, select_items
 from saekit.experiments.batches import chat_ids, kl_per_text, positions_mask, run_logits
 from saekit.experiments.kinds import KINDS, make_edits
 from saekit.experiments.tasks.intervention import InterventionTask
@@ -51,7 +51,7 @@ class SideEffectsTask(InterventionTask):
         if self.spec.wants("kl"):
             if self.clean is None:
                 self.clean = run_logits(self.model, self.res, baseline_setting(), self.seqs)[0]
-            if setting.kind == "none":
+            if setting.kind == BASELINE:
                 kls = [0.0] * len(self.items)
             else:
                 logp, mask = run_logits(self.model, self.res, setting, self.seqs)
@@ -61,7 +61,7 @@ class SideEffectsTask(InterventionTask):
         if self.spec.wants("generations") and self.spec.prompts.generate and not setting.is_control:
             top = self.strongest.get(setting.condition)
             strongest = top is None or (setting.strength is not None and abs(setting.strength) == abs(top))
-            if setting.kind == "none" or strongest:
+            if setting.kind == BASELINE or strongest:
                 rows += self._generate(setting)
         return rows
 
