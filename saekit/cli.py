@@ -201,6 +201,10 @@ def rank(
         help="Token rule: positions left out at the start of every text (default: the SAE's training rule, else 1).")] = None,
     max_norm_ratio: Annotated[Optional[float], typer.Option(
         help="Token rule: also leave out positions above this multiple of the median norm (0 = off).")] = None,
+    eval_corpus: Annotated[Optional[str], typer.Option(
+        help="An extra labelled corpus (.jsonl/.csv/.parquet or a dataset folder) to score the probes on.")] = None,
+    eval_label_column: Annotated[Optional[str], typer.Option(help="The eval corpus's label column (default emotion).")] = None,
+    eval_text_column: Annotated[Optional[str], typer.Option(help="The eval corpus's text column (default text).")] = None,
 ) -> None:
     """Rank SAE features by emotion selectivity, build emotion vectors, and store all in the database."""
     from saekit.db import Database
@@ -208,7 +212,9 @@ def rank(
 
     cfg = _config(RankConfig, config, {"activations": activations, "sae": sae, "sae_id": sae_id,
                                        "db": str(db) if db else None, "ratings": str(ratings) if ratings else None,
-                                       "skip_first": skip_first, "max_norm_ratio": max_norm_ratio})
+                                       "skip_first": skip_first, "max_norm_ratio": max_norm_ratio,
+                                       "eval_corpus": eval_corpus, "eval_label_column": eval_label_column,
+                                       "eval_text_column": eval_text_column})
     result = _rank(cfg, Database, run_rank)
     _print_summary("rank", result["summary"])
 
@@ -220,6 +226,10 @@ def _rank(cfg, Database, run_rank):
 
     check_database_path(cfg.db)  # a wrong --db is refused before the model loads
     acts = Activations.open(cfg.activations)
+    if cfg.eval_corpus:
+        from saekit.rank import preflight
+
+        preflight(cfg)  # so is an eval corpus without labels or emotions in common
     model = load_model(acts.manifest["model"])
     loaded = None
     if cfg.sae:

@@ -252,3 +252,103 @@ def hierarchical(x_ED: torch.Tensor):
     from scipy.cluster.hierarchy import linkage
 
     return linkage(x_ED.double().numpy(), method="average", metric="cosine")
+
+
+# ---------------------------------------------------------------------------- intervals and human ratings
+
+
+def accuracy_interval(n_correct: int, n: int, level: float = 0.95, n_boot: int = 2000,
+                      seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of an accuracy (items resampled with replacement); NaNs for n = 0."""
+    if n == 0:
+        return float("nan"), float("nan")
+    gen = torch.Generator().manual_seed(seed)
+    correct_N = torch.zeros(n, dtype=torch.float64)
+    correct_N[:n_correct] = 1.0
+    draws_B = correct_N[torch.randint(0, n, (n_boot, n), generator=gen)].mean(1)
+    tail = (1 - level) / 2
+    lo, hi = torch.quantile(draws_B, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return lo, hi
+
+
+def pearson_test(a: torch.Tensor, b: torch.Tensor, level: float = 0.95) -> tuple[float, float, float, float]:
+    """(r, two-sided p, ci_lo, ci_hi): Pearson's r, its t-test p-value and Fisher-z interval.
+
+    NaN where a side is constant, and for the interval below 4 points, rather than a number that
+    means nothing.
+    """
+    import warnings
+
+    from scipy.stats import pearsonr
+
+    nan = float("nan")
+    x, y = a.double().numpy(), b.double().numpy()
+    if len(x) < 3 or x.std() == 0 or y.std() == 0:
+        return nan, nan, nan, nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = pearsonr(x, y)
+        ci = res.confidence_interval(level) if len(x) > 3 else None
+    return float(res.statistic), float(res.pvalue), float(ci.low) if ci else nan, float(ci.high) if ci else nan
+
+
+RIDGE_SCALES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+"""Ridge strengths tried, as multiples of the mean squared norm of the centred rows."""
+
+
+def _ridge(x_ND: torch.Tensor, y_N: torch.Tensor, scales=RIDGE_SCALES):
+    """A ridge map fit on (x, y), its strength picked by the closed-form leave-one-out error; returns predict(x)."""
+    mu, y_mean = x_ND.mean(0), y_N.mean()
+    xc, yc = x_ND - mu, y_N - y_mean
+    K_NN = xc @ xc.T
+    n = len(y_N)
+    base = float(K_NN.trace()) / n or 1.0
+    eye = torch.eye(n, dtype=K_NN.dtype)
+    best = None
+    for s in scales:
+        inv = torch.linalg.inv(K_NN + s * base * eye)
+        hat_NN = K_NN @ inv + 1.0 / n                     # the intercept adds 1/n to every entry
+        resid = (y_N - (y_mean + K_NN @ (inv @ yc))) / (1 - hat_NN.diag()).clamp(min=1e-12)
+        err = float((resid**2).sum())
+        if best is None or err < best[0]:
+            best = (err, inv @ yc)
+    alpha = best[1]
+    return lambda x_MD: y_mean + (x_MD - mu) @ xc.T @ alpha
+
+
+def loo_ridge(x_ND: torch.Tensor, y_N: torch.Tensor) -> torch.Tensor:
+    """Leave-one-out predictions [N] of y from the rows of x: each row's value from a ridge map fit on the
+    others (its strength chosen inside that fold), so no row ever helps predict itself."""
+    x, y = x_ND.double(), y_N.double()
+    pred = torch.empty(len(y), dtype=torch.float64)
+    for i in range(len(y)):
+        keep = torch.arange(len(y)) != i
+        pred[i] = _ridge(x[keep], y[keep])(x[i:i + 1])[0]
+    return pred
+
+
+def rating_geometry(vecs_ED: torch.Tensor, rated: list[int], targets: dict[str, torch.Tensor],
+                    n_pcs: int = 5) -> list[dict]:
+    """How human ratings (e.g. valence, arousal) sit in the vectors' geometry, one row per target and predictor.
+
+    Predictors: each of the first `n_pcs` principal components of all vectors (PCA over every
+    emotion, correlated on the rated ones; at most E - 1, the rest carry no variance), and
+    "loo_ridge", the leave-one-out ridge decoding of the rating from the rated vectors (its r with
+    the truth and R^2), so a rating carried by a later PC, or by several, is still found.
+    """
+    E = vecs_ED.shape[0]
+    scores, ratio = pca(vecs_ED, n=max(min(n_pcs, E - 1), 1))
+    rows: list[dict] = []
+    for name, y in targets.items():
+        y = y.double()
+        for j in range(scores.shape[1]):
+            r, p, lo, hi = pearson_test(scores[rated, j], y)
+            rows.append({"target": name, "predictor": f"PC{j + 1}", "r": r, "p_value": p, "ci_lo": lo, "ci_hi": hi,
+                         "r2": None, "explained_variance": float(ratio[j]), "n": len(rated)})
+        if len(rated) >= 4:
+            pred = loo_ridge(vecs_ED[rated], y)
+            r, p, lo, hi = pearson_test(pred, y)
+            r2 = 1 - float(((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum().clamp(min=1e-12))
+            rows.append({"target": name, "predictor": "loo_ridge", "r": r, "p_value": p, "ci_lo": lo, "ci_hi": hi,
+                         "r2": r2, "explained_variance": None, "n": len(rated)})
+    return rows

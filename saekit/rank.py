@@ -8,8 +8,11 @@ split. Without an SAE only the emotion-vector half runs.
 
 from __future__ import annotations
 
+import collections
 import csv
+import dataclasses
 import json
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,11 @@ from saekit import evidence as Ev
 from saekit import features as Fe
 from saekit.artifacts import fault_point, story_of
 from saekit.config import to_dict
-from saekit.corpus import NEUTRAL, emotion_table
+from saekit.corpus import NEUTRAL, CorpusError, Record, emotion_table, load_corpus
 from saekit.db import Database, corpus_id_of, sae_id_of
 from saekit.db import ranking as W
-from saekit.harvest import Activations, harvest_records, hook_layer
+from saekit.errors import SaekitError
+from saekit.harvest import Activations, HarvestConfig, harvest, harvest_records, hook_layer
 from saekit.tokens import TokenRule
 
 
@@ -61,6 +65,11 @@ class RankConfig:
     """CSV of human valence/arousal ratings (columns word, valence, arousal; Warriner et al. 2013
     and NRC-VAD column names are recognised). Not shipped: their licences do not allow it."""
     seed: int = 0
+    eval_corpus: str | None = None
+    """An extra labelled corpus (any format the harvest reads) to score the probes on, beyond the study's corpus."""
+    eval_text_column: str = "text"
+    eval_label_column: str = "emotion"
+    """The eval corpus's label column: its values are matched to the study's emotions (case ignored)."""
 
     def __post_init__(self):
         TokenRule(skip_first=1 if self.skip_first is None else self.skip_first,
@@ -123,6 +132,7 @@ def emotion_vector_analysis(acts: Activations, cfg: RankConfig, emotions: list[s
             geo["pc1_valence_r"] = Fe.pearson(scores[rated, 0], val)
             geo["pc2_arousal_r"] = Fe.pearson(scores[rated, 1], aro)
             geo["rated_emotions"] = len(rated)
+            geo["ratings"] = Fe.rating_geometry(vecs, rated, {"valence": val, "arousal": aro})
         else:
             geo["pc1_valence_r"] = geo["pc2_arousal_r"] = None
             geo["ratings_note"] = "no human ratings file given (--ratings); see the README"
@@ -158,9 +168,8 @@ def run_rank(cfg: RankConfig, sae=None, model=None, tokenizer=None, db: Database
     skipped = {i: f"{d['id']}: no counted tokens ({d['n_tokens']} tokens, rule: {rule.describe()})"
                for i, d in enumerate(docs) if d["n_tokens"] <= rule.skip_first}
     labels = [d["label"] for d in docs]
-    emotions = sorted({lab for lab in labels if lab and lab != NEUTRAL})
-    if len(emotions) < 2:
-        raise ValueError(f"{cfg.activations}: need stories of at least 2 emotions, found {emotions}")
+    emotions = study_emotions(acts, cfg.activations)
+    eval_set = read_eval_corpus(cfg, emotions)   # a bad eval corpus fails here, before any compute
     train, test, neutral = _splits(docs, labels, emotions, skipped)
     vec = emotion_vector_analysis(acts, cfg, emotions, train, test, labels, neutral)
     summary: dict[str, Any] = {"emotions": len(emotions), "train_stories": len(train), "test_stories": len(test),
@@ -179,6 +188,7 @@ def run_rank(cfg: RankConfig, sae=None, model=None, tokenizer=None, db: Database
         if v["geometry"]["pc1_valence_r"] is not None:
             summary[f"PC1 ~ valence r @ {h}"] = round(v["geometry"]["pc1_valence_r"], 3)
             summary[f"PC2 ~ arousal r @ {h}"] = round(v["geometry"]["pc2_arousal_r"], 3)
+            summary.update(_rating_lines(v["geometry"]["ratings"], h))
         if unembed is not None:
             v["lens"] = Ev.logit_lens(v["vectors"], *unembed, n=cfg.logit_lens_tokens)
             v["own_word"] = Ev.own_word_check(v["vectors"], emotions, *unembed, tokenizer, top=cfg.own_word_top,
@@ -205,10 +215,163 @@ def run_rank(cfg: RankConfig, sae=None, model=None, tokenizer=None, db: Database
             summary[f"own word in top {cfg.own_word_top} @ top SAE features (random mean)"] = \
                 _own_word_line(sae_part["own_word"])
     summary["texts skipped (no counted tokens)"] = len(skipped)
+    eval_part = None
+    if eval_set is not None:
+        eval_part = eval_probes(cfg, acts, eval_set, emotions, labels, train, vec, sae_part, sae, model, tokenizer,
+                                rule)
+        summary.update(_eval_lines(eval_part))
     if db is not None:
-        write_results(db, cfg, acts, emotions, labels, vec, sae_part, sae, model, rule, skipped)
+        write_results(db, cfg, acts, emotions, labels, vec, sae_part, sae, model, rule, skipped, eval_part)
     return {"summary": summary, "vectors": vec, "sae": sae_part, "emotions": emotions, "token_rule": rule,
-            "skipped": skipped}
+            "skipped": skipped, "eval": eval_part}
+
+
+def study_emotions(acts: Activations, where: str) -> list[str]:
+    """The emotions a harvest's stories carry (neutral texts aside); at least two, or the ranking has nothing to do."""
+    emotions = sorted({d["label"] for d in acts.documents if d["label"] and d["label"] != NEUTRAL})
+    if len(emotions) < 2:
+        raise ValueError(f"{where}: need stories of at least 2 emotions, found {emotions}")
+    return emotions
+
+
+def _rating_lines(rows: list[dict], hook: str) -> dict[str, str]:
+    """Summary lines: each rating's best-aligned PC and its leave-one-out decoding from the vectors."""
+    out = {}
+    for target in ("valence", "arousal"):
+        pcs = [r for r in rows if r["target"] == target and r["predictor"].startswith("PC") and r["r"] == r["r"]]
+        if pcs:
+            best = max(pcs, key=lambda r: abs(r["r"]))
+            out[f"{target} best PC @ {hook}"] = f"{best['predictor']} (r = {best['r']:.3f}, p = {best['p_value']:.3g})"
+        loo = [r for r in rows if r["target"] == target and r["predictor"] == "loo_ridge"]
+        if loo:
+            out[f"{target} decoded leave-one-out @ {hook}"] = (f"r = {loo[0]['r']:.3f}, R2 = {loo[0]['r2']:.3f} "
+                                                               f"(n {loo[0]['n']})")
+    return out
+
+
+# ---------------------------------------------------------------------------- beyond the corpus
+
+
+class EvalCorpusError(SaekitError, ValueError):
+    """The evaluation corpus cannot be scored (missing, unlabelled, no emotion in common); the message says which."""
+
+
+EVAL_CENTRING = {"train_mean": "the train stories' mean", "eval_neutral_mean": "the eval corpus's neutral texts' mean"}
+"""How eval activations are centred before the vector probe: the names stored in probe_results.centring."""
+
+
+@dataclass
+class EvalCorpus:
+    """An extra labelled corpus, read and checked before any compute."""
+    source: str
+    corpus_id: str
+    records: list[Record]
+    """Its texts of the study's emotions, and its neutral texts (labels lower-cased)."""
+    unknown: dict[str, int]
+    """Emotions it names that the study lacks -> number of texts: listed, never scored."""
+    unlabelled: int
+
+
+def read_eval_corpus(cfg: RankConfig, emotions: list[str]) -> EvalCorpus | None:
+    """cfg.eval_corpus's records, or None without one; refuses a missing, unlabelled or unrelated corpus."""
+    if not cfg.eval_corpus:
+        return None
+    src, col = cfg.eval_corpus, cfg.eval_label_column
+    try:
+        records = load_corpus(src, text_column=cfg.eval_text_column, label_column=col)
+    except CorpusError as e:
+        raise EvalCorpusError(f"eval corpus: {e}") from e
+    records = [dataclasses.replace(r, emotion=r.emotion.strip().lower()) for r in records]
+    labels = collections.Counter(r.emotion for r in records if r.emotion)
+    if not labels:
+        raise EvalCorpusError(f"eval corpus {src} has no labels in column {col!r} (set eval_label_column to the "
+                              "column that names each text's emotion)")
+    shared = sorted(set(labels) & set(emotions))
+    if not shared:
+        raise EvalCorpusError(f"eval corpus {src}: none of the labels in column {col!r} ({_head(sorted(labels))}) "
+                              f"is an emotion of the study ({_head(emotions)})")
+    keep = set(emotions) | {NEUTRAL}
+    return EvalCorpus(src, corpus_id_of(src), [r for r in records if r.emotion in keep],
+                      {e: n for e, n in sorted(labels.items()) if e not in keep},
+                      sum(1 for r in records if not r.emotion))
+
+
+def preflight(cfg: RankConfig) -> None:
+    """The checks a ranking can make before a model loads: the harvest folder and the eval corpus."""
+    acts = Activations.open(cfg.activations)
+    read_eval_corpus(cfg, study_emotions(acts, cfg.activations))
+
+
+def _head(names: list[str], n: int = 8) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def eval_probes(cfg: RankConfig, acts: Activations, ev: EvalCorpus, emotions, labels, train, vec, sae_part, sae,
+                model, tokenizer, rule: TokenRule) -> dict[str, Any]:
+    """The study's probes scored on the eval corpus, pooled at the same hooks with the same token rule.
+
+    The eval texts are harvested (into a temporary folder) with the study harvest's settings, so
+    pooling, truncation and the counted positions match the training stories. Vector probe:
+    projection on the study's vectors after centring (on the eval corpus's neutral texts when it
+    has some, else the train stories' mean). SAE probe: the ranking's logistic probe on the top
+    selective features, trained on the train stories as before.
+    """
+    hooks = list(vec)
+    sae_hook = sae_part["hook"] if sae_part is not None else None
+    known = {f.name for f in dataclasses.fields(HarvestConfig)}
+    base = {k: v for k, v in acts.manifest["config"].items() if k in known}
+    train_y = [labels[i] for i in train]
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="saekit-eval-") as tmp:
+        hcfg = HarvestConfig(**dict(base, corpus=ev.source, text_column=cfg.eval_text_column,
+                                    label_column=cfg.eval_label_column, dataset_config="", dataset_split="",
+                                    streaming=False, limit=0, out=tmp, hooks=hooks,
+                                    token_hooks=[sae_hook] if sae_hook else []))
+        eacts = Activations.open(harvest(hcfg, model=model, records=ev.records, tokenizer=tokenizer))
+        docs = eacts.documents
+        y = [d["label"] for d in docs]
+        counted = [i for i, d in enumerate(docs) if d["n_tokens"] > rule.skip_first]
+        scored = [i for i in counted if y[i] in emotions]
+        neutral = [i for i in counted if y[i] == NEUTRAL]
+        centring = "eval_neutral_mean" if neutral else "train_mean"
+        for hook in hooks:
+            pooled = eacts.pooled(hook, "mean")
+            centre = pooled[neutral].mean(0) if neutral else acts.pooled(hook, "mean")[train].mean(0)
+            probe = Fe.projection_probe(vec[hook]["vectors"], pooled[scored] - centre, [y[i] for i in scored],
+                                        emotions, train_y)
+            rows.append({"method": "vector_eval", "hook": hook, "probe": probe, "centring": centring})
+        if sae_part is not None:
+            from saekit.sae import d_sae_of
+
+            enc = Ev.encode_documents(eacts, sae_hook, sae.encode, d_sae_of(sae), rule)
+            s_scored = [i for i in scored if i not in enc.skipped]
+            s_train = [i for i in train if i not in sae_part["enc"].skipped]
+            chosen = sae_part["chosen"]
+            probe = Fe.logistic_probe(sae_part["enc"].mean_NF[s_train][:, chosen], [labels[i] for i in s_train],
+                                      enc.mean_NF[s_scored][:, chosen], [y[i] for i in s_scored], emotions,
+                                      seed=cfg.seed)
+            rows.append({"method": "sae_eval", "hook": sae_hook, "probe": probe, "centring": "train_mean"})
+    for r in rows:
+        p = r["probe"]
+        r["ci"] = Fe.accuracy_interval(round(p.accuracy * p.n_test), p.n_test, seed=cfg.seed)
+    return {"corpus": ev.source, "corpus_id": ev.corpus_id, "rows": rows, "unknown": ev.unknown,
+            "unlabelled": ev.unlabelled, "texts": len(scored), "neutral": len(neutral),
+            "emotions": sorted({y[i] for i in scored})}
+
+
+def _eval_lines(part: dict) -> dict[str, str]:
+    out = {"eval corpus": f"{part['corpus']} ({part['texts']} texts of {len(part['emotions'])} study emotions, "
+                          f"{part['neutral']} neutral)"}
+    for r in part["rows"]:
+        p, (lo, hi) = r["probe"], r["ci"]
+        what = "vector probe" if r["method"] == "vector_eval" else "SAE top-feature probe"
+        out[f"eval {what} accuracy @ {r['hook']}"] = (f"{p.accuracy:.3f} [{lo:.3f}, {hi:.3f}] (n {p.n_test}, chance "
+                                                       f"{p.chance:.3f}, centred on {EVAL_CENTRING[r['centring']]})")
+    unknown = ", ".join(f"{e} ({n})" for e, n in part["unknown"].items())
+    out["eval emotions not in the study (texts, not scored)"] = unknown or "none"
+    if part["unlabelled"]:
+        out["eval texts without a label (not scored)"] = str(part["unlabelled"])
+    return out
 
 
 def _own_word_line(check: dict) -> str:
@@ -278,7 +441,8 @@ def sae_evidence(cfg: RankConfig, acts: Activations, sae, rule: TokenRule, emoti
 
 
 def write_results(db: Database, cfg: RankConfig, acts: Activations, emotions, labels, vec, sae_part, sae, model,
-                  rule: TokenRule = TokenRule(), skipped: dict[int, str] | None = None) -> str:
+                  rule: TokenRule = TokenRule(), skipped: dict[int, str] | None = None,
+                  eval_part: dict | None = None) -> str:
     """All rows of one ranking, each table's scope replaced, and the run's 'done' mark, in one transaction.
 
     A crash or kill part-way leaves the previous ranking whole (and this run 'failed', see Database.run).
@@ -312,7 +476,19 @@ def write_results(db: Database, cfg: RankConfig, acts: Activations, emotions, la
                 **_geometry_rows(v["geometry"], emotions, scope, run, cfg))
         if sae_part is not None:
             _write_sae_results(db, run, cfg, corpus_id, model_id, emotions, sae_part, sae, model, rule, skipped or {})
+        if eval_part is not None:
+            sae_id = sae_id_of(cfg.sae, cfg.sae_id) if sae_part is not None else None
+            W.replace_eval_probes(db, [_eval_probe_row(run, model_id, corpus_id, sae_id, eval_part, r)
+                                       for r in eval_part["rows"]])
     return run
+
+
+def _eval_probe_row(run, model_id, corpus_id, sae_id, part: dict, r: dict) -> dict:
+    """A probe_results row of a probe trained on `corpus_id` and scored on the eval corpus."""
+    row = _probe_row(run, model_id, part["corpus_id"], r["hook"], sae_id if r["method"] == "sae_eval" else None,
+                     r["method"], r["probe"])
+    return row | {"train_corpus_id": corpus_id, "centring": r["centring"], "ci_lo": r["ci"][0], "ci_hi": r["ci"][1],
+                  "unknown_emotions": json.dumps(part["unknown"])}
 
 
 def _geometry_rows(geo: dict, emotions: list[str], scope: dict, run: str, cfg: RankConfig) -> dict[str, list[dict]]:
@@ -323,7 +499,13 @@ def _geometry_rows(geo: dict, emotions: list[str], scope: dict, run: str, cfg: R
                   for i, a in enumerate(emotions) for j, b in enumerate(emotions)]
     linkage = [dict(scope, step=s, left_node=int(a), right_node=int(b), distance=float(d), size=int(n), run_id=run)
                for s, (a, b, d, n) in enumerate(geo["linkage"])]
-    return {"clusters": clusters, "similarity": similarity, "linkage": linkage}
+    ratings = [dict(scope, **{k: _finite(v) for k, v in r.items()}, run_id=run) for r in geo.get("ratings", [])]
+    return {"clusters": clusters, "similarity": similarity, "linkage": linkage, "rating_geometry": ratings}
+
+
+def _finite(v):
+    """NaN (a constant side, too few points) stored as NULL."""
+    return None if isinstance(v, float) and v != v else v
 
 
 def _lens_columns(lens: Ev.LogitLens | None, model) -> dict[str, list]:

@@ -33,8 +33,8 @@ def replace_emotions(db: Database, rows: Sequence[Row]) -> None:
 
 def replace_hook_results(db: Database, model_id: str, corpus_id: str, hook: str, vectors: Sequence[Row],
                          lens_checks: Sequence[Row], probes: Mapping[str, Row], clusters: Sequence[Row],
-                         similarity: Sequence[Row], linkage: Sequence[Row]) -> None:
-    """One hook's emotion vectors, their lens check, probes (by method) and geometry."""
+                         similarity: Sequence[Row], linkage: Sequence[Row], rating_geometry: Sequence[Row] = ()) -> None:
+    """One hook's emotion vectors, their lens check, probes (by method) and geometry (with human ratings if given)."""
     scope = {"model_id": model_id, "corpus_id": corpus_id, "hook": hook}
     db.replace("emotion_vectors", scope, vectors)
     db.replace("lens_checks", dict(scope, direction="emotion_vector"), lens_checks)
@@ -43,6 +43,7 @@ def replace_hook_results(db: Database, model_id: str, corpus_id: str, hook: str,
     db.replace("emotion_clusters", scope, clusters)
     db.replace("emotion_similarity", scope, similarity)
     db.replace("emotion_linkage", scope, linkage)
+    db.replace("rating_geometry", scope, rating_geometry)
 
 
 def replace_sae_results(db: Database, sae_row: Row, corpus_id: str, features: Mapping[str, Sequence],
@@ -60,3 +61,13 @@ def replace_sae_results(db: Database, sae_row: Row, corpus_id: str, features: Ma
     db.replace("lens_checks", {"model_id": sae_row["model_id"], "corpus_id": corpus_id, "hook": sae_row["hook"],
                                "direction": "sae_top_feature", "sae_id": sae_id}, lens_checks)
     db.replace("probe_results", dict(scope, method=probe["method"]), [probe])
+
+
+EVAL_SCOPE = ("model_id", "corpus_id", "train_corpus_id", "hook", "method", "sae_id")
+
+
+def replace_eval_probes(db: Database, rows: Sequence[Row]) -> None:
+    """Probes scored on an eval corpus: each replaces the row of the same model, eval and train corpus,
+    hook, method and SAE (rows of other corpora stay)."""
+    for row in rows:
+        db.replace("probe_results", {k: row[k] for k in EVAL_SCOPE if row.get(k) is not None}, [row])

@@ -227,7 +227,29 @@ CREATE TABLE IF NOT EXISTS probe_results (
     recall          JSON,
     confusion       JSON,
     model_id        VARCHAR,
+    train_corpus_id VARCHAR,
+    centring        VARCHAR,
+    ci_lo           DOUBLE,
+    ci_hi           DOUBLE,
+    unknown_emotions JSON,
     PRIMARY KEY (run_id, corpus_id, hook, method)
+);
+
+CREATE TABLE IF NOT EXISTS rating_geometry (
+    model_id        VARCHAR NOT NULL,
+    corpus_id       VARCHAR NOT NULL,
+    hook            VARCHAR NOT NULL,
+    target          VARCHAR NOT NULL,
+    predictor       VARCHAR NOT NULL,
+    r               DOUBLE,
+    p_value         DOUBLE,
+    ci_lo           DOUBLE,
+    ci_hi           DOUBLE,
+    r2              DOUBLE,
+    explained_variance DOUBLE,
+    n               INTEGER,
+    run_id          VARCHAR,
+    PRIMARY KEY (model_id, corpus_id, hook, target, predictor)
 );
 
 CREATE TABLE IF NOT EXISTS experiments (
@@ -271,6 +293,11 @@ ALTER TABLE emotion_vectors ADD COLUMN IF NOT EXISTS promoted_logits DOUBLE[];
 ALTER TABLE emotion_vectors ADD COLUMN IF NOT EXISTS suppressed_tokens VARCHAR[];
 ALTER TABLE emotion_vectors ADD COLUMN IF NOT EXISTS suppressed_logits DOUBLE[];
 ALTER TABLE experiments ADD COLUMN IF NOT EXISTS token_rule JSON;
+ALTER TABLE probe_results ADD COLUMN IF NOT EXISTS train_corpus_id VARCHAR;
+ALTER TABLE probe_results ADD COLUMN IF NOT EXISTS centring VARCHAR;
+ALTER TABLE probe_results ADD COLUMN IF NOT EXISTS ci_lo DOUBLE;
+ALTER TABLE probe_results ADD COLUMN IF NOT EXISTS ci_hi DOUBLE;
+ALTER TABLE probe_results ADD COLUMN IF NOT EXISTS unknown_emotions JSON;
 
 -- views (documented in analysis/SCHEMA.md like the tables); after the upgrades, whose columns they read
 CREATE OR REPLACE VIEW top_features AS
