@@ -270,20 +270,21 @@ def _pca_plot(vectors: list[dict]) -> dict[str, Any] | None:
 
 
 def _experiment(r: B.Reader, spec_row: dict[str, Any]) -> dict[str, Any]:
-    """One experiment's effects (or trace statistics) as report.py computes them, and its generations."""
-    from saekit import report as R
+    """One experiment's table as its task summarises it (the report's own), and its generations.
+
+    Intervention tasks (effects against controls) also get the interactive effect-vs-strength plot.
+    """
+    from saekit.experiments import report as R
+    from saekit.experiments.tasks import InterventionTask
 
     exp, data = R.load_experiment(spec_row["experiment_id"], r.db)
-    task = exp["spec"]["spec"]["task"]
-    if task == "trace":
-        columns, rows, plot = R.TRACE_COLUMNS, R.trace_table(R.trace_stats(exp, data)), None
-    else:
-        eff = R.effects(exp, data)
-        columns, rows, plot = R.COLUMNS, R.effect_table(eff), _effect_plot(eff, exp["name"])
+    task = R.task_of(exp)
+    columns, rows, _notes, stats = task.summarize(exp, data)
+    plot = _effect_plot(stats, exp["name"]) if issubclass(task, InterventionTask) else None
     gfile = exp["spec"].get("generations_file")
     gens = [json.loads(line) for line in Path(gfile).read_text().splitlines() if line.strip()] \
         if gfile and Path(gfile).is_file() else []
-    return dict(exp, task=task, columns=columns, rows=rows, plot=plot, generations=gens)
+    return dict(exp, task=task.name, columns=columns, rows=rows, plot=plot, generations=gens)
 
 
 def _effect_plot(eff: list[dict], name: str) -> dict[str, Any] | None:
