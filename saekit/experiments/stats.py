@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 
@@ -41,17 +42,15 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 # ---------------------------------------------------------------------------- Spearman: tests and intervals
 
 
-def _avg_ranks(a: "np.ndarray") -> "np.ndarray":
+def _avg_ranks(a: np.ndarray) -> np.ndarray:
     """Average ranks (ties share their mean rank) along the last axis."""
     from scipy.stats import rankdata
 
     return rankdata(a, axis=-1)
 
 
-def _row_corr(rx: "np.ndarray", ry: "np.ndarray") -> "np.ndarray":
+def _row_corr(rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
     """Pearson r of each row pair; NaN for a row that is constant on either side."""
-    import numpy as np
-
     dx = rx - rx.mean(-1, keepdims=True)
     dy = ry - ry.mean(-1, keepdims=True)
     den = np.sqrt((dx * dx).sum(-1) * (dy * dy).sum(-1))
@@ -59,10 +58,8 @@ def _row_corr(rx: "np.ndarray", ry: "np.ndarray") -> "np.ndarray":
         return np.where(den > 0, (dx * dy).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
 
 
-def _strata(n: int, groups: Sequence | None) -> list["np.ndarray"]:
+def _strata(n: int, groups: Sequence | None) -> list[np.ndarray]:
     """Index arrays of each group (one group of everything when there are none)."""
-    import numpy as np
-
     if groups is None:
         return [np.arange(n)]
     if len(groups) != n:
@@ -84,8 +81,6 @@ def spearman_permutation(x: Sequence[float], y: Sequence[float], n_perm: int = 1
     """
     import itertools
     import math
-
-    import numpy as np
 
     xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     rho = spearman(list(xa), list(ya))
@@ -115,8 +110,6 @@ def spearman_bootstrap_ci(x: Sequence[float], y: Sequence[float], n_boot: int = 
     Pairs are drawn with replacement (within each group when `groups` is given, so every group keeps
     its size); resamples with a constant side have no rho and are dropped. NaN when fewer than 3 points.
     """
-    import numpy as np
-
     xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     n = len(xa)
     if n < 3 or n_boot == 0:

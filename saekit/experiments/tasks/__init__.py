@@ -7,6 +7,7 @@ fields, how it measures, summarises and plots) and one `register_task` line belo
 from __future__ import annotations
 
 from saekit.experiments.tasks.base import Task
+from saekit.experiments.tasks.dose_response import DoseResponseTask
 from saekit.experiments.tasks.impossible_task import ImpossibleTask
 from saekit.experiments.tasks.intervention import InterventionTask
 from saekit.experiments.tasks.probes import ProbesTask
@@ -26,5 +27,6 @@ register_task(ProbesTask)
 register_task(ImpossibleTask)
 register_task(TraceTask)
 register_task(SideEffectsTask)
+register_task(DoseResponseTask)
 
 __all__ = ["TASKS", "Task", "InterventionTask", "register_task"]
