@@ -98,3 +98,13 @@ def experiment_results(db: Database, experiment_id: str) -> list[dict[str, Any]]
     rows = db.sql(f"SELECT {', '.join(RESULT_COLUMNS)} FROM intervention_results WHERE experiment_id = ?",
                   [experiment_id])
     return [dict(zip(RESULT_COLUMNS, r)) for r in rows]
+
+
+def story_mean(db: Database, model_id: str, corpus_id: str, hook: str) -> tuple[list[float], int] | None:
+    """(mean pooled activation of the training stories, how many) at a hook, as `saekit rank` stored
+    it in story_means; None when the database has none (a ranking older than that table)."""
+    if not db.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'story_means'"):
+        return None
+    rows = db.sql("SELECT mean, n FROM story_means WHERE model_id = ? AND corpus_id = ? AND hook = ?",
+                  [model_id, corpus_id, hook])
+    return (list(rows[0][0]), int(rows[0][1])) if rows else None

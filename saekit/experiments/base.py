@@ -87,6 +87,8 @@ class Resolved:
     mean_norms: dict[str, float] = field(default_factory=dict)
     token_rule: TokenRule = field(default_factory=TokenRule)
     """The positions counted: the ranking's rule for the SAE (features.max_activation was measured on it)."""
+    lookups: dict[str, Any] = field(default_factory=dict)
+    """What a task looked up in the database for itself (e.g. the training stories' mean activation)."""
 
     def settings(self) -> list[Setting]:
         """Baseline first, then each condition over its strengths, then its controls."""

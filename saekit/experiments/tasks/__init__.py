@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from saekit.experiments.tasks.base import Task
 from saekit.experiments.tasks.dose_response import DoseResponseTask
+from saekit.experiments.tasks.implicit import ImplicitTask
 from saekit.experiments.tasks.impossible_task import ImpossibleTask
 from saekit.experiments.tasks.intervention import InterventionTask
 from saekit.experiments.tasks.probes import ProbesTask
@@ -28,5 +29,6 @@ register_task(ImpossibleTask)
 register_task(TraceTask)
 register_task(SideEffectsTask)
 register_task(DoseResponseTask)
+register_task(ImplicitTask)
 
 __all__ = ["TASKS", "Task", "InterventionTask", "register_task"]
