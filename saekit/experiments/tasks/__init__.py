@@ -11,6 +11,7 @@ from saekit.experiments.tasks.dose_response import DoseResponseTask
 from saekit.experiments.tasks.implicit import ImplicitTask
 from saekit.experiments.tasks.impossible_task import ImpossibleTask
 from saekit.experiments.tasks.intervention import InterventionTask
+from saekit.experiments.tasks.live_dialogue import LiveDialogueTask
 from saekit.experiments.tasks.probes import ProbesTask
 from saekit.experiments.tasks.side_effects import SideEffectsTask
 from saekit.experiments.tasks.trace import TraceTask
@@ -30,5 +31,6 @@ register_task(TraceTask)
 register_task(SideEffectsTask)
 register_task(DoseResponseTask)
 register_task(ImplicitTask)
+register_task(LiveDialogueTask)
 
 __all__ = ["TASKS", "Task", "InterventionTask", "register_task"]
