@@ -195,6 +195,86 @@ def vector_geometry(db: Database, model_id: str, corpus_id: str, hook: str, rati
     return [pca_fig, Figure("vector_dendrogram", "Emotion vectors: hierarchical clusters", fig, sentence)]
 
 
+def rating_geometry_table(db: Database, model_id: str, corpus_id: str, hook: str) -> tuple[str, str] | None:
+    """Valence and arousal against PCs 1-5 and their leave-one-out decoding, per hook; a sentence for `hook`."""
+    rows = DR.rating_geometry(db, model_id, corpus_id)
+    if not rows:
+        return None
+    pcs = sorted({r["predictor"] for r in rows if r["predictor"].startswith("PC")})
+    by = {(r["hook"], r["target"], r["predictor"]): r for r in rows}
+    body = []
+    for h, target in dict.fromkeys((r["hook"], r["target"]) for r in rows):
+        cells = "".join(f"<td>{_r(by.get((h, target, pc)))}</td>" for pc in pcs)
+        loo = by.get((h, target, "loo_ridge"))
+        body.append(f"<tr><td>{html.escape(h)}</td><td>{target}</td>{cells}<td>{_r(loo, ci=True)}</td>"
+                    f"<td>{_num(loo['r2']) if loo else 'n/a'}</td><td>{rows[0]['n']}</td></tr>")
+    head = "".join(f"<th>{pc} r</th>" for pc in pcs)
+    table = (f"<table><tr><th>hook</th><th>rating</th>{head}<th>leave-one-out decoding r [95% CI]</th>"
+             f"<th>R&sup2;</th><th>rated emotions</th></tr>" + "".join(body) + "</table>")
+    at = hook if any(r["hook"] == hook for r in rows) else rows[-1]["hook"]
+    parts = []
+    for target in ("valence", "arousal"):
+        mine = [r for r in rows if r["hook"] == at and r["target"] == target]
+        ranked = sorted((r for r in mine if r["predictor"].startswith("PC") and r["r"] is not None),
+                        key=lambda r: -abs(r["r"]))
+        if not ranked:
+            continue
+        best = ranked[0]
+        text = f"{target} is best aligned with {best['predictor']} (r = {best['r']:.2f}, p = {best['p_value']:.2g})"
+        pc1 = by.get((at, target, "PC1"))
+        if best["predictor"] != "PC1" and pc1 and pc1["r"] is not None:
+            text += f", not PC1 (r = {pc1['r']:.2f})"
+        loo = by.get((at, target, "loo_ridge"))
+        if loo and loo["r"] is not None:
+            text += (f"; decoded leave-one-out from the vectors, r = {loo['r']:.2f} and R² = {loo['r2']:.2f}")
+        parts.append(text)
+    sentence = (f"At {at}, over {mine[0]['n'] if mine else 0} rated emotions: " + "; ".join(parts) +
+                ". Signs of PCs are arbitrary; the paper found valence on PC1 (r = 0.81) and arousal on PC2 (0.66).")
+    return table, sentence
+
+
+def _r(row, ci: bool = False) -> str:
+    if row is None or row["r"] is None:
+        return "n/a"
+    out = f"{row['r']:+.2f}"
+    if ci and row["ci_lo"] is not None:
+        out += f" [{row['ci_lo']:+.2f}, {row['ci_hi']:+.2f}]"
+    return out + (f" (p {row['p_value']:.2g})" if row["p_value"] is not None and not ci else "")
+
+
+EVAL_METHODS = {"vector_eval": "emotion-vector projection", "sae_eval": "SAE top-feature logistic"}
+CENTRING = {"train_mean": "train stories' mean", "eval_neutral_mean": "its neutral texts' mean"}
+
+
+def beyond_the_corpus(db: Database, corpus_id: str) -> tuple[str, str] | None:
+    """The probes built on this corpus scored on other labelled corpora (`saekit rank --eval-corpus`)."""
+    rows = DR.eval_probes(db, corpus_id)
+    if not rows:
+        return None
+    body = "".join(
+        f"<tr><td>{html.escape(r['eval_corpus'])}</td><td>{EVAL_METHODS.get(r['method'], r['method'])}</td>"
+        f"<td>{html.escape(r['hook'])}</td><td>{r['accuracy']:.3f} [{_num(r['ci_lo'])}, {_num(r['ci_hi'])}]</td>"
+        f"<td>{r['chance']:.3f}</td><td>{r['n_test']}</td><td>{CENTRING.get(r['centring'] or '', 'n/a')}</td></tr>"
+        for r in rows)
+    table = ("<table><tr><th>eval corpus</th><th>probe</th><th>hook</th><th>accuracy [95% CI]</th><th>chance</th>"
+             "<th>texts</th><th>centred on</th></tr>" + body + "</table>")
+    sentences = []
+    for corpus in dict.fromkeys(r["eval_corpus"] for r in rows):
+        mine = [r for r in rows if r["eval_corpus"] == corpus]
+        best = max((r for r in mine if r["method"] == "vector_eval"), key=lambda r: r["accuracy"], default=None)
+        sae = next((r for r in mine if r["method"] == "sae_eval"), None)
+        said = [f"{EVAL_METHODS[r['method']]} at {r['hook']} {r['accuracy']:.2f} [{_num(r['ci_lo'])}, "
+                f"{_num(r['ci_hi'])}]" for r in (best, sae) if r is not None]
+        unknown = json.loads(mine[0]["unknown_emotions"] or "{}")
+        sentences.append(
+            f"On {corpus} ({mine[0]['n_test']} texts of the study's emotions, chance {mine[0]['chance']:.3f}), the "
+            f"probes built on this corpus's train stories reach: {'; '.join(said)}"
+            + (f" (vectors centred on {CENTRING[best['centring']]})" if best and best["centring"] in CENTRING else "")
+            + (". Emotions it names that the study lacks, not scored: "
+               + ", ".join(f"{e} ({n} text{'' if n == 1 else 's'})" for e, n in unknown.items()) + "." if unknown else "."))
+    return table, " ".join(sentences)
+
+
 def probe_accuracy(db: Database, corpus_id: str) -> Figure | None:
     rows = DR.latest_probes(db, corpus_id)
     if not rows:
@@ -241,8 +321,13 @@ def write_report(cfg, out: Path, progress: Callable[[float, str], None] | None =
         tick(0.5, "geometry")
         for f in vector_geometry(db, model_id, corpus_id, cfg.hook, ratings):
             sections.append(("figure", f))
+        if (rated := rating_geometry_table(db, model_id, corpus_id, cfg.hook)) is not None:
+            sections.append(("html", ("Emotion vectors against human ratings",
+                                      f"<p>{html.escape(rated[1])}</p>{rated[0]}")))
         if (f := probe_accuracy(db, corpus_id)) is not None:
             sections.append(("figure", f))
+        if (beyond := beyond_the_corpus(db, corpus_id)) is not None:
+            sections.append(("html", ("Beyond the corpus", f"<p>{html.escape(beyond[1])}</p>{beyond[0]}")))
     tick(0.7, "experiments")
     for path in sorted((out / "experiments").glob("*.json")) if (out / "experiments").exists() else []:
         summary = json.loads(path.read_text())

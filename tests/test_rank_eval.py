@@ -9,9 +9,11 @@ from typer.testing import CliRunner
 
 from saekit import features as Fe
 from saekit import rank as R
+from saekit import study_report as SR
 from saekit.cli import app
 from saekit.corpus import load_corpus
 from saekit.db import Database, read_only_query
+from saekit.db import report as DR
 from saekit.harvest import Activations, HarvestConfig, harvest
 from saekit.sae import build_training_sae, load_sae, save_sae
 
@@ -67,6 +69,14 @@ def test_eval_on_the_test_stories_equals_the_test_split_probes(study, tiny_model
     summary = out["summary"]
     assert summary["eval emotions not in the study (texts, not scored)"] == "bored (2), sleepy (1)"
     assert "centred on the train stories' mean" in summary[f"eval vector probe accuracy @ {HOOK}"]
+    with Database(str(tmp_path / "f.duckdb"), read_only=True) as db:
+        table, sentence = SR.beyond_the_corpus(db, "shipped")
+        assert SR.beyond_the_corpus(db, str(path)) is None   # nothing was trained on the eval corpus
+        assert {r["method"] for r in DR.latest_probes(db, "shipped")} == {"vector_projection", "vector_logistic",
+                                                                           "sae_top_features"}
+    assert table.count("<tr>") == 4 and str(path) in table and "train stories' mean" in table
+    assert f"On {path} ({len(test)} texts of the study's emotions" in sentence
+    assert sentence.endswith("Emotions it names that the study lacks, not scored: bored (2 texts), sleepy (1 text).")
 
 
 def test_eval_neutral_texts_centre_the_vector_probe(study, tiny_model, tmp_path):

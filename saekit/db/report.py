@@ -41,5 +41,50 @@ def latest_probes(db: Database, corpus_id: str) -> list[ProbeAccuracy]:
     """The probe accuracies of the latest finished ranking, on this corpus."""
     return fetch_dicts(  # type: ignore[return-value]
         db, "SELECT hook, method, accuracy, chance FROM probe_results WHERE corpus_id = ? AND run_id IN "
-            "(SELECT run_id FROM runs WHERE kind = 'rank' AND status = 'done' ORDER BY started_at DESC LIMIT 1) "
-            "ORDER BY hook, method", [corpus_id])
+            f"({_LATEST_RANK}) AND train_corpus_id IS NULL ORDER BY hook, method", [corpus_id])
+
+
+_LATEST_RANK = "SELECT run_id FROM runs WHERE kind = 'rank' AND status = 'done' ORDER BY started_at DESC LIMIT 1"
+
+
+class EvalProbe(TypedDict):
+    """A probe built on a corpus's train stories and scored on another labelled corpus."""
+    eval_corpus: str
+    hook: str
+    method: str
+    accuracy: float
+    ci_lo: float | None
+    ci_hi: float | None
+    chance: float
+    n_test: int
+    centring: str | None
+    unknown_emotions: str | None
+    """JSON: {emotion: texts} the eval corpus names and the study lacks."""
+
+
+def eval_probes(db: Database, corpus_id: str) -> list[EvalProbe]:
+    """The latest finished ranking's probes trained on `corpus_id` and scored on an eval corpus."""
+    return fetch_dicts(  # type: ignore[return-value]
+        db, "SELECT corpus_id AS eval_corpus, hook, method, accuracy, ci_lo, ci_hi, chance, n_test, centring, "
+            f"unknown_emotions FROM probe_results WHERE train_corpus_id = ? AND run_id IN ({_LATEST_RANK}) "
+            "ORDER BY eval_corpus, method DESC, hook", [corpus_id])
+
+
+class RatingRow(TypedDict):
+    """A row of rating_geometry: how a human rating lines up with a PC, or decodes from the vectors."""
+    hook: str
+    target: str
+    predictor: str
+    r: float | None
+    p_value: float | None
+    ci_lo: float | None
+    ci_hi: float | None
+    r2: float | None
+    explained_variance: float | None
+    n: int
+
+
+def rating_geometry(db: Database, model_id: str, corpus_id: str) -> list[RatingRow]:
+    return fetch_dicts(  # type: ignore[return-value]
+        db, "SELECT hook, target, predictor, r, p_value, ci_lo, ci_hi, r2, explained_variance, n FROM rating_geometry "
+            "WHERE model_id = ? AND corpus_id = ? ORDER BY hook, target DESC, predictor", [model_id, corpus_id])
