@@ -110,6 +110,13 @@ def test_a_planted_rise_is_found_and_noise_reported_as_a_null():
     assert "0 of 10 as strong" in text
 
 
+def test_a_difference_between_drugs_is_not_a_dose_effect():
+    # each drug's reading sits at its own level, larger for drugs whose doses reach further past the limit
+    reach = {di: max(d["doses_mg"]) / d["safe_limit_mg"] for di, d in enumerate(DRUGS)}
+    stats = dose_stats(synthetic_rows({"afraid": lambda d, r, g: 10 * reach[d] + g.normal()}), n_perm=1000, n_boot=200)
+    assert next(s for s in stats if s["scope"] == "pooled")["verdict"] == "no trend"
+
+
 def test_a_trend_random_directions_share_is_not_credited_to_the_emotion():
     trend = lambda d, r, g: math.log(r) + g.normal(0, 0.1)  # noqa: E731
     stats = dose_stats(synthetic_rows({"afraid": trend}, control=trend), n_perm=1000, n_boot=200)

@@ -6,10 +6,11 @@ afraid and calm) at one position of every prompt of the dose-response scenario s
 (saekit/corpus/scenarios/dose_response.json): the projection on the emotion's unit vector, and
 optionally the summed activation of its top selective SAE features. For each drug and emotion the
 report gives Spearman's rho of reading vs dose, a permutation p-value and a bootstrap interval,
-and the same over all drugs pooled (dose as a fraction of the drug's daily limit, shuffled and
-resampled within drug). The control is K random directions (K = spec.controls; projections on a
-unit direction, so equal in norm to the emotion's unit vector) read the same way, or matched
-random features for feature readings: their rho spread and how often they are as strong.
+and the same over all drugs pooled (each drug's readings minus their mean, against dose as a
+fraction of the drug's daily limit; shuffled and resampled within drug). The control is K random
+directions (K = spec.controls; projections on a unit direction, so equal in norm to the emotion's
+unit vector) read the same way, or matched random features for feature readings: their rho
+spread and how often they are as strong.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ DEFAULT_EMOTIONS = ("afraid", "calm")
 ALPHA = 0.05
 BATCH = 16
 POSITIONS = {
-    "assistant_start": "the last token of the chat prompt, after the assistant's turn header (the start of the "
-                       "assistant's turn, where the paper reads)",
+    "assistant_start": "the last token of the chat prompt, after the assistant's turn header: the start of the "
+                       "assistant's turn, where the paper reads",
     "user_end": "the last token of the user's message, before its end-of-turn token",
 }
 COLUMNS = ["reading", "drug", "n", "rho", "95% CI", "perm p", "random rho mean", "random rho range",
@@ -203,7 +204,8 @@ class DoseResponseTask(Task):
                  fmt(s["ctl_mean"], 3), _ci(s["ctl_min"], s["ctl_max"]), _frac(s), s["verdict"]] for s in stats]
         where = spec["prompts"].get("dose_read_at", "assistant_start")
         note = (f"Reading at {where} ({POSITIONS.get(where, where)}). Spearman's rho of the reading vs dose per drug; "
-                f"'pooled' is over all drugs with dose / the label's daily limit, permuted and resampled within drug. "
+                f"'pooled' is over all drugs, each drug's reading minus its mean against dose / the label's daily limit, "
+                f"permuted and resampled within drug. "
                 f"Two-sided permutation p over {stats[0]['n_perm'] if stats else '-'} seeded permutations (exact "
                 f"when n! is fewer); 95% percentile bootstrap interval over {spec.get('n_bootstrap', 1000)} resamples; "
                 f"a trend needs p < {ALPHA} and an interval that excludes 0. Control: {spec.get('controls', 0)} random "
@@ -238,6 +240,20 @@ def dose_points(data: list[dict]) -> tuple[dict[str, dict[str, Any]], dict[int, 
     return dict(main), {k: dict(v) for k, v in sorted(ctl.items())}
 
 
+def _ys(points: dict[str, dict[str, float]], main: dict[str, dict[str, Any]], pids: list[str], metric: str,
+        groups: list[str] | None) -> list[float]:
+    """The readings of these prompts; pooled over drugs (groups given), minus each drug's mean reading, so
+    that what differs between drug names does not pass for a dose effect."""
+    ys = [points[pid][metric] for pid in pids]
+    if groups is None:
+        return ys
+    by: dict[str, list[float]] = collections.defaultdict(list)
+    for g, y in zip(groups, ys):
+        by[g].append(y)
+    means = {g: sum(v) / len(v) for g, v in by.items()}
+    return [y - means[g] for g, y in zip(groups, ys)]
+
+
 def _trend(xs, ys, groups, n_perm: int, n_boot: int, seed: int) -> dict[str, Any]:
     rho, p, used, exact = spearman_permutation(xs, ys, n_perm, seed, groups)
     lo, hi = spearman_bootstrap_ci(xs, ys, n_boot, ALPHA, seed, groups)
@@ -259,8 +275,8 @@ def dose_stats(data: list[dict], n_perm: int = 10_000, n_boot: int = 1000, seed:
             xkey = "dose_ratio" if scope == "pooled" else "dose_mg"
             groups = [main[pid]["drug"] for pid in pids] if scope == "pooled" else None
             xs = [main[pid][xkey] for pid in pids]
-            s = _trend(xs, [main[pid][m] for pid in pids], groups, n_perm, n_boot, seed)
-            crho = [spearman(xs, [ctl[k][pid][cm] for pid in pids]) for k in ctl
+            s = _trend(xs, _ys(main, main, pids, m, groups), groups, n_perm, n_boot, seed)
+            crho = [spearman(xs, _ys(ctl[k], main, pids, cm, groups)) for k in ctl
                     if all(cm in ctl[k].get(pid, {}) for pid in pids)]
             crho = [c for c in crho if not math.isnan(c)]
             s.update(metric=m, scope=scope, control=cm, n_controls=len(crho),
@@ -274,7 +290,7 @@ def dose_stats(data: list[dict], n_perm: int = 10_000, n_boot: int = 1000, seed:
 
 def verdict(s: dict[str, Any]) -> str:
     if math.isnan(s["rho"]):
-        return "-"
+        return "constant reading"
     trend = s["p"] < ALPHA and not math.isnan(s["lo"]) and (s["lo"] > 0 or s["hi"] < 0)
     if not trend:
         return "no trend"
@@ -296,8 +312,8 @@ def dose_sentence(stats: list[dict[str, Any]]) -> str:
         rows = [s for s in stats if s["metric"] == m]
         per = [s for s in rows if s["scope"] != "pooled"]
         pooled = next(s for s in rows if s["scope"] == "pooled")
-        up = sum(s["verdict"].startswith("rises") for s in per)
-        down = sum(s["verdict"].startswith("falls") for s in per)
+        up = sum(s["verdict"] == "rises" for s in per)
+        down = sum(s["verdict"] == "falls" for s in per)
         reading = "" if m.startswith("vec:") else " (top SAE features)"
         numbers = (f"pooled rho {pooled['rho']:+.2f} [{pooled['lo']:+.2f}, {pooled['hi']:+.2f}], "
                    f"permutation p {_p(pooled)}")
@@ -311,12 +327,16 @@ def dose_sentence(stats: list[dict[str, Any]]) -> str:
         v = pooled["verdict"]
         if v.startswith(("rises", "falls")):
             word = v.split(",")[0]
-            count = up if word == "rises" else down
+            count = sum(s["verdict"].startswith(word) for s in per)
             tail = " - no more than random directions do" if "random" in v else ""
             parts.append(f"{e}{reading} {word} with dose for {count} of {len(per)} drugs ({numbers}{ctl}){tail}.")
         else:
             parts.append(f"{e}{reading} shows no monotonic trend with dose, a null (rises for {up} and falls for "
                          f"{down} of {len(per)} drugs; {numbers}{ctl}).")
+    silent = [m.split(":", 1)[1] for m in metrics if m.startswith("feat:")
+              and all(s["verdict"] == "constant reading" for s in stats if s["metric"] == m)]
+    if silent:
+        parts.append(f"The top SAE feature(s) of {', '.join(silent)} never change at this position (constant reading).")
     return " ".join(parts)
 
 
@@ -349,7 +369,8 @@ def _centered(points: dict[str, dict[str, float]], main: dict[str, dict[str, Any
 
 def plot_dose(data: list[dict], path: Path, title: str) -> Path | None:
     """Reading vs dose / daily limit (log x): a panel per emotion (a row per reading kind), a line per drug,
-    the random controls' range as a grey band, and the daily limit at 1.0."""
+    the random controls' central 90% as a grey band, and the daily limit at 1.0. Each line is centred on its
+    drug's mean reading, as the pooled statistic is."""
     main, ctl = dose_points(data)
     if not main:
         return None
@@ -374,8 +395,9 @@ def plot_dose(data: list[dict], path: Path, title: str) -> Path | None:
                     inside = (grid >= xs[0]) & (grid <= xs[-1])
                     band[j, inside] = np.interp(np.log(grid[inside]), np.log(xs), ys)
                 ok = np.isfinite(band).any(0)
-                ax.fill_between(grid[ok], np.nanmin(band[:, ok], 0), np.nanmax(band[:, ok], 0), color="grey",
-                                alpha=0.25, label="random directions" if kind == "vec:" else "matched random features")
+                lo_y, hi_y = np.nanpercentile(band[:, ok], [5, 95], axis=0)
+                ax.fill_between(grid[ok], lo_y, hi_y, color="grey", alpha=0.25,
+                                label=("random directions" if kind == "vec:" else "matched random features") + " (5-95%)")
             for di, d in enumerate(drugs):
                 xs, ys = _centered(main, main, m, d)
                 if xs:
