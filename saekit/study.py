@@ -44,6 +44,8 @@ class StudyConfig:
     """Experiment specs to run (analysis/experiments/*.toml)."""
     ratings: str = ""
     """Optional CSV of human valence/arousal ratings for the geometry check."""
+    eval_corpus: str = ""
+    """Optional extra labelled corpus (a file or dataset folder) the probes are also scored on (`saekit rank --eval-corpus`)."""
     batch_size: int = 8
     max_tokens: int = 256
     dtype: str = "float32"
@@ -63,6 +65,8 @@ class StudyConfig:
         for spec in self.experiments:
             if not Path(spec).is_file():
                 raise ValueError(f"experiment spec {spec} does not exist")
+        if self.eval_corpus and not Path(self.eval_corpus).exists():
+            raise ValueError(f"eval_corpus {self.eval_corpus} does not exist")
 
 
 @dataclass
@@ -118,8 +122,10 @@ class StudyRun:
             sae_path = tcfg.out
             train_step = Step("train SAE", k_sae, lambda tick: self._train(tcfg, k_sae, tick), [Path(tcfg.out)])
         rcfg = RankConfig(activations=hcfg.out, sae=sae_path, sae_id=c.sae_id or None, db=c.db,
-                          ratings=c.ratings or None, seed=c.seed, corpus_id=corpus_id_of(c.corpus))
-        k_rank = content_hash(["rank", to_dict(rcfg), k_harvest, k_sae])
+                          ratings=c.ratings or None, seed=c.seed, corpus_id=corpus_id_of(c.corpus),
+                          eval_corpus=c.eval_corpus or None)
+        k_rank = content_hash(["rank", to_dict(rcfg), k_harvest, k_sae]
+                              + ([_corpus_fingerprint(c.eval_corpus)] if c.eval_corpus else []))
         steps = [Step("harvest activations", k_harvest, lambda tick: self._harvest(hcfg, tick), [Path(hcfg.out)])]
         if train_step:
             steps.append(train_step)
