@@ -127,12 +127,12 @@ def test_planted_vectors_put_every_prompt_on_the_diagonal(ranked, tiny_model, tm
         assert got[i]["value"] == pytest.approx(want, rel=1e-4, abs=1e-4)
     summary = report(exp, db_path, tmp_path / "rep")
     vec_all = next(r for r in summary["rows"] if r[0] == "vector" and r[1].startswith("all"))
-    assert vec_all[2] == "+1" and vec_all[4] == "+0.333" and vec_all[8].startswith("above chance")
+    assert vec_all[2] == "1.000" and vec_all[4] == "0.333" and vec_all[8].startswith("above chance")
     assert any(p.endswith("implicit_confusion_vec.png") for p in summary["plots"])
     assert any(p.endswith("implicit_confusion_feat.png") for p in summary["plots"])
     assert "prompts' own mean" in summary["notes"][0]
     text = sentence(summary)
-    assert "centred on the prompts' own mean" in text and "+1 [+1, +1] over 3 emotions" in text
+    assert "centred on the prompts' own mean" in text and "1.000 [1.000, 1.000] over 3 emotions" in text
     stored = read_only_query(f"SELECT spec, token_rule FROM experiments WHERE experiment_id = '{exp}'",
                              db_path).to_pylist()[0]
     assert '"centring": "prompt_mean"' in stored["spec"] and "positions >= 1" in stored["token_rule"]

@@ -24,7 +24,7 @@ from saekit.db import experiments as dbx
 from saekit.experiments.base import ExperimentError, Setting, Target, result_rows, select_items
 from saekit.experiments.batches import read_acts
 from saekit.experiments.controls import random_direction
-from saekit.experiments.render import fmt, pyplot
+from saekit.experiments.render import pyplot
 from saekit.experiments.stats import bootstrap_ci
 from saekit.experiments.tasks.base import Task
 from saekit.harvest import pool_start
@@ -178,8 +178,8 @@ class ImplicitTask(Task):
     def summarize(cls, exp, data):
         stats = implicit_stats(data, n_boot=exp["spec"]["spec"].get("n_bootstrap", 1000),
                                seed=exp["spec"]["spec"].get("seed", 0))
-        rows = [[s["reading"], s["over"], fmt(s["accuracy"], 3), f"[{fmt(s['lo'], 3)}, {fmt(s['hi'], 3)}]",
-                 fmt(s["chance"], 3), fmt(s["control"], 3), s["control_range"], str(s["n"]), s["verdict"]]
+        rows = [[s["reading"], s["over"], _p(s["accuracy"]), f"[{_p(s['lo'])}, {_p(s['hi'])}]",
+                 _p(s["chance"]), _p(s["control"]), s["control_range"], str(s["n"]), s["verdict"]]
                 for s in stats["accuracy"]]
         spec = exp["spec"]
         notes = [f"Vector readings centred on {spec.get('centring_text', 'an unstated centre')}; feature readings "
@@ -218,6 +218,11 @@ class ImplicitTask(Task):
             return "No measurements."
         centre = "train mean" if "training stories" in " ".join(summary["notes"][:1]) else "prompts' own mean"
         return "Implicit emotion (argmax, centred on the " + centre + "): " + "; ".join(parts) + "."
+
+
+def _p(x: float) -> str:
+    """An accuracy or chance level, to 3 decimals."""
+    return "-" if math.isnan(x) else f"{x:.3f}"
 
 
 def _fill(rows: list[dict], emotions: list[str], read_PE: torch.Tensor, prefix: str) -> None:
@@ -271,7 +276,7 @@ def implicit_stats(data: list[dict], n_boot: int = 1000, seed: int = 0) -> dict[
                     ctl.append(sum(ch) / len(ch))
             chance = 1 / n_choices if n_choices else math.nan
             cmean = sum(ctl) / len(ctl) if ctl else math.nan
-            rng = f"[{min(ctl):.3f}, {max(ctl):.3f}]" if ctl else "-"
+            rng = f"[{_p(min(ctl))}, {_p(max(ctl))}]" if ctl else "-"
             if lo > chance and (not ctl or lo > max(ctl)):
                 verdict = "above chance and control"
             elif lo > chance:
