@@ -26,7 +26,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     """Build dataclass `cls` from a dict, refusing unknown fields and values of the wrong type."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {unknown}; known fields: {sorted(fields)}")
@@ -37,6 +37,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     try:
         obj = cls(**kwargs)
     except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{where}: {e}") from e
+    except ValueError as e:  # the dataclass' own __post_init__ check
+        if isinstance(e, ConfigError):
+            raise
         raise ConfigError(f"{where}: {e}") from e
     check_config(obj, where)
     return obj
@@ -99,7 +103,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         return dict(value)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
         parse = getattr(hint, "from_table", None)  # a table that picks its own class (saekit.sae.SAEConfig)

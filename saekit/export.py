@@ -30,7 +30,7 @@ import json
 import re
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -38,8 +38,7 @@ from saekit.artifacts import atomic_write_bytes
 from saekit.db import Database, open_readonly
 from saekit.db import features as DF
 from saekit.errors import SaekitError
-from saekit.harvest import hook_layer
-from saekit.model import RESIDUAL_HOOK, architecture_hint, hf_model_id
+from saekit.model import RESIDUAL_HOOK, architecture_hint, hf_model_id, hook_layer
 
 VECTOR_FORMATS = ("safetensors", "gguf", "steering-vectors")
 CONTROL_VECTOR_ARCH = "controlvector"
@@ -63,12 +62,13 @@ def block_output_layer(hook: str) -> int | None:
     return layer if layer >= 0 else None
 
 
-def _format_layer(hook: str, fmt: str) -> int | None:
+def _format_layer(hook: str, fmt: str) -> int:
     """The layer number a format stores a hook's vector under; ExportError if it has none."""
-    if hook_layer(hook) is None:
+    block = hook_layer(hook)
+    if block is None:
         raise ExportError(f"hook {hook} has no layer: its vectors cannot be exported (choose hooks with --hook)")
     if fmt == "safetensors":
-        return hook_layer(hook)
+        return block
     layer = block_output_layer(hook)
     if layer is None or (fmt == "gguf" and layer == 0):
         why = ("llama.cpp never steers block 0's output (direction.0 is refused)" if layer == 0
@@ -108,10 +108,10 @@ def _vector_rows(db: Database, emotions: Sequence[str], hooks: Sequence[str], mo
     return _only(_only(rows, "emotion", emotions, "emotion", "--emotion"), "hook", hooks, "hook", "--hook")
 
 
-def _only(rows: list[dict], key: str, wanted: Sequence[str], what: str, option: str) -> list[dict]:
+def _only(rows: Sequence[Any], key: str, wanted: Sequence[str], what: str, option: str) -> list[Any]:
     """The rows whose `key` is among `wanted` (all when none are asked for); unknown names are an ExportError."""
     if not wanted:
-        return rows
+        return list(rows)
     known = sorted({r[key] for r in rows})
     unknown = [w for w in wanted if w not in known]
     if unknown:
@@ -219,7 +219,7 @@ def _one_sae(db: Database, sae_id: str | None) -> DF.SaeRow:
     return _only(saes, "sae_id", [sae_id] if sae_id else [], "SAE", "--sae")[0]
 
 
-def _chosen_features(db: Database, info: dict, features: Sequence[int], emotions: Sequence[str],
+def _chosen_features(db: Database, info: DF.SaeRow, features: Sequence[int], emotions: Sequence[str],
                      top: int) -> list[int]:
     if features:
         missing = [f for f in features if not 0 <= f < info["d_sae"]]
@@ -232,7 +232,7 @@ def _chosen_features(db: Database, info: dict, features: Sequence[int], emotions
     return list(dict.fromkeys(DF.most_selective(db, info["sae_id"], top, list(emotions or known))))
 
 
-def _feature_batch(db: Database, info: dict, chosen: list[int]) -> tuple[dict, dict]:
+def _feature_batch(db: Database, info: DF.SaeRow, chosen: list[int]) -> tuple[dict, dict]:
     """Neuronpedia's batch (model_id, layer, sae_set, sae_id_suffix, features) and saekit's selectivity index."""
     sae_id = info["sae_id"]
     feats = {r["feature"]: r for r in DF.feature_rows(db, sae_id, chosen)}
@@ -241,8 +241,9 @@ def _feature_batch(db: Database, info: dict, chosen: list[int]) -> tuple[dict, d
         examples.setdefault(r["feature"], []).append(r)
     dataset, n_prompts = DF.first_corpus(db) or ("", 0)
     stats: dict[int, list[dict]] = {}
-    for r in DF.stats_by_rank(db, sae_id, chosen):
-        stats.setdefault(r.pop("feature"), []).append(r)
+    for stat in DF.stats_by_rank(db, sae_id, chosen):
+        row: dict[str, Any] = dict(stat)
+        stats.setdefault(int(row.pop("feature")), []).append(row)
     batch = {"model_id": hf_model_id(info["model_id"]), "layer": info["layer"],
              "sae_set": f"saekit-{info['architecture']}-{info['d_sae']}", "sae_id_suffix": None,
              "features": [_np_feature(f, feats.get(f, {}), examples.get(f, []), dataset, n_prompts) for f in chosen]}

@@ -380,7 +380,8 @@ def assemble(replies: list[dict], cfg: GenerateConfig) -> tuple[list[Record], di
         reject("near_duplicate", kept[i][0], kept[i][1])
     kept = [k for i, k in enumerate(kept) if i not in copies]
 
-    records, per_pair = [], collections.Counter()
+    records: list[Record] = []
+    per_pair: collections.Counter[tuple[str, str]] = collections.Counter()
     for row, text in kept:
         pair = (row["emotion"], row["topic"])
         per_pair[pair] += 1

@@ -250,7 +250,7 @@ def _on_disk(out: Path, entry: dict | None) -> bool:
 
 def _finished(out: Path, entry: dict | None, checked: set[tuple[str, str]]) -> bool:
     """For resuming: the file is there with the recorded size and sha256 (hashed once per `checked`)."""
-    if not _on_disk(out, entry):
+    if entry is None or not _on_disk(out, entry):
         return False
     key = (entry["file"], entry["sha256"])
     if key not in checked and file_sha256(out / entry["file"]) == entry["sha256"]:
@@ -285,8 +285,9 @@ def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], checked: set[tu
     """Write a safetensors file atomically; its manifest entry (name, size, sha256), already checked."""
     data = save_safetensors(tensors, metadata)
     atomic_write_bytes(path, data)
-    entry = {"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    checked.add((entry["file"], entry["sha256"]))
+    sha = hashlib.sha256(data).hexdigest()
+    entry = {"file": path.name, "bytes": len(data), "sha256": sha}
+    checked.add((path.name, sha))
     return entry
 
 
@@ -408,7 +409,7 @@ def _harvest_shard(model, pieces: list[Piece], cfg: HarvestConfig, stop_at, pad_
                    on_batch) -> dict[str, torch.Tensor]:
     # Sort by length inside the shard so batches carry little padding; outputs go back in order.
     order = sorted(range(len(pieces)), key=lambda i: len(pieces[i].token_ids))
-    acts = {h: [None] * len(pieces) for h in cfg.hooks}
+    acts: dict[str, list[torch.Tensor]] = {h: [torch.empty(0)] * len(pieces) for h in cfg.hooks}
     done_docs = done_tokens = 0
     for b in range(0, len(order), cfg.batch_size):
         idx = order[b:b + cfg.batch_size]
@@ -465,9 +466,10 @@ def load_shard(out: Path, entry: dict, checked: set[tuple[str, str]]) -> dict[st
     path = Path(out) / entry["file"]
     if not path.exists():
         raise HarvestError(f"{path} is missing; rerun the harvest to rebuild it")
-    key = (entry["file"], entry.get("sha256"))
-    if key[1] is not None and key not in checked:
-        if file_sha256(path) != key[1]:
+    sha = entry.get("sha256")
+    key = (str(entry["file"]), str(sha))
+    if sha is not None and key not in checked:
+        if file_sha256(path) != sha:
             raise HarvestError(f"{path} is corrupt: its contents differ from the sha256 in {Path(out) / MANIFEST} "
                                "(altered or truncated since the harvest); rerun the same harvest to redo it")
         checked.add(key)

@@ -30,7 +30,7 @@ TOP_ALIGNED = 10
 """Features listed as best aligned with each emotion vector."""
 HOME_TOP = 3
 """Features shown per emotion on the home page."""
-PLOTLY_JS = Path(find_spec("plotly").submodule_search_locations[0]) / "package_data" / "plotly.min.js"
+PLOTLY_JS = Path(list(find_spec("plotly").submodule_search_locations or [])[0]) / "package_data" / "plotly.min.js"  # type: ignore[union-attr]
 """plotly.js as the plotly package ships it: served and exported from there, never from a CDN."""
 STATIC = Path(__file__).parent / "static"
 _MISSING = object()

@@ -41,7 +41,7 @@ class BrowseError(SaekitError, RuntimeError):
 
 def _stamp(path: Path) -> tuple:
     """What tells that another process wrote the file: size and mtime of it and of its WAL."""
-    out = []
+    out: list[tuple[int, int] | None] = []
     for p in (path, path.with_name(path.name + ".wal")):
         try:
             st = p.stat()
@@ -170,7 +170,8 @@ def create_app(path: str | Path | None) -> Starlette:
         p = request.path_params
         return b.page(2, lambda r: site.feature(r, p["slug"], p["n"]))
 
-    async def not_found(request: Request, exc: HTTPException) -> Response:
+    async def not_found(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)  # starlette routes status-code handlers only HTTPExceptions
         if exc.status_code != 404:
             return PlainTextResponse(exc.detail, exc.status_code)
         page = site.message("Not found", f"There is no page {request.url.path}.", 404, depth(request))
