@@ -353,7 +353,7 @@ def eval_probes(cfg: RankConfig, acts: Activations, ev: EvalCorpus, emotions, la
             rows.append({"method": "sae_eval", "hook": sae_hook, "probe": probe, "centring": "train_mean"})
     for r in rows:
         p = r["probe"]
-        r["ci"] = Fe.accuracy_interval(round(p.accuracy * p.n_test), p.n_test, seed=cfg.seed)
+        r["ci"] = Fe.accuracy_interval(round(p.accuracy * p.n_test) if p.n_test else 0, p.n_test, seed=cfg.seed)
     return {"corpus": ev.source, "corpus_id": ev.corpus_id, "rows": rows, "unknown": ev.unknown,
             "unlabelled": ev.unlabelled, "texts": len(scored), "neutral": len(neutral),
             "emotions": sorted({y[i] for i in scored})}
