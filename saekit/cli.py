@@ -140,7 +140,8 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in the output folder.")] = False,
     activations: Annotated[Optional[str], typer.Option(help="Harvest folder (overrides the config; '' streams from the model).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Output folder (overrides the config).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field, key=value (sae.k=64 for the [sae] table); repeatable.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a config field, key=value (sae.k=64 for the [sae] table); repeatable.")] = None,
 ) -> None:
     """Train an SAE from a config on harvested (or streamed) activations; saves SAELens format + metrics."""
     from saekit.config import parse_assignments
@@ -539,11 +540,11 @@ def corpus_generate(
 def model_info(name: Annotated[str, typer.Argument(
         help="Model folder, hub name, 'smollm2-135m-instruct' or 'tiny'.")] = "smollm2-135m-instruct") -> None:
     """Load a model and print its size and residual-stream hook names."""
-    from saekit.model import d_model, load_model, n_layers
+    from saekit.model import d_model, d_vocab, hook_names, load_model, n_layers
 
     m = load_model(name)
-    _print_summary(name, {"layers": n_layers(m), "d_model": d_model(m), "vocab": m.cfg.d_vocab,
-                          "hooks": f"blocks.{{0..{n_layers(m) - 1}}}.hook_resid_post (and {len(m.hook_dict)} others)"})
+    _print_summary(name, {"layers": n_layers(m), "d_model": d_model(m), "vocab": d_vocab(m),
+                          "hooks": f"blocks.{{0..{n_layers(m) - 1}}}.hook_resid_post (and {len(hook_names(m))} others)"})
 
 
 @model_app.command("chat")

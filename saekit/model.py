@@ -306,6 +306,10 @@ def d_model(model) -> int:
     return int(hf_model_of(model).config.hidden_size)
 
 
+def d_vocab(model) -> int:
+    return int(hf_model_of(model).config.vocab_size)
+
+
 def decoder_layers(model) -> Sequence[torch.nn.Module]:
     """The list of transformer blocks of a Hugging Face causal LM (Llama, GPT-2, GPT-NeoX, ...)."""
     hf = hf_model_of(model)

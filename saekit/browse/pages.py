@@ -22,7 +22,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from saekit.browse import queries as Q
 from saekit.db import browse as B
 from saekit.evidence import hist_edges
-from saekit.harvest import hook_layer
+from saekit.model import hook_layer
 
 TOP_FEATURES = 20
 """Features listed per emotion on its page (and exported per emotion)."""
