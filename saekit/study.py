@@ -222,8 +222,22 @@ class StudyRun:
         rec = self.record.get(step.name)
         return bool(rec and rec["key"] == step.key and all(p.exists() for p in step.outputs))
 
+    def preflight(self) -> None:
+        """What can be checked before the first forward pass: every experiment spec (fields, task and
+        prompt checks) and the eval corpus's labels against the study corpus's emotions."""
+        from saekit.corpus import NEUTRAL, load_corpus
+        from saekit.experiments import load_spec
+        from saekit.rank import RankConfig, read_eval_corpus
+
+        for spec in self.cfg.experiments:
+            load_spec(spec)
+        if self.cfg.eval_corpus:
+            emotions = sorted({r.emotion for r in load_corpus(self.cfg.corpus) if r.emotion and r.emotion != NEUTRAL})
+            read_eval_corpus(RankConfig(eval_corpus=self.cfg.eval_corpus), emotions)
+
     def run(self, on_step: Callable[[int, int, Step, bool], Callable[[float, str], None]] | None = None) -> dict:
         check_device(self.cfg.device)
+        self.preflight()
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out / "study_config.json", to_dict(self.cfg))
         steps = self.steps()
