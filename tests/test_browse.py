@@ -16,12 +16,14 @@ from urllib.parse import unquote, urljoin, urlparse
 
 import pytest
 from starlette.testclient import TestClient
+from test_study import write_config
 from typer.testing import CliRunner
 
 from saekit.browse import create_app
 from saekit.cli import app
 from saekit.db import Database, read_only_query
-from test_study import write_config
+
+pytestmark = pytest.mark.slow  # a real browser (chromium) and a tiny study: left out by `make test-fast`
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

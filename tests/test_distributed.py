@@ -14,6 +14,8 @@ from saekit import distributed as D
 from saekit import harvest as H
 from saekit import train as T
 
+pytestmark = pytest.mark.slow  # torchrun processes: left out by `make test-fast`
+
 HOOK = "blocks.1.hook_resid_post"
 HARVEST = dict(model="tiny", hooks=[HOOK], corpus="shipped", limit=10, docs_per_shard=2, batch_size=2,
                max_tokens=96)

@@ -9,6 +9,8 @@ from saekit import model as M
 from saekit.corpus import load_corpus
 from saekit.harvest import Activations, HarvestConfig, harvest
 
+pytestmark = pytest.mark.slow  # the real embedded model: left out by `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def smol():

@@ -7,6 +7,8 @@ from typer.testing import CliRunner
 
 from saekit.cli import app
 
+pytestmark = pytest.mark.slow  # whole studies on the tiny model: left out by `make test-fast`
+
 runner = CliRunner()
 
 
