@@ -549,8 +549,9 @@ def plain_model(model):
     if twin is not None:
         return twin
     hf = hf_model_of(model)
-    with torch.device("meta"):
-        twin = AutoModelForCausalLM.from_config(copy.deepcopy(hf.config))
+    with torch.device("meta"):  # no memory: every tensor is the bridge's below
+        # PyTorch's fused attention: about a quarter faster than eager on 1-2k-token contexts on CPU
+        twin = AutoModelForCausalLM.from_config(copy.deepcopy(hf.config), attn_implementation="sdpa")
     # The bridge keeps each original module as `_original_component` of its wrapper: without that
     # segment, a name of the bridged model is the plain model's name for the same tensor.
     source: dict[str, torch.Tensor] = {}
