@@ -27,7 +27,7 @@ from saekit.experiments.controls import control_direction
 from saekit.experiments.render import fmt, pyplot
 from saekit.experiments.stats import bootstrap_ci, bootstrap_corr, bootstrap_corr_diff
 from saekit.experiments.tasks.base import Task
-from saekit.model import format_chat, hf_model_of
+from saekit.model import format_chat, model_device, plain_model
 
 FILE = "saekit/corpus/scenarios/live_dialogue.jsonl"
 POSITIONS = ("user_end", "assistant_start")
@@ -119,12 +119,14 @@ class LiveDialogueTask(Task):
         self.generations: list[dict] = []
 
     def reply(self, ids: list[int]) -> list[int]:
-        """The greedy reply's tokens, up to its first special token (uncached: exact through the bridge)."""
-        hf = hf_model_of(self.model)
-        x = torch.tensor([ids], device=hf.device)
+        """The greedy reply's tokens, up to its first special token. Generated with the KV cache on the
+        plain twin of the model (through the bridge a cached continuation is wrong, and an uncached
+        one costs a full pass per new token)."""
+        hf = plain_model(self.model)
+        x = torch.tensor([ids], device=model_device(self.model))
         torch.manual_seed(self.spec.seed)
         out = hf.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=self.spec.prompts.reply_tokens,
-                          do_sample=False, use_cache=False, pad_token_id=self.tok.pad_token_id)
+                          do_sample=False, use_cache=True, pad_token_id=self.tok.pad_token_id)
         new = out[0, len(ids):].tolist()
         cut = next((i for i, t in enumerate(new) if t in self.stop), len(new))
         return new[:cut]
