@@ -144,7 +144,7 @@ def emotion_vector_analysis(acts: Activations, cfg: RankConfig, emotions: list[s
         geo["linkage"] = Fe.hierarchical(vecs).tolist()
         geo["similarity"] = Fe.cosine_matrix(vecs, vecs).tolist()
         out[hook] = {"vectors": vecs, "neutral_pcs": k, "projection_probe": proj, "logistic_probe": logi,
-                     "geometry": geo}
+                     "geometry": geo, "centre": centre, "n_centre": len(train)}
     return out
 
 
@@ -473,6 +473,8 @@ def write_results(db: Database, cfg: RankConfig, acts: Activations, emotions, la
                 probes={method: _probe_row(run, model_id, corpus_id, hook, None, method, v[key])
                         for method, key in (("vector_projection", "projection_probe"),
                                             ("vector_logistic", "logistic_probe"))},
+                story_mean=dict(scope, mean=v["centre"].tolist(), n=v["n_centre"], token_rule=rule.to_json(),
+                                run_id=run),
                 **_geometry_rows(v["geometry"], emotions, scope, run, cfg))
         if sae_part is not None:
             _write_sae_results(db, run, cfg, corpus_id, model_id, emotions, sae_part, sae, model, rule, skipped or {})

@@ -182,3 +182,19 @@ def test_a_corpus_file_ranks_under_its_own_corpus_id(tiny_model, tmp_path):
         R.run_rank(explicit, db=db)
     ids = read_only_query("SELECT DISTINCT corpus_id FROM stories ORDER BY 1", cfg.db).column("corpus_id").to_pylist()
     assert ids == sorted(["mine", str(corpus)])
+
+
+def test_the_training_stories_mean_is_stored_per_hook(ranked):
+    """story_means holds the centre the vector probes project from: the train split's pooled mean."""
+    from saekit.harvest import Activations
+
+    cfg, result, sae = ranked
+    acts = Activations.open(cfg.activations)
+    docs = acts.documents
+    train = [i for i, d in enumerate(docs) if d["split"] == "train" and d["label"] in EMOTIONS and d["n_tokens"] > 1]
+    with Database(cfg.db, read_only=True) as db:
+        for hook in ("blocks.1.hook_resid_post", HOOK):
+            (mean, n, rule), = db.sql("SELECT mean, n, token_rule FROM story_means WHERE hook = ?", [hook])
+            assert n == len(train)
+            assert torch.allclose(torch.tensor(mean), acts.pooled(hook, "mean")[train].mean(0), atol=1e-5)
+            assert json.loads(rule)["skip_first"] == 1

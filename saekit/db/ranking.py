@@ -33,10 +33,13 @@ def replace_emotions(db: Database, rows: Sequence[Row]) -> None:
 
 def replace_hook_results(db: Database, model_id: str, corpus_id: str, hook: str, vectors: Sequence[Row],
                          lens_checks: Sequence[Row], probes: Mapping[str, Row], clusters: Sequence[Row],
-                         similarity: Sequence[Row], linkage: Sequence[Row], rating_geometry: Sequence[Row] = ()) -> None:
-    """One hook's emotion vectors, their lens check, probes (by method) and geometry (with human ratings if given)."""
+                         similarity: Sequence[Row], linkage: Sequence[Row], rating_geometry: Sequence[Row] = (),
+                         story_mean: Row | None = None) -> None:
+    """One hook's emotion vectors, their lens check, probes (by method), geometry (with human ratings if
+    given) and the training stories' mean, the centre readings of new texts are taken from."""
     scope = {"model_id": model_id, "corpus_id": corpus_id, "hook": hook}
     db.replace("emotion_vectors", scope, vectors)
+    db.replace("story_means", scope, [story_mean] if story_mean else [])
     db.replace("lens_checks", dict(scope, direction="emotion_vector"), lens_checks)
     for method, row in probes.items():
         db.replace("probe_results", dict(scope, method=method), [row])

@@ -146,6 +146,17 @@ CREATE TABLE IF NOT EXISTS emotion_vectors (
     PRIMARY KEY (model_id, corpus_id, hook, emotion)
 );
 
+CREATE TABLE IF NOT EXISTS story_means (
+    model_id        VARCHAR NOT NULL,
+    corpus_id       VARCHAR NOT NULL,
+    hook            VARCHAR NOT NULL,
+    mean            FLOAT[],
+    n               INTEGER,
+    token_rule      JSON,
+    run_id          VARCHAR,
+    PRIMARY KEY (model_id, corpus_id, hook)
+);
+
 CREATE TABLE IF NOT EXISTS emotion_clusters (
     model_id        VARCHAR NOT NULL,
     corpus_id       VARCHAR NOT NULL,
