@@ -103,6 +103,8 @@ def impossible(ranked, **kw):  # noqa: F811
 @pytest.mark.parametrize("positions", ["all", "counted"])
 def test_cached_task_rows_equal_the_uncached_ones(ranked, tiny_model, monkeypatch, positions):  # noqa: F811
     s = impossible(ranked, positions=positions)
+    if positions == "counted":  # one condition is enough to check the mask (and halves the time)
+        s["conditions"] = s["conditions"][:1]
     cached = results(ranked["db"], X.run_experiment(s, model=tiny_model))
     monkeypatch.setattr(ImpossibleTask, "cached", lambda self, setting: False)
     full = results(ranked["db"], X.run_experiment(s, model=tiny_model))
@@ -198,7 +200,7 @@ def test_planted_effects_in_the_papers_direction_get_verdicts_and_say_so():
     assert trend["desperate"]["verdict"] == "rises" and trend["desperate"]["p"] < 0.01
     assert trend["desperate"]["n"] == 24
     assert trend["calm"]["verdict"] == "null" and trend["random"]["verdict"] == "null"
-    assert "'desperate' rises with the attempt" in text and "random directions shows no trend (null)" in text
+    assert "'desperate' rises with the attempt" in text and "random directions show no trend (null)" in text
 
 
 def test_noise_is_reported_as_null_and_an_opposite_effect_as_opposite():

@@ -277,11 +277,13 @@ def trend_note(rows: list[dict]) -> str:
     """The readings' trends with the attempt, next to the random directions' (permutation p-values)."""
     parts = []
     for t in rows:
-        what = "random directions" if t["emotion"] == "random" else f"'{t['emotion']}'"
-        word = {"rises": "rises with the attempt", "falls": "falls with the attempt",
-                "null": "shows no trend (null)", "-": "has no trend to measure"}[t["verdict"]]
-        parts.append(f"{what} {word}: Spearman r = {fmt(t['r'], 2)}, permutation p = {fmt(t['p'], 3)} "
-                     f"(n = {t['n']})")
+        many = t["emotion"] == "random"
+        what = "random directions" if many else f"'{t['emotion']}'"
+        word = {"rises": "rise" if many else "rises", "falls": "fall" if many else "falls",
+                "null": "show" if many else "shows", "-": "have" if many else "has"}[t["verdict"]]
+        word += {"rises": " with the attempt", "falls": " with the attempt", "null": " no trend (null)",
+                 "-": " no trend to measure"}[t["verdict"]]
+        parts.append(f"{what} {word}: Spearman r = {fmt(t['r'], 2)}, permutation p = {t['p']:.2g} (n = {t['n']})")
     return (f"{TREND_PREFIX} " + "; ".join(parts) + " (readings centred on each conversation; attempts shuffled "
             "within conversations; the paper: 'desperate' climbs with each failure).")
 
