@@ -12,6 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
+from saekit.errors import SaekitError
+
+
+class SelectivityError(SaekitError, ValueError):
+    """The labels cannot be ranked against: an emotion asked for has no stories."""
+
+
 # ---------------------------------------------------------------------------- selectivity
 
 
@@ -79,7 +86,7 @@ def selectivity(acts_NF: torch.Tensor, labels: list[str], emotions: list[str] | 
     emotions = emotions or sorted(set(labels))
     missing = set(emotions) - set(labels)
     if missing:
-        raise ValueError(f"no stories labelled {sorted(missing)}")
+        raise SelectivityError(f"no stories labelled {sorted(missing)}")
     x = acts_NF.to(torch.float64)
     N = x.shape[0]
     Y_NE = torch.tensor([[lab == e for e in emotions] for lab in labels], dtype=torch.float64, device=x.device)

@@ -19,10 +19,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from saekit.errors import SaekitError
 from saekit.interventions import Splice, Zero, patched
 from saekit.model import model_device, pad_batch
 from saekit.sae import d_sae_of
 from saekit.tokens import TokenRule
+
+
+class MetricsError(SaekitError, ValueError):
+    """Nothing to measure an SAE on (no held-out activations or texts)."""
 
 
 @torch.no_grad()
@@ -31,7 +36,7 @@ def activation_metrics(sae, acts_ND: torch.Tensor, batch_size: int = 4096,
     """Reconstruction and sparsity over the N held-out activation vectors."""
     n = acts_ND.shape[0]
     if n == 0:
-        raise ValueError("no held-out activations to measure the SAE on")
+        raise MetricsError("no held-out activations to measure the SAE on")
     d_sae = d_sae_of(sae)
     mean_D = acts_ND.double().mean(0)
     err = total = l0_sum = cos_sum = 0.0
@@ -119,7 +124,7 @@ def lm_metrics(model, sae, hook: str, texts: list[str], max_tokens: int = 512, b
             if mode in kl_sum:
                 kl_sum[mode] += float(kl_per_token(clean, logp)[pred_mask].sum())
     if n_pred == 0:
-        raise ValueError("no held-out texts long enough for the language-model metrics")
+        raise MetricsError("no held-out texts long enough for the language-model metrics")
     loss = {k: v / n_pred for k, v in sums.items()}
 
     def recovered(spliced: float) -> float:

@@ -85,7 +85,7 @@ def read_ratings(path: str | Path | None) -> dict[str, tuple[float, float]]:
         return {}
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"ratings file {path} does not exist")
+        raise RankError(f"ratings file {path} does not exist")
     names = {"word": ("word", "Word", "term"), "valence": ("valence", "Valence", "V.Mean.Sum"),
              "arousal": ("arousal", "Arousal", "A.Mean.Sum")}
     delim = "\t" if path.suffix in (".tsv", ".txt") else ","
@@ -94,7 +94,7 @@ def read_ratings(path: str | Path | None) -> dict[str, tuple[float, float]]:
         cols = {k: next((c for c in v if c in (reader.fieldnames or [])), None) for k, v in names.items()}
         missing = [k for k, c in cols.items() if c is None]
         if missing:
-            raise ValueError(f"{path}: no {missing} column (columns: {reader.fieldnames})")
+            raise RankError(f"{path}: no {missing} column (columns: {reader.fieldnames})")
         return {row[cols["word"]].strip().lower(): (float(row[cols["valence"]]), float(row[cols["arousal"]]))
                 for row in reader}
 
@@ -163,7 +163,7 @@ def run_rank(cfg: RankConfig, sae=None, model=None, tokenizer=None, db: Database
     docs = acts.documents
     hook = hook_of(sae) if sae is not None else None
     if hook is not None and hook not in acts.manifest["hooks"]:
-        raise ValueError(f"the SAE reads {hook}, but {cfg.activations} harvested {acts.manifest['hooks']}")
+        raise RankError(f"the SAE reads {hook}, but {cfg.activations} harvested {acts.manifest['hooks']}")
     rule = resolve_token_rule(cfg, acts, hook)
     skipped = {i: f"{d['id']}: no counted tokens ({d['n_tokens']} tokens, rule: {rule.describe()})"
                for i, d in enumerate(docs) if d["n_tokens"] <= rule.skip_first}
@@ -230,7 +230,7 @@ def study_emotions(acts: Activations, where: str) -> list[str]:
     """The emotions a harvest's stories carry (neutral texts aside); at least two, or the ranking has nothing to do."""
     emotions = sorted({d["label"] for d in acts.documents if d["label"] and d["label"] != NEUTRAL})
     if len(emotions) < 2:
-        raise ValueError(f"{where}: need stories of at least 2 emotions, found {emotions}")
+        raise RankError(f"{where}: need stories of at least 2 emotions, found {emotions}")
     return emotions
 
 
@@ -252,7 +252,11 @@ def _rating_lines(rows: list[dict], hook: str) -> dict[str, str]:
 # ---------------------------------------------------------------------------- beyond the corpus
 
 
-class EvalCorpusError(SaekitError, ValueError):
+class RankError(SaekitError, ValueError):
+    """A ranking cannot run on what it was given: the message names the file or the option."""
+
+
+class EvalCorpusError(RankError):
     """The evaluation corpus cannot be scored (missing, unlabelled, no emotion in common); the message says which."""
 
 
@@ -397,7 +401,7 @@ def resolve_token_rule(cfg: RankConfig, acts: Activations, hook: str | None) -> 
     rule = TokenRule(skip_first=skip, max_norm_ratio=ratio, reference_norm=ref if ratio else None)
     if rule.uses_norm and rule.reference_norm is None:
         if hook is None:
-            raise ValueError("the norm filter (max_norm_ratio) needs per-token activations: rank with an SAE")
+            raise RankError("the norm filter (max_norm_ratio) needs per-token activations: rank with an SAE")
         rule = rule.measured_on(acts.iter_shard_tensors(hook))
     return rule
 
