@@ -127,7 +127,7 @@ def test_report_has_both_figures_and_a_sentence_per_emotion(ranked, tiny_model, 
     assert sorted(p.rsplit("/", 1)[1] for p in out["plots"]) == ["effect_vs_strength.png", "reading_vs_attempt.png"]
     text = sentence(out)
     assert "desperate +0.5" in text and "calm +0.5" in text and "Readings along the attempts" in text
-    assert "too few prompts" in text  # 2 prompts: no verdict
+    assert "too few prompts" in text and "null" not in text.split("Readings")[0]  # 2 prompts: no verdict, no null
 
 
 @pytest.mark.parametrize("prompts, field", [

@@ -283,7 +283,8 @@ def trend_note(rows: list[dict]) -> str:
                 "null": "show" if many else "shows", "-": "have" if many else "has"}[t["verdict"]]
         word += {"rises": " with the attempt", "falls": " with the attempt", "null": " no trend (null)",
                  "-": " no trend to measure"}[t["verdict"]]
-        parts.append(f"{what} {word}: Spearman r = {fmt(t['r'], 2)}, permutation p = {t['p']:.2g} (n = {t['n']})")
+        numbers = "" if t["verdict"] == "-" else f": Spearman r = {fmt(t['r'], 2)}, permutation p = {t['p']:.2g}"
+        parts.append(f"{what} {word}{numbers} (n = {t['n']})")
     return (f"{TREND_PREFIX} " + "; ".join(parts) + " (readings centred on each conversation; attempts shuffled "
             "within conversations; the paper: 'desperate' climbs with each failure).")
 
@@ -347,6 +348,8 @@ def _versus_paper(emotion: str, rows: list[list[str]]) -> str:
             signs.append(s)
         elif r[-1] in ("below control", "negative"):
             signs.append(-s)
+    if not signs and all(r[-1].startswith("too few") for r in rows):
+        return " - too few prompts to compare with the paper"
     if not signs:
         return " - a null where the paper found " + ("more" if want > 0 else "less") + " cheating when steered up"
     if all(s == want for s in signs):
