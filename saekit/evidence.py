@@ -266,7 +266,7 @@ def own_word_check(vectors_ED: torch.Tensor, emotions: list[str], W_U_VD: torch.
                             "best_token": vocab[int(order[form_ranks[0]])] if len(form_ranks) else None,
                             "random_rate": float(random_hits[:, j].float().mean()),
                             "n_forms_in_vocab": int(is_form_V.sum())})
-    hits = sum(r["own_word_in_top"] for r in per_emotion)
+    hits = sum(bool(r["own_word_in_top"]) for r in per_emotion)
     null = random_hits.sum(1).float()
     return {"top": top, "n_random": n_random, "hits": hits, "emotions": len(emotions),
             "random_mean_hits": float(null.mean()), "p_value": float(((null >= hits).sum() + 1) / (n_random + 1)),

@@ -251,6 +251,7 @@ def kmeans(x_ED: torch.Tensor, k: int, seed: int = 0, restarts: int = 20) -> lis
         inertia = float(((data - centroids[labels]) ** 2).sum())
         if inertia < best_inertia:
             best, best_inertia = labels, inertia
+    assert best is not None  # restarts >= 1
     return [int(v) for v in best]
 
 
@@ -319,6 +320,7 @@ def _ridge(x_ND: torch.Tensor, y_N: torch.Tensor, scales=RIDGE_SCALES):
         err = float((resid**2).sum())
         if best is None or err < best[0]:
             best = (err, inv @ yc)
+    assert best is not None  # the grid of strengths is never empty
     alpha = best[1]
     return lambda x_MD: y_mean + (x_MD - mu) @ xc.T @ alpha
 

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from saekit.artifacts import cache_dir, match_umask
+from saekit.config import ConfigError
 from saekit.errors import SaekitError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -53,7 +54,7 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     return DTYPES[dtype]
 
 
@@ -214,7 +215,7 @@ def load_hf(name_or_path: str | os.PathLike | None = None, dtype: str | torch.dt
     tok = AutoTokenizer.from_pretrained(str(where))
     model = AutoModelForCausalLM.from_pretrained(
         str(where), dtype=parse_dtype(dtype), use_safetensors=True, attn_implementation="eager"
-    ).to(device)
+    ).to(device)  # type: ignore[arg-type]  # transformers' stubs type .to() as a decorator
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model.eval(), tok
@@ -380,6 +381,7 @@ def residual_capture(hf, tokens_BT: torch.Tensor, mask_BT: torch.Tensor, hooks: 
     try:
         for name in hooks:
             m = RESIDUAL_HOOK.match(name)
+            assert m is not None, name  # callers pass residual hooks only (harvest.only_residual)
             layer, kind = layers[int(m.group(1))], m.group(2)
             handles.append(layer.register_forward_hook(post(name)) if kind == "post"
                            else layer.register_forward_pre_hook(pre(name), with_kwargs=True))
@@ -418,9 +420,10 @@ def hook_names(model) -> list[str]:
 def stop_layer(model, hooks: Sequence[str]) -> int | None:
     """Layer to stop the forward pass at: just after the deepest hooked block (None: run it all)."""
     layers = [hook_layer(h) for h in hooks]
-    if not layers or any(layer is None for layer in layers):
+    known = [layer for layer in layers if layer is not None]
+    if not layers or len(known) < len(layers):
         return None
-    last = max(layers) + 1  # type: ignore[type-var]
+    last = max(known) + 1
     return None if last >= n_layers(model) else last
 
 

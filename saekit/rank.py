@@ -321,7 +321,7 @@ def eval_probes(cfg: RankConfig, acts: Activations, ev: EvalCorpus, emotions, la
     selective features, trained on the train stories as before.
     """
     hooks = list(vec)
-    sae_hook = sae_part["hook"] if sae_part is not None else None
+    sae_hook: str = sae_part["hook"] if sae_part is not None else ""
     known = {f.name for f in dataclasses.fields(HarvestConfig)}
     base = {k: v for k, v in acts.manifest["config"].items() if k in known}
     train_y = [labels[i] for i in train]
@@ -422,6 +422,8 @@ def sae_evidence(cfg: RankConfig, acts: Activations, sae, rule: TokenRule, emoti
     from saekit.sae import d_sae_of, decoder_FD, hook_of
 
     hook = hook_of(sae)
+    if hook is None:
+        raise RankError("the SAE names no hook (cfg.metadata.hook_name): it cannot be matched to the activations")
     enc = Ev.encode_documents(acts, hook, sae.encode, d_sae_of(sae), rule)
     train = [i for i in train if i not in enc.skipped]
     test = [i for i in test if i not in enc.skipped]
@@ -432,14 +434,15 @@ def sae_evidence(cfg: RankConfig, acts: Activations, sae, rule: TokenRule, emoti
     dec_FD = decoder_FD(sae).detach().float()
     align = {e: Fe.cosine_matrix(vec[hook]["vectors"][j:j + 1], dec_FD)[0] for j, e in enumerate(emotions)} \
         if hook in vec else {}
-    part = {"hook": hook, "enc": enc, "sel": sel, "probe": probe, "chosen": chosen, "align": align,
+    part: dict[str, Any] = {"hook": hook, "enc": enc, "sel": sel, "probe": probe, "chosen": chosen, "align": align,
             "examples": Ev.top_examples(enc, acts, hook, sae.encode, rule, tokenizer, cfg.n_examples),
             "precision": Ev.story_precision(enc, labels, emotions, cfg.n_examples), "lens": None}
     if unembed is not None:
-        part["lens"] = Ev.logit_lens(dec_FD, *unembed, n=cfg.logit_lens_tokens)
+        W_U_VD, norm_D = unembed
+        part["lens"] = Ev.logit_lens(dec_FD, W_U_VD, norm_D, n=cfg.logit_lens_tokens)
         top1 = sel.rank.argmin(dim=1)
         part["top_features"] = top1.tolist()
-        part["own_word"] = Ev.own_word_check(dec_FD[top1], emotions, *unembed, tokenizer, top=cfg.own_word_top,
+        part["own_word"] = Ev.own_word_check(dec_FD[top1], emotions, W_U_VD, norm_D, tokenizer, top=cfg.own_word_top,
                                              n_random=cfg.lens_random, seed=cfg.seed)
     return part
 
@@ -483,7 +486,7 @@ def write_results(db: Database, cfg: RankConfig, acts: Activations, emotions, la
         if sae_part is not None:
             _write_sae_results(db, run, cfg, corpus_id, model_id, emotions, sae_part, sae, model, rule, skipped or {})
         if eval_part is not None:
-            sae_id = sae_id_of(cfg.sae, cfg.sae_id) if sae_part is not None else None
+            sae_id = sae_id_of(cfg.sae, cfg.sae_id) if sae_part is not None and cfg.sae else None
             W.replace_eval_probes(db, [_eval_probe_row(run, model_id, corpus_id, sae_id, eval_part, r)
                                        for r in eval_part["rows"]])
     return run
@@ -538,7 +541,7 @@ def _write_sae_results(db: Database, run: str, cfg: RankConfig, corpus_id: str, 
     """The SAE's rows (its features, their statistics, examples, alignments and probe)."""
     from saekit.sae import d_in_of, d_sae_of
 
-    sae_id = sae_id_of(cfg.sae, cfg.sae_id)
+    sae_id = sae_id_of(cfg.sae or "", cfg.sae_id)
     sel, enc, hook = sae_part["sel"], sae_part["enc"], sae_part["hook"]
     scope = {"sae_id": sae_id, "corpus_id": corpus_id}
     E, F = sel.auroc.shape

@@ -10,6 +10,7 @@ run continues where it stopped.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -136,7 +137,7 @@ class StudyRun:
             k_exp = content_hash(["experiment", Path(spec).read_text(), k_rank, c.model, c.hook])
             keys.append(k_exp)
             steps.append(Step(f"experiment {Path(spec).stem}", k_exp,
-                              lambda tick, spec=spec, key=k_exp: self._experiment(spec, key, sae_path, tick),
+                              functools.partial(self._experiment, spec, k_exp, sae_path),
                               [self.out / "experiments" / f"{Path(spec).stem}.json"]))
         k_report = content_hash(["report", keys])
         steps.append(Step("write report", k_report, lambda tick: self._report(tick), [self.out / "report.html"]))

@@ -49,7 +49,7 @@ def sae_quality(db: Database, sae_id: str) -> Figure | None:
     ax.table(cellText=[[n.replace("_", " "), "n/a" if v is None else f"{v:.4g}"] for n, v in zip(names, vals)],
              colLabels=["metric", "value"], loc="center", cellLoc="left")
     ev, l0, rec = r.get("explained_variance"), r.get("mean_l0"), r.get("ce_loss_recovered")
-    rule = json.loads(r["token_rule"])["description"] if r.get("token_rule") else "not recorded"
+    rule = json.loads(str(r["token_rule"]))["description"] if r.get("token_rule") else "not recorded"
     sentence = (f"The SAE ({r['architecture']}, {r['d_sae']} features at {r['hook']}) explains "
                 f"{_pct(ev)} of held-out activation variance with {_num(l0)} active features per token, "
                 f"{_pct(r.get('dead_fraction'))} of its features never firing on held-out tokens; "
@@ -60,7 +60,7 @@ def sae_quality(db: Database, sae_id: str) -> Figure | None:
     return Figure("sae_quality", "SAE quality", fig, sentence)
 
 
-def selectivity_heatmap(db: Database, sae_id: str, corpus_id: str) -> tuple[Figure, list[dict]]:
+def selectivity_heatmap(db: Database, sae_id: str, corpus_id: str) -> tuple[Figure, list[DF.FeatureStat]]:
     stats = DF.top_stats(db, sae_id, corpus_id, max_rank=2)
     emotions = sorted({s["emotion"] for s in stats})
     feats = list(dict.fromkeys(s["feature"] for s in stats))
@@ -72,7 +72,7 @@ def selectivity_heatmap(db: Database, sae_id: str, corpus_id: str) -> tuple[Figu
     lim = float(grid.abs().max()) or 1.0
     im = ax.imshow(grid, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
     ax.set_yticks(range(len(emotions)), emotions, fontsize=7)
-    ax.set_xticks(range(len(feats)), feats, fontsize=6, rotation=90)
+    ax.set_xticks(range(len(feats)), [str(f) for f in feats], fontsize=6, rotation=90)
     ax.set_xlabel("feature (the two most selective per emotion)")
     fig.colorbar(im, ax=ax, label="Cohen's d (emotion vs other emotions)")
     best = [s for s in stats if s["selectivity_rank"] == 1]
@@ -84,7 +84,7 @@ def selectivity_heatmap(db: Database, sae_id: str, corpus_id: str) -> tuple[Figu
     return Figure("selectivity_heatmap", "Feature x emotion selectivity", fig, sentence), best
 
 
-def top_feature_table(db: Database, sae_id: str, corpus_id: str, best: list[dict]) -> tuple[str, str]:
+def top_feature_table(db: Database, sae_id: str, corpus_id: str, best: list[DF.FeatureStat]) -> tuple[str, str]:
     """The most selective feature per emotion with the evidence for it, and a sentence on that evidence."""
     rows, precisions = [], []
     for b in best:
@@ -120,7 +120,7 @@ def highlight(tokens: list[str] | None, values: list[float] | None) -> str:
         return ""
     top = max(max(values or [0.0]), 1e-9)
     return "".join(f'<span title="{v:.3g}" style="background:rgba(255,140,0,{max(v, 0) / top:.2f})">'
-                   f"{html.escape(t)}</span>" for t, v in zip(tokens, values))
+                   f"{html.escape(t)}</span>" for t, v in zip(tokens, values or []))
 
 
 def lens_check_table(db: Database, model_id: str, corpus_id: str) -> tuple[str, str] | None:
@@ -216,7 +216,7 @@ def rating_geometry_table(db: Database, model_id: str, corpus_id: str, hook: str
     for target in ("valence", "arousal"):
         mine = [r for r in rows if r["hook"] == at and r["target"] == target]
         ranked = sorted((r for r in mine if r["predictor"].startswith("PC") and r["r"] is not None),
-                        key=lambda r: -abs(r["r"]))
+                        key=lambda r: -abs(r["r"] or 0.0))
         if not ranked:
             continue
         best = ranked[0]
@@ -297,7 +297,7 @@ def probe_accuracy(db: Database, corpus_id: str) -> Figure | None:
 
 def write_report(cfg, out: Path, progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
     """Write <out>/report.html and <out>/figures/*.png from the database and the study folder."""
-    tick = progress or (lambda f, note="": None)
+    tick: Callable[..., None] = progress or (lambda f, note="": None)
     out = Path(out)
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
