@@ -33,6 +33,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+
 import saekit
 from saekit import cli
 from saekit.db import SANDBOX, Database

@@ -102,7 +102,8 @@ def test_query_is_read_only_and_exports(tmp_path):
 def test_second_writer_gets_clear_message(tmp_path):
     path = tmp_path / "f.duckdb"
     holder = subprocess.Popen([sys.executable, "-c",
-                               f"import time; from saekit import db as D; d = D.Database({str(path)!r}); print('ready', flush=True); time.sleep(30)"],
+                               f"import time; from saekit import db as D; d = D.Database({str(path)!r}); "
+                               "print('ready', flush=True); time.sleep(30)"],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ready"

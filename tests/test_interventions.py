@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from saekit.interventions import (Ablate, Clamp, InterventionError, Scale, Splice, Steer, edit_features,
-                                  mean_resid_norm, patched)
+from saekit.interventions import Ablate, Clamp, InterventionError, Scale, Splice, Steer, edit_features, mean_resid_norm, patched
 from saekit.sae import build_training_sae, load_sae, save_sae
 
 HOOK = "blocks.2.hook_resid_post"
