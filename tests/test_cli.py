@@ -11,7 +11,8 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("args", [[], ["harvest"], ["study"], ["rank"], ["query"], ["db"], ["train"], ["sae"], ["sae", "load"],
-                                  ["corpus"], ["corpus", "stats"], ["corpus", "validate"], ["corpus", "generate"], ["model"], ["model", "info"], ["model", "chat"]])
+                                  ["corpus"], ["corpus", "stats"], ["corpus", "validate"], ["corpus", "generate"],
+                                  ["model"], ["model", "info"], ["model", "chat"]])
 def test_every_command_has_help(args):
     result = runner.invoke(app, args + ["--help"])
     assert result.exit_code == 0, result.output
