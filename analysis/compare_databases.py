@@ -11,6 +11,7 @@ Tables only one file has are listed. Exit code 1 when a shared table differs.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 
@@ -45,11 +46,24 @@ def _plain(v):
     return (3, str(v))
 
 
+def _json(v):
+    """A JSON document stored as text, parsed (so key order and float noise do not count); else v."""
+    if isinstance(v, str) and v[:1] in "{[":
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v
+
+
 def _close(a, b, rtol: float, atol: float) -> bool:
+    a, b = _json(a), _json(b)
     if hasattr(a, "tolist"):
         a = a.tolist()
     if hasattr(b, "tolist"):
         b = b.tolist()
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], rtol, atol) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_close(x, y, rtol, atol) for x, y in zip(a, b))
     if isinstance(a, float) or isinstance(b, float):
@@ -65,9 +79,8 @@ def compare_table(before, after, table: str, rtol: float, atol: float) -> str | 
     """None when the table agrees, else a one-line reason."""
     a, b = (_cells(db.sql(f'SELECT * FROM "{table}"')) for db in (before, after))
     columns = [c for c in a.columns if c in set(b.columns) and c not in VOLATILE]
-    if set(a.columns) != set(b.columns):
-        only_a, only_b = sorted(set(a.columns) - set(b.columns)), sorted(set(b.columns) - set(a.columns))
-        return f"columns differ: only before {only_a}, only after {only_b}"
+    if set(a.columns) - set(b.columns):
+        return f"columns only before: {sorted(set(a.columns) - set(b.columns))}"
     if len(a) != len(b):
         return f"{len(a)} rows before, {len(b)} after"
     rows_a = sorted((tuple(r) for r in a[columns].itertuples(index=False)), key=lambda r: tuple(_plain(v) for v in r))
@@ -92,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         for table in sorted(set(ta) & set(tb)):
             reason = compare_table(before, after, table, args.rtol, args.atol)
             n = len(before.sql(f'SELECT 1 FROM "{table}"'))
-            print(f"{table:40s} {n:8d} rows  {'same' if reason is None else 'DIFFERENT: ' + reason}")
+            added = sorted(set(after.sql(f'SELECT * FROM "{table}" LIMIT 0').columns)
+                           - set(before.sql(f'SELECT * FROM "{table}" LIMIT 0').columns))
+            extra = f" (columns only after, not compared: {', '.join(added)})" if added else ""
+            print(f"{table:40s} {n:8d} rows  {'same' if reason is None else 'DIFFERENT: ' + reason}{extra}")
             different += reason is not None
         for table in sorted(set(ta) - set(tb)):
             print(f"{table:40s} only before")
