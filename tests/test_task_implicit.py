@@ -5,16 +5,14 @@ import shutil
 
 import pytest
 import torch
+from conftest import rank_tiny
 
 from saekit import experiments as X
-from saekit.corpus import load_corpus, load_scenario
+from saekit.corpus import load_scenario
 from saekit.db import Database, read_only_query
 from saekit.experiments.batches import read_acts
 from saekit.experiments.report import report, sentence
 from saekit.experiments.tasks.implicit import implicit_stats
-from saekit.harvest import HarvestConfig, harvest
-from saekit.rank import RankConfig, run_rank
-from saekit.sae import build_training_sae, load_sae, save_sae
 
 HOOK = "blocks.2.hook_resid_post"
 EMOTIONS = ["calm", "afraid", "desperate"]
@@ -23,17 +21,7 @@ IDS = ["implicit-01", "implicit-02", "implicit-11", "implicit-12", "implicit-23"
 
 @pytest.fixture(scope="module")
 def ranked(tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("implicit")
-    records = [r for r in load_corpus(emotions=EMOTIONS) if r.emotion != "neutral" or r.id.endswith(("1", "2"))]
-    acts = harvest(HarvestConfig(model="tiny", hooks=[HOOK], out=str(tmp / "acts"), max_tokens=64, batch_size=16),
-                   model=tiny_model, records=records)
-    torch.manual_seed(0)
-    sae = build_training_sae("topk", 64, 128, k=8, metadata={"hook_name": HOOK, "model_name": "tiny"})
-    folder = save_sae(sae, tmp / "sae")
-    cfg = RankConfig(activations=str(acts), sae=str(folder), db=str(tmp / "f.duckdb"), kmeans_k=2)
-    with Database(cfg.db) as db:
-        run_rank(cfg, sae=load_sae(folder).sae, model=tiny_model, tokenizer=tiny_model.tokenizer, db=db)
-    return {"db": cfg.db, "sae": str(folder), "tmp": tmp}
+    return rank_tiny(tiny_model, tmp_path_factory.mktemp("implicit"), EMOTIONS, HOOK)
 
 
 def spec(ranked, **kw):
@@ -43,13 +31,6 @@ def spec(ranked, **kw):
     return base
 
 
-@pytest.fixture
-def no_forward(tiny_model):
-    calls = []
-    point = tiny_model.hook_dict["blocks.0.hook_resid_pre"]
-    point.add_hook(lambda a, hook: calls.append(1))
-    yield calls
-    point.remove_hooks()
 
 
 def rows_of(db, exp_id):

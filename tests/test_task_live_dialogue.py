@@ -6,15 +6,14 @@ import random
 
 import pytest
 import torch
+from conftest import rank_tiny
 
 from saekit import experiments as X
-from saekit.corpus import load_corpus, load_scenario
-from saekit.db import Database, read_only_query
+from saekit.corpus import load_scenario
+from saekit.db import read_only_query
 from saekit.experiments.batches import chat_ids, read_acts
 from saekit.experiments.report import report, sentence
 from saekit.experiments.tasks.live_dialogue import LiveDialogueTask
-from saekit.harvest import HarvestConfig, harvest
-from saekit.rank import RankConfig, run_rank
 
 HOOK = "blocks.2.hook_resid_post"
 EMOTIONS = ["calm", "sad", "angry"]
@@ -22,14 +21,7 @@ EMOTIONS = ["calm", "sad", "angry"]
 
 @pytest.fixture(scope="module")
 def ranked(tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("live")
-    records = [r for r in load_corpus(emotions=EMOTIONS) if r.emotion != "neutral" or r.id.endswith(("1", "2"))]
-    acts = harvest(HarvestConfig(model="tiny", hooks=[HOOK], out=str(tmp / "acts"), max_tokens=64, batch_size=16),
-                   model=tiny_model, records=records)
-    cfg = RankConfig(activations=str(acts), db=str(tmp / "f.duckdb"), kmeans_k=2)
-    with Database(cfg.db) as db:
-        run_rank(cfg, model=tiny_model, tokenizer=tiny_model.tokenizer, db=db)
-    return {"db": cfg.db, "tmp": tmp}
+    return rank_tiny(tiny_model, tmp_path_factory.mktemp("live"), EMOTIONS, HOOK, with_sae=False)
 
 
 def spec(ranked, **kw):
@@ -40,13 +32,6 @@ def spec(ranked, **kw):
     return base
 
 
-@pytest.fixture
-def no_forward(tiny_model):
-    calls = []
-    point = tiny_model.hook_dict["blocks.0.hook_resid_pre"]
-    point.add_hook(lambda a, hook: calls.append(1))
-    yield calls
-    point.remove_hooks()
 
 
 # ---------------------------------------------------------------------------- bad input
