@@ -424,14 +424,17 @@ def study(
 
         out_console.print(format_plan(plan_study(config, device_profile, gpus)), markup=False, soft_wrap=True)
         return
+    import os
+
     from saekit.db import check_database_path
     from saekit.study import load_study_config, run_study
 
     started = time.perf_counter()
     cfg = load_study_config(config)
     check_database_path(cfg.db)  # before hours of harvesting and training, not at the ranking step
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 draws and prints
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console) as bar:
+                  TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console, disable=not main) as bar:
         overall = bar.add_task("study", total=None, note="")
         current = {"task": None}
 
@@ -447,6 +450,8 @@ def study(
 
         results = run_study(cfg, on_step=on_step)
         bar.update(overall, completed=bar.tasks[0].total)
+    if not main:
+        return
     for name, summary in results.items():
         _print_summary(name, {k: _fmt(v) for k, v in summary.items()} if isinstance(summary, dict) else {"": summary})
     out_console.print(f"\nstudy finished in {time.perf_counter() - started:.0f} s; report: {Path(cfg.out) / 'report.html'}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from saekit import distributed as D
 from saekit.artifacts import atomic_write_json, content_hash
 from saekit.config import load_config, to_dict
 from saekit.model import DEFAULT_MODEL
@@ -77,6 +78,12 @@ class Step:
     run: Callable[[Callable[[float, str], None]], dict[str, Any]]
     """Does the work; receives tick(fraction_done, note); returns a summary."""
     outputs: list[Path]
+    parallel: bool = False
+    """Under torchrun every process runs it (harvest, training: data-parallel); else rank 0 alone."""
+
+
+STEP_TIMEOUT_MINUTES = 24 * 60
+"""How long torchrun's other processes wait at a barrier while rank 0 ranks or runs experiments."""
 
 
 class StudyRun:
@@ -121,13 +128,15 @@ class StudyRun:
             tcfg = self.train_config()
             k_sae = content_hash(["train", to_dict(tcfg), k_harvest])
             sae_path = tcfg.out
-            train_step = Step("train SAE", k_sae, lambda tick: self._train(tcfg, k_sae, tick), [Path(tcfg.out)])
+            train_step = Step("train SAE", k_sae, lambda tick: self._train(tcfg, k_sae, tick), [Path(tcfg.out)],
+                              parallel=True)
         rcfg = RankConfig(activations=hcfg.out, sae=sae_path, sae_id=c.sae_id or None, db=c.db,
                           ratings=c.ratings or None, seed=c.seed, corpus_id=corpus_id_of(c.corpus),
                           eval_corpus=c.eval_corpus or None)
         k_rank = content_hash(["rank", to_dict(rcfg), k_harvest, k_sae]
                               + ([_corpus_fingerprint(c.eval_corpus)] if c.eval_corpus else []))
-        steps = [Step("harvest activations", k_harvest, lambda tick: self._harvest(hcfg, tick), [Path(hcfg.out)])]
+        steps = [Step("harvest activations", k_harvest, lambda tick: self._harvest(hcfg, tick), [Path(hcfg.out)],
+                      parallel=True)]
         if train_step:
             steps.append(train_step)
         steps.append(Step("rank features and vectors", k_rank, lambda tick: self._rank(rcfg, tick),
@@ -156,13 +165,15 @@ class StudyRun:
         from saekit.train import list_checkpoints, read_metrics, train_sae
 
         out = Path(tcfg.out)
-        recover_sae_folder(out)  # a kill inside save_sae can leave the stamp in its aside folder
-        stamp = out / "study_key.json"
-        same = stamp.exists() and json.loads(stamp.read_text()).get("key") == key
-        if out.exists() and not same:
-            shutil.rmtree(out)  # an SAE from another config: retrain from scratch
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(stamp, {"key": key})
+        if D.is_main():  # under torchrun one process tidies the folder, the others wait for it
+            recover_sae_folder(out)  # a kill inside save_sae can leave the stamp in its aside folder
+            stamp = out / "study_key.json"
+            same = stamp.exists() and json.loads(stamp.read_text()).get("key") == key
+            if out.exists() and not same:
+                shutil.rmtree(out)  # an SAE from another config: retrain from scratch
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(stamp, {"key": key})
+        D.barrier()
         resume = bool(list_checkpoints(out))
         train_sae(tcfg, resume=resume, progress=lambda r: tick(r.step / r.total_steps,
                                                                f"L0 {r.l0:.1f}  EV {r.explained_variance:.3f}"))
@@ -237,12 +248,19 @@ class StudyRun:
             read_eval_corpus(RankConfig(eval_corpus=self.cfg.eval_corpus), emotions)
 
     def run(self, on_step: Callable[[int, int, Step, bool], Callable[[float, str], None]] | None = None) -> dict:
+        """Run the steps whose key changed. Under torchrun (WORLD_SIZE > 1) every process runs the
+        parallel steps (harvest and training, data-parallel) and rank 0 alone runs the rest and
+        writes the record, while the others wait at a barrier; every process decides what to skip
+        from the same steps.json, read before the first step."""
         check_device(self.cfg.device)
+        D.setup(self.cfg.device, timeout_minutes=STEP_TIMEOUT_MINUTES)
         self.preflight()
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.out / "study_config.json", to_dict(self.cfg))
+        if D.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / "study_config.json", to_dict(self.cfg))
+        D.barrier()
         steps = self.steps()
-        results = {}
+        results: dict[str, Any] = {}
         for i, step in enumerate(steps):
             skip = self.is_done(step)
             tick = on_step(i, len(steps), step, skip) if on_step else (lambda f, note="": None)
@@ -250,12 +268,16 @@ class StudyRun:
                 results[step.name] = dict(self.record[step.name]["summary"], skipped=True)
                 continue
             started = time.perf_counter()
-            summary = step.run(tick)
-            self.record[step.name] = {"key": step.key, "summary": summary,
-                                      "seconds": round(time.perf_counter() - started, 1),
-                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            atomic_write_json(self.record_path, self.record)
-            results[step.name] = summary
+            if step.parallel or D.is_main():
+                results[step.name] = summary = step.run(tick)
+                if D.is_main():
+                    self.record[step.name] = {"key": step.key, "summary": summary, "processes": D.world(),
+                                              "seconds": round(time.perf_counter() - started, 1),
+                                              "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                    atomic_write_json(self.record_path, self.record)
+            else:
+                results[step.name] = {"run by": "rank 0"}
+            D.barrier()
         return results
 
 

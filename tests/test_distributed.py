@@ -144,3 +144,28 @@ def test_one_process_helpers_are_no_ops():
     assert (D.rank(), D.world(), D.is_main()) == (0, 1, True)
     assert D.local_rows(x) is x and torch.equal(D.all_reduce_(x.clone(), "mean"), x)
     assert D.backend_for("cuda:1") == "nccl" and D.backend_for("cpu") == "gloo"
+
+
+def test_the_study_runs_under_torchrun_unchanged(tmp_path):
+    """`torchrun ... saekit study CONFIG`: both processes harvest and train, rank 0 alone ranks, runs the
+    experiments and writes the report; a second launch skips every step."""
+    from test_study import write_config
+
+    from saekit.db import read_only_query
+
+    config = write_config(tmp_path)
+    first = torchrun("-m", "saekit", "study", str(config))
+    steps = json.loads((tmp_path / "study" / "steps.json").read_text())
+    assert set(steps) == {"harvest activations", "train SAE", "rank features and vectors", "experiment tiny_probes",
+                          "write report"}
+    assert {name: s["processes"] for name, s in steps.items()} == dict.fromkeys(steps, 2)
+    manifest = json.loads((tmp_path / "study" / "activations" / "manifest.json").read_text())
+    assert manifest["complete"] and len(manifest["documents"]) == 200
+    assert (tmp_path / "study" / "report.html").is_file()
+    assert first.stdout.count("study finished") == 1, "only rank 0 prints the summary"
+    db = tmp_path / "study.duckdb"
+    assert read_only_query("SELECT count(*) AS n FROM feature_emotion_stats", db).to_pylist()[0]["n"] > 0
+    names = read_only_query("SELECT name FROM experiments", db).to_pylist()
+    assert names == [{"name": "tiny_probes"}], "the experiment ran once, on rank 0"
+    again = torchrun("-m", "saekit", "study", str(config))
+    assert again.returncode == 0 and json.loads((tmp_path / "study" / "steps.json").read_text()) == steps
