@@ -241,6 +241,7 @@ def run_ids(path) -> dict[str, set]:
     return {t: v for t, v in ids.items() if v}
 
 
+@pytest.mark.slow  # a subprocess per case (kill, fresh process) or a full uncached pass: not in make test-fast
 def test_killed_ranking_leaves_the_previous_one_whole(ranked, tmp_path):
     db = tmp_path / "f.duckdb"
     shutil.copy(ranked["db"], db)

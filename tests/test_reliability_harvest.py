@@ -54,6 +54,7 @@ def reference(tmp_path_factory) -> Path:
     "write:manifest.json",              # the first manifest (after shard 0) half written
     "written:pooled.safetensors",       # pooled vectors written, the manifest still unfinished
 ])
+@pytest.mark.slow  # a subprocess per case (kill, fresh process) or a full uncached pass: not in make test-fast
 def test_kill_9_then_resume_gives_the_uninterrupted_result(reference, tmp_path, fault):
     killed = run_harvest(tmp_path, fault)
     assert killed.returncode == 137, killed.stderr[-3000:]
@@ -68,6 +69,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(reference, tmp_path, 
     assert {f: (out / f).stat().st_mtime_ns for f in recorded} == recorded, "recorded shards are not redone"
 
 
+@pytest.mark.slow  # a subprocess per case (kill, fresh process) or a full uncached pass: not in make test-fast
 def test_files_follow_the_users_umask(reference, tmp_path):
     assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in reference.iterdir()} == {"0o644"}
     private = run_harvest(tmp_path, umask=0o077)

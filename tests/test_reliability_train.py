@@ -380,6 +380,7 @@ def run_killed(out: Path, point: str) -> None:
     assert proc.returncode == 137, proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # a subprocess per case (kill, fresh process) or a full uncached pass: not in make test-fast
 @pytest.mark.parametrize("point", SAVE_POINTS)
 def test_training_killed_while_saving_the_sae_resumes_to_the_same_weights(tmp_path, reference, point):
     out = tmp_path / "sae"

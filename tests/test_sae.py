@@ -28,6 +28,7 @@ def trained_like(arch, d_in=64, d_sae=128, hook=HOOK, seed=0):
     return sae
 
 
+@pytest.mark.slow  # a subprocess per case (kill, fresh process) or a full uncached pass: not in make test-fast
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "standard"])
 def test_saved_sae_loads_in_a_fresh_sae_lens_process_with_the_same_outputs(arch, tmp_path):
     sae = trained_like(arch)

@@ -100,6 +100,7 @@ def impossible(ranked, **kw):  # noqa: F811
     return spec(ranked, **base)
 
 
+@pytest.mark.slow  # a subprocess per case (kill, fresh process) or a full uncached pass: not in make test-fast
 @pytest.mark.parametrize("positions", ["all", "counted"])
 def test_cached_task_rows_equal_the_uncached_ones(ranked, tiny_model, monkeypatch, positions):  # noqa: F811
     s = impossible(ranked, positions=positions)
@@ -121,6 +122,7 @@ def test_cached_task_rows_equal_the_uncached_ones(ranked, tiny_model, monkeypatc
     assert any(abs(v - a[("none", 0.0, False, k[3], "margin_mean")]) > 1e-4 for k, v in steered.items())
 
 
+@pytest.mark.slow  # a subprocess per case (kill, fresh process) or a full uncached pass: not in make test-fast
 def test_report_has_both_figures_and_a_sentence_per_emotion(ranked, tiny_model, tmp_path):  # noqa: F811
     exp = X.run_experiment(impossible(ranked), model=tiny_model)
     out = report(exp, db_path=ranked["db"], out_dir=tmp_path)
