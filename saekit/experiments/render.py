@@ -23,3 +23,12 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path):
+    """Lay out, write as PNG (110 dpi, as every experiment figure) and close; returns the path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+

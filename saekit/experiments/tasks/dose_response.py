@@ -28,7 +28,7 @@ from saekit.corpus import corpus_root, load_scenario
 from saekit.experiments.base import ExperimentError, Setting, Target, result_rows
 from saekit.experiments.batches import chat_ids, pad_id_of
 from saekit.experiments.controls import control_direction
-from saekit.experiments.render import fmt, pyplot
+from saekit.experiments.render import fmt, pyplot, save_figure
 from saekit.experiments.stats import spearman, spearman_bootstrap_ci, spearman_permutation
 from saekit.experiments.tasks.base import Task
 from saekit.model import capture, format_chat, model_device, pad_batch
@@ -410,7 +410,4 @@ def plot_dose(data: list[dict], path: Path, title: str) -> Path | None:
             ax.set_title(f"{e} ({'vector' if kind == 'vec:' else 'SAE features'})")
             ax.legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

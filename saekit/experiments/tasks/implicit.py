@@ -24,7 +24,7 @@ from saekit.db import experiments as dbx
 from saekit.experiments.base import ExperimentError, Setting, Target, result_rows, select_items
 from saekit.experiments.batches import read_acts
 from saekit.experiments.controls import random_direction
-from saekit.experiments.render import pyplot
+from saekit.experiments.render import pyplot, save_figure
 from saekit.experiments.stats import bootstrap_ci
 from saekit.experiments.tasks.base import Task
 from saekit.harvest import pool_start
@@ -310,7 +310,4 @@ def plot_confusion(conf: dict, title: str, path):
     hits = sum(t == p for t, p in conf["pairs"])
     ax.set_title(f"{title}\n{hits}/{len(conf['pairs'])} on the diagonal", fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

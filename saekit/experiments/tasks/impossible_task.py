@@ -30,7 +30,7 @@ from saekit.experiments.base import BASELINE, ExperimentError, result_rows, sele
 from saekit.experiments.batches import chat_ids, positions_mask, read_acts, run_logits
 from saekit.experiments.controls import control_direction
 from saekit.experiments.kinds import make_edits
-from saekit.experiments.render import fmt, pyplot
+from saekit.experiments.render import fmt, pyplot, save_figure
 from saekit.experiments.stats import spearman_permutation
 from saekit.experiments.tasks.intervention import InterventionTask, plot_effects
 from saekit.model import cacheable_hook, score_continuations
@@ -310,10 +310,7 @@ def plot_readings(data: list[dict], title: str, path: Path) -> Path | None:
         ax.set_ylabel(f"projection on unit '{m.split(':', 1)[1]}' vector")
         ax.legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------- the effect per emotion vs the paper's

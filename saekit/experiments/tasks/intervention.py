@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, ClassVar
 
-from saekit.experiments.render import ci, fmt, pyplot
+from saekit.experiments.render import ci, fmt, pyplot, save_figure
 from saekit.experiments.stats import bootstrap_ci
 from saekit.experiments.tasks.base import Task
 
@@ -143,7 +143,4 @@ def plot_effects(rows: list[dict], title: str, path: Path) -> Path:
     ax.set_ylabel(f"effect on {what} (vs no intervention)")
     ax.set_title(title)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

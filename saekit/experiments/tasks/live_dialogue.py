@@ -24,7 +24,7 @@ from saekit.corpus import load_scenario
 from saekit.experiments.base import ExperimentError, Setting, Target, result_rows, select_items
 from saekit.experiments.batches import chat_ids, read_acts
 from saekit.experiments.controls import control_direction
-from saekit.experiments.render import fmt, pyplot
+from saekit.experiments.render import fmt, pyplot, save_figure
 from saekit.experiments.stats import bootstrap_ci, bootstrap_corr, bootstrap_corr_diff
 from saekit.experiments.tasks.base import Task
 from saekit.model import format_chat, model_device, plain_model
@@ -304,7 +304,4 @@ def plot_positions(stats: dict, title: str, path):
     ax.set_ylim(-1.05, 1.05)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

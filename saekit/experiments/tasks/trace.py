@@ -22,7 +22,7 @@ from saekit.corpus import load_scenario
 from saekit.experiments.base import ExperimentError, Setting, Target, result_rows
 from saekit.experiments.batches import chat_ids, read_acts
 from saekit.experiments.controls import control_direction
-from saekit.experiments.render import fmt, pyplot
+from saekit.experiments.render import fmt, pyplot, save_figure
 from saekit.experiments.stats import spearman
 from saekit.experiments.tasks.base import Task
 
@@ -287,10 +287,7 @@ def plot_trace(data: list[dict], scenario: str, title: str, path: Path, xlabel: 
         ax.set_ylabel("projection on unit vector" if prefix == "vec:" else "top-feature activation")
         ax.legend(fontsize=7, ncol=2)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_live(data: list[dict], path: Path) -> Path | None:
@@ -311,7 +308,4 @@ def plot_live(data: list[dict], path: Path) -> Path | None:
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(ms))], [m[4:] for m in ms], rotation=60, fontsize=7)
     ax.set_ylabel("reading at the assistant turn start")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
