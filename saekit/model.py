@@ -43,10 +43,11 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-# Gemma's turn format (the assistant's role is "model", a system message joins the first user turn).
-# No BOS: the tokenizer adds it, so the template's own would double it. The GGUF carries no template.
+# Gemma's turn format (the assistant's role is "model", a system message joins the first user turn),
+# starting with BOS as Gemma's own template does: chat text is tokenised without added special tokens
+# (experiments.batches.chat_ids, `generate`). The GGUF carries no template.
 GEMMA_TEMPLATE = (
-    "{% set ns = namespace(system='') %}"
+    "{{ bos_token }}{% set ns = namespace(system='') %}"
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{% set ns.system = message['content'] + '\n\n' %}"
     "{% else %}"
@@ -350,6 +351,7 @@ def load_hf(name_or_path: str | os.PathLike | None = None, dtype: str | torch.dt
     ).to(device)  # type: ignore[arg-type]  # transformers' stubs type .to() as a decorator
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    _set_chat_template(tok, name_or_path)
     return model.eval(), tok
 
 
@@ -378,7 +380,16 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None):
     """The model's own tokenizer alone (what every saekit path tokenises with), without the weights."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(resolve_model(name_or_path)))
+    tok = AutoTokenizer.from_pretrained(str(resolve_model(name_or_path)))
+    _set_chat_template(tok, name_or_path)
+    return tok
+
+
+def _set_chat_template(tok, name_or_path: str | os.PathLike | None) -> None:
+    """An embedded model's chat format is saekit's (its GGUF has none), also in folders converted earlier."""
+    known = embedded(name_or_path)
+    if known is not None and known.name != DEFAULT_MODEL:
+        tok.chat_template = known.chat_template
 
 
 def local_tokenizer(name_or_path: str | os.PathLike):
@@ -652,18 +663,14 @@ def add_hooks(model, hooks: Sequence[tuple[str, Any]]) -> Iterator[None]:
 
 
 def format_chat(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-    """Chat text for a model; ChatML models get no injected default system prompt, and a template's
-    leading BOS is dropped when the tokenizer adds one itself (else every chat would start with two)."""
+    """Chat text for a model; ChatML models get no injected default system prompt. Tokenise it without
+    added special tokens: a template that wants BOS writes it itself."""
     template = getattr(tokenizer, "chat_template", None)
     if template is None or "<|im_start|>" in template:
         template = CHATML_TEMPLATE
-    text = tokenizer.apply_chat_template(
+    return tokenizer.apply_chat_template(
         messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
     )
-    bos = tokenizer.bos_token
-    if bos and text.startswith(bos) and prepends_bos(tokenizer):
-        text = text[len(bos):]
-    return text
 
 
 def generate(model, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
@@ -673,7 +680,8 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
     cached generation of Llama models degenerates into repeated tokens; uncached it is exact.
     """
     hf = hf_model_of(model)
-    ids = tokenizer(prompt, return_tensors="pt").to(hf.device)
+    starts_with_bos = bool(tokenizer.bos_token) and prompt.startswith(tokenizer.bos_token)  # chat text from format_chat
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=not starts_with_bos).to(hf.device)
     with torch.no_grad():
         out = hf.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, use_cache=False,
                           pad_token_id=tokenizer.pad_token_id)

@@ -190,7 +190,7 @@ def test_gemmas_chat_format(tiny_model):
     tok_gemma.chat_template = M.GEMMA_TEMPLATE
     text = M.format_chat(tok_gemma, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                                      {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}])
-    assert text == ("<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
+    assert text == tok_gemma.bos_token + ("<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
                     "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n")
 
 
@@ -222,11 +222,14 @@ def test_the_converted_gemma_has_the_gguf_models_logits(gemma):
 
 @pytest.mark.slow
 def test_gemma_chats_in_its_own_format_with_one_bos(gemma):
+    from saekit.experiments.batches import chat_ids
+
     tok = gemma.tokenizer
-    text = M.format_chat(tok, [{"role": "user", "content": "What is the capital of France?"}])
-    assert text.startswith("<start_of_turn>user\n") and text.endswith("<start_of_turn>model\n")
-    ids = tok(text).input_ids
-    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    text = M.format_chat(tok, messages)
+    assert text.startswith("<bos><start_of_turn>user\n") and text.endswith("<start_of_turn>model\n")
+    for ids in (chat_ids(tok, messages), tok(text, add_special_tokens=False).input_ids):
+        assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
     context = tok("The capital of France is").input_ids
     paris, london = (tok(w, add_special_tokens=False).input_ids for w in (" Paris", " London"))
     (scores,) = M.score_continuations(gemma, context, [(len(context), [paris, london])])
