@@ -365,6 +365,44 @@ def experiment_report(
         out_console.print(f"plot: {p}", markup=False)
 
 
+# ---------------------------------------------------------------------------- comparisons
+
+
+@app.command()
+def compare(
+    a: Annotated[str, typer.Argument(help="Side A: MODEL@HOOK (or MODEL@LAYER) with emotion vectors, or an sae_id.")],
+    b: Annotated[str, typer.Argument(help="Side B, the same way.")],
+    db: Annotated[Optional[Path], typer.Option(help="Database file (default artifacts/saekit.duckdb).")] = None,
+    corpus: Annotated[Optional[str], typer.Option(help="Corpus id (default: the one both sides were ranked on).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for compare.json, compare.md and compare.png "
+                                                     "(default artifacts/compare/A__vs__B).")] = None,
+    permutations: Annotated[int, typer.Option(min=0, help="Permutations behind each RSA p-value.")] = 10000,
+    seed: Annotated[int, typer.Option(help="Seed of the permutations and k-means.")] = 0,
+) -> None:
+    """Compare two models, layers or SAEs on one corpus, beside a corpus-only lexical baseline; recorded in the database."""
+    from saekit.compare import compare as run
+    from saekit.compare_report import default_out, pair_rows, side_rows, write_report
+
+    with console.status("comparing"):
+        result = run(db, a, b, corpus_id=corpus, n_permutations=permutations, seed=seed)
+        files = write_report(result, out or default_out(a, b))
+    out_console.print("\n".join(f"{k}: {result.sides[key].label}" for k, key in (("A", "a"), ("B", "b"),
+                                                                                 ("baseline", "baseline"))),
+                      markup=False, soft_wrap=True)
+    for title, (header, rows) in ((f"on corpus {result.corpus_id}", side_rows(result, tags_only=True)),
+                                  ("pairs", pair_rows(result))):
+        table = Table(title=title)
+        for h in header:
+            table.add_column(escape(h), overflow="fold")
+        for row in rows:
+            table.add_row(*[escape(v) for v in row])
+        out_console.print(table)
+    for note in result.notes:
+        out_console.print(f"note: {note}", markup=False)
+    out_console.print(f"comparison {result.comparison_id}; wrote {', '.join(map(str, files.values()))}",
+                      markup=False, soft_wrap=True)
+
+
 # ---------------------------------------------------------------------------- exports
 
 

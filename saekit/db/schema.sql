@@ -286,6 +286,20 @@ CREATE TABLE IF NOT EXISTS intervention_results (
     run_id          VARCHAR
 );
 
+CREATE TABLE IF NOT EXISTS comparisons (
+    comparison_id   VARCHAR PRIMARY KEY,
+    side_a          VARCHAR NOT NULL,
+    side_b          VARCHAR NOT NULL,
+    corpus_id       VARCHAR NOT NULL,
+    n_emotions      INTEGER,
+    k               INTEGER,
+    metrics         JSON,
+    seed            INTEGER,
+    n_permutations  INTEGER,
+    created_at      TIMESTAMP,
+    run_id          VARCHAR
+);
+
 -- upgrades of databases made by older versions (no-ops on new ones)
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
