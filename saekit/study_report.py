@@ -24,6 +24,8 @@ from saekit.corpus import emotion_table  # noqa: E402
 from saekit.db import Database, corpus_id_of, sae_id_of  # noqa: E402
 from saekit.db import features as DF  # noqa: E402
 from saekit.db import report as DR  # noqa: E402
+from saekit.experiments.tasks import TASKS  # noqa: E402
+from saekit.experiments.tasks.base import base_model_label  # noqa: E402
 from saekit.rank import POSITIVE_CLUSTERS, read_ratings  # noqa: E402
 
 
@@ -331,12 +333,17 @@ def write_report(cfg, out: Path, progress: Callable[[float, str], None] | None =
     tick(0.7, "experiments")
     for path in sorted((out / "experiments").glob("*.json")) if (out / "experiments").exists() else []:
         summary = json.loads(path.read_text())
+        task = TASKS.get(summary.get("task", ""))
+        label = base_model_label(task, model_id) if task is not None else None
+        name = f"{path.stem} (base model)" if label else path.stem
         for png in summary.get("figures", []):
             if Path(png).exists():
-                title = f"Experiment {path.stem}: {Path(png).stem.replace('_', ' ')}"
-                sections.append(("png", (title, Path(png), summary.get("sentences", {}).get(Path(png).name, ""))))
+                title = f"Experiment {name}: {Path(png).stem.replace('_', ' ')}"
+                sentence = summary.get("sentences", {}).get(Path(png).name, "")
+                sections.append(("png", (title, Path(png), f"{label[0].upper()}{label[1:]}. {sentence}" if label else sentence)))
         if summary.get("table_html"):
-            sections.append(("html", (f"Experiment {path.stem}", summary["table_html"])))
+            note = f"<p><em>{html.escape(label[0].upper() + label[1:])}.</em></p>" if label else ""
+            sections.append(("html", (f"Experiment {name}", note + summary["table_html"])))
     pngs, body = [], []
     for kind, item in sections:
         if kind == "figure":

@@ -234,3 +234,41 @@ def test_gemma_chats_in_its_own_format_with_one_bos(gemma):
     paris, london = (tok(w, add_special_tokens=False).input_ids for w in (" Paris", " London"))
     (scores,) = M.score_continuations(gemma, context, [(len(context), [paris, london])])
     assert scores[0].sum() > scores[1].sum() + 2  # the base model knows its facts
+
+
+# ---------------------------------------------------------------------------- "base model" in the reports
+
+
+def test_chat_tasks_on_a_base_model_carry_the_label():
+    from saekit.experiments.tasks import TASKS
+    from saekit.experiments.tasks.base import base_model_label
+
+    chat = {name for name, task in TASKS.items() if task.chat}
+    assert chat == {"impossible_task", "live_dialogue", "side_effects", "trace", "dose_response"}
+    assert "base model" in base_model_label(TASKS["trace"], "gemma3-270m")
+    assert "base model" in base_model_label(TASKS["trace"], "google/gemma-3-270m")
+    assert base_model_label(TASKS["implicit"], "gemma3-270m") is None  # story-like prompts, no chat turns
+    assert base_model_label(TASKS["trace"], "smollm2-135m-instruct") is None
+    assert base_model_label(TASKS["trace"], "tiny") is None  # unknown: no claim either way
+
+
+def test_the_study_report_labels_chat_experiments_of_a_base_model(tiny_study, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from saekit import study_report
+    from saekit.study import load_study_config
+
+    # the copy reads the study's own SAE rows (an SAE's id is its folder)
+    cfg = dataclasses.replace(load_study_config(tiny_study / "study.toml"), sae=str(tiny_study / "study" / "sae"))
+    out = tmp_path / "study"
+    shutil.copytree(tiny_study / "study", out)
+    (out / "experiments" / "trace_copy.json").write_text(json.dumps(
+        {"experiment_id": "x", "task": "trace", "figures": [], "sentences": {}, "table_html": "<table></table>"}))
+    monkeypatch.setattr(M, "is_instruction_tuned", lambda name: False)
+    page = study_report.write_report(cfg, out)["html"].read_text()
+    assert "Experiment trace_copy (base model)" in page and "was not instruction-tuned" in page
+    assert "Experiment tiny_probes (base model)" not in page and "Experiment tiny_probes" in page
+    monkeypatch.setattr(M, "is_instruction_tuned", lambda name: None)
+    page = study_report.write_report(cfg, out)["html"].read_text()
+    assert "(base model)" not in page and "Experiment trace_copy" in page

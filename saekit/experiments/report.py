@@ -14,6 +14,7 @@ from saekit.db import Database
 from saekit.db import experiments as dbx
 from saekit.experiments.base import ExperimentError
 from saekit.experiments.tasks import TASKS, Task
+from saekit.experiments.tasks.base import base_model_label
 
 LIST_HINT = ('list them with `saekit query "SELECT experiment_id, name, created_at FROM experiments '
              'ORDER BY created_at DESC"`')
@@ -56,8 +57,10 @@ def report(experiment_id: str, db_path: str | Path | None = None, out_dir: str |
     task = task_of(exp)
     out = Path(out_dir) if out_dir else Path(spec.get("out", "artifacts/experiments")) / exp["experiment_id"]
     out.mkdir(parents=True, exist_ok=True)
-    title = f"{exp['name']} ({task.name}) on {exp['model_id']}"
+    label = base_model_label(task, exp["model_id"])
+    title = f"{exp['name']} ({task.name}) on {exp['model_id']}" + (" (base model)" if label else "")
     columns, rows, notes, stats = task.summarize(exp, data)
+    notes = [label, *notes] if label else notes
     plots = [str(p) for p in task.plot(exp, data, stats, out, title)]
     gens = []
     gfile = exp["spec"].get("generations_file")

@@ -26,6 +26,9 @@ class Task(abc.ABC):
     Prompts: ClassVar[type | None] = None
     """A dataclass of this task's own [prompts] fields (beside the shared ids and limit)."""
     takes_conditions: ClassVar[bool] = True
+    chat: ClassVar[bool] = False
+    """Whether its prompts are chat turns in the model's chat format: on a model that was not
+    instruction-tuned the reports label the experiment "base model"."""
 
     def __init__(self, model, res: Resolved):
         self.model, self.res, self.spec, self.tok = model, res, res.spec, model.tokenizer
@@ -71,3 +74,16 @@ class Task(abc.ABC):
     def sentence(cls, summary: dict[str, Any]) -> str:
         """The study report's one sentence about this experiment."""
         return f"{len(summary['rows'])} result rows." if summary["rows"] else "No measurements."
+
+
+BASE_MODEL_NOTE = ("base model: {model} was not instruction-tuned; these prompts follow its chat format, which it "
+                   "was never trained to answer in, so its readings and effects are not an assistant's")
+
+
+def base_model_label(task: type[Task], model_id: str) -> str | None:
+    """The "base model" note for a chat task on a model known not to be instruction-tuned, else None."""
+    from saekit.model import is_instruction_tuned, model_alias
+
+    if task.chat and is_instruction_tuned(model_alias(model_id)) is False:
+        return BASE_MODEL_NOTE.format(model=model_id)
+    return None

@@ -63,6 +63,7 @@ class DosePrompts:
 class DoseResponseTask(Task):
     """Readings of a few emotions against the dose of each drug, with trend tests and random controls."""
     name = "dose_response"
+    chat = True
     metrics = ("vector", "feature")
     Prompts = DosePrompts
     takes_conditions = False

@@ -72,6 +72,7 @@ class Conversation:
 
 class ImpossibleTask(InterventionTask):
     name = "impossible_task"
+    chat = True
     metrics = ("margin_sum", "margin_mean", "reading")
     Prompts = ImpossiblePrompts
     primary = "margin_mean"

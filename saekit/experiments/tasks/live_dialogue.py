@@ -67,6 +67,7 @@ def scenario_emotions(items: list[dict]) -> list[str]:
 class LiveDialogueTask(Task):
     """Readings at the user's last token and at the assistant turn's start, against the reply's reading."""
     name = "live_dialogue"
+    chat = True
     metrics = ("vector",)
     Prompts = LiveDialoguePrompts
     takes_conditions = False

@@ -28,6 +28,7 @@ class SideEffectsPrompts:
 
 class SideEffectsTask(InterventionTask):
     name = "side_effects"
+    chat = True
     metrics = ("kl", "generations")
     Prompts = SideEffectsPrompts
     primary = "kl"

@@ -47,6 +47,7 @@ class TracePrompts:
 class TraceTask(Task):
     """Readings of each emotion (vector projection; SAE feature activation) on the clean model."""
     name = "trace"
+    chat = True
     metrics = ("vector", "feature")
     Prompts = TracePrompts
     takes_conditions = False
