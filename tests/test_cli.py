@@ -12,7 +12,7 @@ runner = CliRunner()
 
 @pytest.mark.parametrize("args", [[], ["harvest"], ["study"], ["rank"], ["query"], ["db"], ["train"], ["sae"], ["sae", "load"],
                                   ["corpus"], ["corpus", "stats"], ["corpus", "validate"], ["corpus", "generate"],
-                                  ["model"], ["model", "info"], ["model", "chat"]])
+                                  ["model"], ["model", "info"], ["model", "chat"], ["compare"]])
 def test_every_command_has_help(args):
     result = runner.invoke(app, args + ["--help"])
     assert result.exit_code == 0, result.output
