@@ -231,7 +231,7 @@ def _rank(cfg, Database, run_rank):
         from saekit.rank import preflight
 
         preflight(cfg)  # so is an eval corpus without labels or emotions in common
-    model = load_model(acts.manifest["model"])
+    model = load_model(acts.manifest["model"], dtype=acts.manifest["config"].get("dtype", "float32"))  # as harvested
     loaded = None
     if cfg.sae:
         from saekit.sae import load_sae

@@ -26,7 +26,7 @@ import json
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -102,7 +102,8 @@ class HarvestConfig:
     pool_offset: int = 50
     """Pooled means start at this token (the paper's 50); shorter texts start at half their length."""
     dtype: str = "float32"
-    """Model compute dtype."""
+    """Model compute dtype (float32 or bfloat16) when harvest loads the model; a model passed in computes
+    in its own dtype, and the manifest records that one. Activations are stored in `store_dtype`."""
     store_dtype: str = "float32"
     """dtype of the saved activations (bfloat16 halves the disk)."""
     device: str = "cpu"
@@ -132,6 +133,16 @@ class Piece:
     """A tokenised document, or one window of a long one."""
     doc_id: str
     token_ids: list[int]
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """The canonical name of a dtype ("bf16" -> "bfloat16"), as manifests and stored specs record it."""
+    return str(parse_dtype(dtype)).removeprefix("torch.")
+
+
+def compute_dtype(model) -> str:
+    """The dtype a loaded model computes in (its parameters')."""
+    return dtype_name(next(model.parameters()).dtype)
 
 
 def pool_start(n_tokens: int, offset: int) -> int:
@@ -317,6 +328,7 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
         model, tokenizer = load_hf(cfg.model, device=cfg.device, dtype=cfg.dtype)
     elif model is None:
         model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    cfg = replace(cfg, dtype=compute_dtype(model))  # what computed the activations, as the manifest records it
     tok = model.tokenizer if is_bridge(model) else tokenizer
     if tok is None:
         raise HarvestError("a plain transformers model needs its tokenizer: harvest(cfg, model, tokenizer=...)")

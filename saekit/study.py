@@ -51,6 +51,7 @@ class StudyConfig:
     batch_size: int = 8
     max_tokens: int = 256
     dtype: str = "float32"
+    """Model compute dtype of the harvest, the ranking's model and the experiments (float32 or bfloat16)."""
     device: str = "cpu"
     """"cuda" runs every step on the GPU (checked before any weights load)."""
     limit: int = 0
@@ -143,7 +144,8 @@ class StudyRun:
                           [self.out / "rank_summary.json"]))
         keys = [k_rank]
         for spec in c.experiments:
-            k_exp = content_hash(["experiment", Path(spec).read_text(), k_rank, c.model, c.hook])
+            k_exp = content_hash(["experiment", Path(spec).read_text(), k_rank, c.model, c.hook]
+                                 + ([c.dtype] if c.dtype != "float32" else []))  # float32 keys stay as they were
             keys.append(k_exp)
             steps.append(Step(f"experiment {Path(spec).stem}", k_exp,
                               functools.partial(self._experiment, spec, k_exp, sae_path),
@@ -208,11 +210,12 @@ class StudyRun:
 
         spec = load_toml(spec_path)
         folder = self.out / "experiments" / Path(spec_path).stem
-        spec.update(model=self.cfg.model, hook=self.cfg.hook, db=self.cfg.db, out=str(folder),
+        spec.update(model=self.cfg.model, hook=self.cfg.hook, db=self.cfg.db, out=str(folder), dtype=self.cfg.dtype,
                     corpus_id=corpus_id_of(self.cfg.corpus))   # the rows this study's ranking wrote
         if spec.get("sae"):
             spec["sae"] = sae_path
-        model = load_model(self.cfg.model, device=self.cfg.device) if self.cfg.device != "cpu" else None
+        model = (load_model(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype)
+                 if self.cfg.device != "cpu" else None)
         exp_id = run_experiment(spec, db_path=self.cfg.db, model=model,
                                 progress=lambda done, total, what: tick(done / max(total, 1), what))
         summary = report(exp_id, db_path=self.cfg.db, out_dir=folder)

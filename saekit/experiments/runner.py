@@ -6,6 +6,7 @@ pass; the rows go to `intervention_results` under a run id that is also the expe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Callable
@@ -18,6 +19,7 @@ from saekit.experiments.kinds import KINDS
 from saekit.experiments.resolve import resolve, resolved_dict
 from saekit.experiments.spec import ExperimentSpec, load_spec
 from saekit.experiments.tasks import TASKS
+from saekit.harvest import compute_dtype, dtype_name
 from saekit.interventions import mean_resid_norm
 from saekit.model import d_model, hook_names
 from saekit.sae import d_in_of, hook_of
@@ -83,6 +85,8 @@ def run_experiment(spec: str | Path | dict | ExperimentSpec, db_path: str | Path
     pass. `progress(done, total, description)` is called after each setting.
     """
     spec = load_spec(spec)
+    # the dtype the numbers are computed in, as stored with them: a given model's own, else the spec's
+    spec = dataclasses.replace(spec, dtype=compute_dtype(model) if model is not None else dtype_name(spec.dtype))
     path = db_path or spec.db
     db = _open(path, read_only=True)
     try:
@@ -93,7 +97,7 @@ def run_experiment(spec: str | Path | dict | ExperimentSpec, db_path: str | Path
     if model is None:
         from saekit.model import load_model
 
-        model = load_model(spec.model)
+        model = load_model(spec.model, dtype=spec.dtype)
     check_model(model, res)
     task_class = TASKS[spec.task]
     task = task_class(model, res)   # tokenizes and checks prompts; no forward pass yet

@@ -17,7 +17,7 @@ from saekit.config import check_config, from_dict, load_toml
 from saekit.experiments.base import TOP_RE
 from saekit.experiments.kinds import KINDS
 from saekit.experiments.tasks import TASKS
-from saekit.model import DEFAULT_MODEL
+from saekit.model import DEFAULT_MODEL, parse_dtype
 
 
 @dataclass
@@ -88,6 +88,9 @@ class ExperimentSpec:
     """Where emotion vectors are read and, by default, where steering is applied."""
     sae: str | None = None
     """SAE folder (SAELens format) as given to `saekit rank --sae`; needed for feature edits."""
+    dtype: str = "float32"
+    """Model compute dtype (float32 or bfloat16); log-probabilities, KL and readings are taken in float32
+    either way. A model passed to run_experiment computes in its own dtype, and that is what is stored."""
     corpus_id: str = "shipped"
     db: str | None = None
     """Database file (default artifacts/saekit.duckdb or $SAEKIT_DB)."""
@@ -116,6 +119,7 @@ class ExperimentSpec:
     def validate(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task {self.task!r} is not one of {list(TASKS)}")
+        parse_dtype(self.dtype)
         task = TASKS[self.task]
         allowed = task.metrics
         bad = [m for m in self.metrics or [] if m not in allowed]
