@@ -40,6 +40,7 @@ model_app = typer.Typer(help="Load models and check them.", no_args_is_help=True
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(model_app, name="model")
 console = Console(stderr=True)
+MODEL_HELP = "Model folder, hub name, or an embedded name: 'smollm2-135m-instruct' (default), 'gemma3-270m' (saekit[gemma]), 'tiny'."
 out_console = Console()
 
 
@@ -71,7 +72,7 @@ def _progress() -> Progress:
 @app.command()
 def harvest(
     config: Annotated[Optional[Path], typer.Option(help="TOML file with HarvestConfig fields.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model folder, hub name, 'smollm2-135m-instruct' or 'tiny'.")] = None,
+    model: Annotated[Optional[str], typer.Option(help=MODEL_HELP)] = None,
     hook: Annotated[Optional[list[str]], typer.Option(help="Hook name to record (repeatable), e.g. blocks.20.hook_resid_post.")] = None,
     corpus: Annotated[Optional[str], typer.Option(
         help="'shipped', a .jsonl/.csv/.parquet/.txt file, a dataset folder or hub name.")] = None,
@@ -581,7 +582,7 @@ def corpus_generate(
 
 @model_app.command("info")
 def model_info(name: Annotated[str, typer.Argument(
-        help="Model folder, hub name, 'smollm2-135m-instruct' or 'tiny'.")] = "smollm2-135m-instruct") -> None:
+        help=MODEL_HELP)] = "smollm2-135m-instruct") -> None:
     """Load a model and print its size and residual-stream hook names."""
     from saekit.model import d_model, d_vocab, hook_names, load_model, n_layers
 

@@ -78,7 +78,7 @@ class HarvestError(SaekitError, RuntimeError):
 @dataclass
 class HarvestConfig:
     model: str = DEFAULT_MODEL
-    """Model folder, hub name, "smollm2-135m-instruct" (embedded default) or "tiny"."""
+    """Model folder, hub name, "smollm2-135m-instruct" (embedded default), "gemma3-270m" (saekit[gemma]) or "tiny"."""
     hooks: list[str] = field(default_factory=lambda: ["blocks.20.hook_resid_post"])
     """TransformerLens hook names to record."""
     corpus: str = "shipped"
