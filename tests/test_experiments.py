@@ -321,3 +321,20 @@ def test_shipped_specs_load():
     loaded = {p.stem: X.load_spec(p) for p in specs}
     assert {s.task for s in loaded.values()} == set(X.TASKS)
     assert all(s.model == "smollm2-135m-instruct" and s.hook == "blocks.20.hook_resid_post" for s in loaded.values())
+
+
+def test_a_chat_experiment_on_a_base_model_is_labelled_without_losing_its_finding(ranked, tiny_model, monkeypatch):
+    from saekit import model as M
+    from saekit.experiments.report import format_report, report, sentence
+
+    s = spec(ranked, task="side_effects", strengths=[2.0], controls=1, prompts={"limit": 2, "max_tokens": 12},
+             conditions=[{"name": "desperate_up", "kind": "steer", "emotion": "desperate"}])
+    exp = X.run_experiment(s, model=tiny_model)
+    plain = report(exp, db_path=ranked["db"], out_dir=ranked["tmp"] / "plain")
+    assert plain["label"] is None and "(base model)" not in plain["title"]
+    monkeypatch.setattr(M, "is_instruction_tuned", lambda name: False)
+    based = report(exp, db_path=ranked["db"], out_dir=ranked["tmp"] / "based")
+    assert based["title"] == plain["title"] + " (base model)"
+    assert "was not instruction-tuned" in based["label"] and based["notes"] == plain["notes"]
+    assert sentence(based) == sentence(plain)  # the finding is still the task's own sentence
+    assert format_report(based).splitlines()[len(plain["rows"]) + 2].startswith("note: base model")

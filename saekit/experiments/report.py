@@ -49,7 +49,8 @@ def report(experiment_id: str, db_path: str | Path | None = None, out_dir: str |
     """Summary table(s) and PNG plots of one experiment.
 
     Returns {"experiment_id", "name", "task", "title", "columns", "rows", "notes", "plots",
-    "generations"}; rows are lists of strings ready to print under columns.
+    "generations", "label"}; rows are lists of strings ready to print under columns; label is the "base
+    model" note of a chat task on a model that was not instruction-tuned (else None).
     """
     with Database(db_path, read_only=True) as db:
         exp, data = load_experiment(experiment_id, db)
@@ -60,14 +61,14 @@ def report(experiment_id: str, db_path: str | Path | None = None, out_dir: str |
     label = base_model_label(task, exp["model_id"])
     title = f"{exp['name']} ({task.name}) on {exp['model_id']}" + (" (base model)" if label else "")
     columns, rows, notes, stats = task.summarize(exp, data)
-    notes = [label, *notes] if label else notes
     plots = [str(p) for p in task.plot(exp, data, stats, out, title)]
     gens = []
     gfile = exp["spec"].get("generations_file")
     if gfile and Path(gfile).exists():
         gens = [json.loads(line) for line in Path(gfile).read_text().splitlines() if line.strip()]
     summary = {"experiment_id": exp["experiment_id"], "name": exp["name"], "task": task.name, "title": title,
-               "columns": columns, "rows": rows, "notes": notes, "plots": plots, "generations": gens}
+               "columns": columns, "rows": rows, "notes": notes, "plots": plots, "generations": gens,
+               "label": label}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     return summary
 
@@ -86,7 +87,7 @@ def format_report(summary: dict[str, Any]) -> str:
     widths = [max(len(str(c)), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     lines = [summary["title"], "  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
-    lines += [f"note: {n}" for n in summary["notes"]]
+    lines += [f"note: {n}" for n in [summary.get("label"), *summary["notes"]] if n]
     for g in summary["generations"][:12]:
         lines.append(f"[{g['condition']} {g['strength']}] {g['prompt']!r} -> {g['reply']!r}")
     lines += [f"plot: {p}" for p in summary["plots"]]
