@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -243,9 +244,9 @@ def _rank(cfg, Database, run_rank):
             return run_rank(cfg, sae=loaded, model=model, tokenizer=model.tokenizer, db=db)
 
 
-@app.command()
+@app.command(context_settings={"ignore_unknown_options": True})   # a statement may start with a -- comment
 def query(
-    sql: Annotated[str, typer.Argument(help="One read-only SQL statement.")],
+    sql: Annotated[str, typer.Argument(help="One read-only SQL statement, a .sql file holding one, or - to read stdin.")],
     db: Annotated[Optional[Path], typer.Option(help="Database file (default artifacts/saekit.duckdb).")] = None,
     csv: Annotated[Optional[Path], typer.Option(help="Write the result as CSV here.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON here.")] = None,
@@ -257,6 +258,7 @@ def query(
     """Run read-only SQL on the feature database; print a table or write CSV, JSON or Parquet."""
     from saekit.db import head, open_readonly, write_batches
 
+    sql = _statement(sql)
     outputs = {fmt: path for fmt, path in (("csv", csv), ("json", json_out), ("parquet", parquet)) if path}
     with open_readonly(db, allow_files=allow_file_reads) as d:
         if outputs:
@@ -275,6 +277,21 @@ def query(
     if more:
         console.print(f"(more than {limit} rows; --limit N to show more, --csv/--json/--parquet to export all)",
                       soft_wrap=True)
+
+
+def _statement(arg: str) -> str:
+    """The SQL itself: the argument, the contents of the .sql file it names, or stdin for '-'."""
+    if arg == "-":
+        return sys.stdin.read()
+    if arg.strip().lower().endswith(".sql") and "\n" not in arg:
+        path = Path(arg.strip())
+        if not path.is_file():
+            raise SaekitError(f"no SQL file {path}")
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SaekitError(f"cannot read the SQL file {path}: {e}") from e
+    return arg
 
 
 def _cell(v) -> str:

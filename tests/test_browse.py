@@ -16,7 +16,7 @@ from urllib.parse import unquote, urljoin, urlparse
 
 import pytest
 from starlette.testclient import TestClient
-from test_study import write_config
+from test_study import write_config, write_impossible_spec
 from typer.testing import CliRunner
 
 from saekit.browse import create_app
@@ -39,9 +39,11 @@ def rows(db, sql):
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """A finished tiny study (with an experiment), one example token made hostile HTML."""
+    """A finished tiny study (with two experiments, one the impossible task), one example token made hostile HTML."""
     tmp = tmp_path_factory.mktemp("browse")
-    result = runner.invoke(app, ["study", str(write_config(tmp))])
+    cfg = write_config(tmp)
+    cfg.write_text(cfg.read_text().replace('experiments = ["', f'experiments = ["{write_impossible_spec(tmp)}", "'))
+    result = runner.invoke(app, ["study", str(cfg)])
     assert result.exit_code == 0, result.output
     db = tmp / "study.duckdb"
     with Database(db) as d:
@@ -259,7 +261,9 @@ def test_home_to_emotion_to_feature_in_chromium(server, study, page):
 def test_experiments_search_and_sql_in_chromium(server, study, page):
     page.goto(server + "experiments.html")
     page.wait_for_selector(".experiment .main-svg")
-    assert "tiny_probes" in page.locator(".experiment h2").first.text_content()
+    names = " ".join(page.locator(".experiment h2").all_text_contents())
+    assert "tiny_probes" in names and "tiny_impossible" in names
+    assert page.locator(".experiment .main-svg").count() >= 2   # both effect-vs-strength plots drawn
     assert page.locator("table.effects tr").count() > 1
     shot(page, "experiments")
     page.goto(server + "search.html")

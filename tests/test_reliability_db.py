@@ -62,6 +62,30 @@ def test_query_cannot_write_in_either_mode(small_db, tmp_path, sql, allow_files)
     assert target.read_text() == '{"precious": true}\n' and sorted(tmp_path.iterdir()) == before
 
 
+@pytest.mark.parametrize("pragma", ["PRAGMA import_database('{folder}')", "-- a comment\nPRAGMA import_database('{folder}')",
+                                    "EXPLAIN PRAGMA import_database('{folder}')", "PRAGMA memory_limit = '1TB'"])
+def test_reading_files_never_means_writing_them(small_db, tmp_path, pragma):
+    """import_database runs the statements of a folder's load.sql (a COPY ... TO among them): refused,
+    whether file reads are allowed or not, by the CLI, the module function and the notebook handle."""
+    import saekit
+
+    folder, target = tmp_path / "d", tmp_path / "victim.csv"
+    folder.mkdir()
+    (folder / "schema.sql").write_text("")
+    (folder / "load.sql").write_text(f"COPY emotions TO '{target}';\n")
+    target.write_text("precious\n")
+    sql = pragma.format(folder=folder)
+    for allow in (False, True):
+        with pytest.raises(D.DatabaseError, match="refused"):
+            D.read_only_query(sql, small_db, allow_files=allow)
+        with saekit.open_db(small_db, allow_file_reads=allow) as db, pytest.raises(D.DatabaseError, match="refused"):
+            db.sql(sql)
+        result = cli("query", "--db", small_db, sql, *(["--allow-file-reads"] if allow else []))
+        assert result.exit_code == 2 and "refused" in result.output
+    assert target.read_text() == "precious\n"
+    assert D.read_only_query("PRAGMA show_tables", small_db, allow_files=True).num_rows > 0   # describing ones run
+
+
 def test_connection_itself_refuses_files_and_settings(small_db, tmp_path):
     """Behind the statement check: the sandboxed connection cannot write files or unlock itself."""
     target = tmp_path / "out.csv"

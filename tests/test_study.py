@@ -34,6 +34,31 @@ clamp_to = "max_multiple"
 strengths = [4.0]
 """
 
+# The impossible task in the study's own shape (its summary is a dict, not a list of effects): the
+# browser and its export must render it as they render the study `make run` writes.
+IMPOSSIBLE_SPEC = """
+name = "tiny_impossible"
+task = "impossible_task"
+strengths = [0.5]
+controls = 1
+n_bootstrap = 200
+positions = "all"
+[prompts]
+ids = ["sum-latency"]
+attempts = [1, 2]
+readings = ["calm", "afraid"]
+[[conditions]]
+name = "calm"
+kind = "steer"
+emotion = "calm"
+"""
+
+
+def write_impossible_spec(tmp_path):
+    path = tmp_path / "tiny_impossible.toml"
+    path.write_text(IMPOSSIBLE_SPEC)
+    return str(path)
+
 
 def write_config(tmp_path, **extra):
     """The tiny study's config (and its probe spec) in tmp_path; also behind conftest's tiny_study."""

@@ -272,15 +272,16 @@ def _pca_plot(vectors: list[dict]) -> dict[str, Any] | None:
 def _experiment(r: B.Reader, spec_row: dict[str, Any]) -> dict[str, Any]:
     """One experiment's table as its task summarises it (the report's own), and its generations.
 
-    Intervention tasks (effects against controls) also get the interactive effect-vs-strength plot.
+    A task whose statistics hold effect-vs-strength rows (its own `effect_rows`) also gets the
+    interactive plot of them.
     """
     from saekit.experiments import report as R
-    from saekit.experiments.tasks import InterventionTask
 
     exp, data = R.load_experiment(spec_row["experiment_id"], r.db)
     task = R.task_of(exp)
     columns, rows, _notes, stats = task.summarize(exp, data)
-    plot = _effect_plot(stats, exp["name"]) if issubclass(task, InterventionTask) else None
+    effects = task.effect_rows(stats)
+    plot = _effect_plot(effects, exp["name"]) if effects else None
     gfile = exp["spec"].get("generations_file")
     gens = [json.loads(line) for line in Path(gfile).read_text().splitlines() if line.strip()] \
         if gfile and Path(gfile).is_file() else []

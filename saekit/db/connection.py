@@ -37,6 +37,12 @@ SANDBOX = {"enable_external_access": False, "autoinstall_known_extensions": Fals
 """Connection settings for user SQL: no files or network beyond the database, no extensions,
 and no SET to undo it. Read-only opening alone still lets COPY ... TO and read_text() through."""
 
+READ_ONLY_PRAGMAS = {"show_tables", "show_tables_expanded", "show_databases", "table_info", "show", "database_size",
+                     "database_list", "storage_info", "metadata_info", "version", "platform", "functions", "collations",
+                     "user_agent"}
+"""The PRAGMAs that only describe the database. Others can write: import_database runs the COPY and
+CREATE statements of a folder's load.sql, and assignments change settings."""
+
 DUCKDB_MAGIC = b"DUCK"
 """Bytes 8-11 of every DuckDB database file."""
 
@@ -318,14 +324,31 @@ def _explained(sql: str) -> str:
     return ""
 
 
+def _pragma_name(sql: str) -> str:
+    """The name a PRAGMA statement calls, comments skipped; '=' marks an assignment."""
+    words = [sql[pos:end].strip() for (pos, kind), end in
+             zip(duckdb.tokenize(sql), [p for p, _ in duckdb.tokenize(sql)[1:]] + [len(sql)])
+             if kind != duckdb.token_type.comment]
+    name = words[1].lower() if len(words) > 1 else ""
+    return "=" if len(words) > 2 and words[2].startswith("=") else name
+
+
 def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Refuse anything but one SELECT or PRAGMA, or an EXPLAIN of one (EXPLAIN ANALYZE runs it)."""
-    kind, allowed, where = _statement_kind(con, sql), READ_ONLY_STATEMENTS, ""
+    """Refuse anything but one SELECT, a describing PRAGMA, or an EXPLAIN of those (EXPLAIN ANALYZE runs it).
+
+    This holds with file reads allowed too: reading never means writing.
+    """
+    kind, allowed, where, body = _statement_kind(con, sql), READ_ONLY_STATEMENTS, "", sql
     if kind == "EXPLAIN":
-        kind, allowed, where = _statement_kind(con, _explained(sql)), EXPLAINABLE_STATEMENTS, " (under EXPLAIN)"
+        body = _explained(sql)
+        kind, allowed, where = _statement_kind(con, body), EXPLAINABLE_STATEMENTS, " (under EXPLAIN)"
     if kind not in allowed:
         raise DatabaseError(f"refused: {kind} statements{where}: queries are read-only and run only SELECT, "
                             "PRAGMA, or EXPLAIN of those")
+    if kind == "PRAGMA" and (name := _pragma_name(body)) not in READ_ONLY_PRAGMAS:
+        what = "a PRAGMA assignment" if name == "=" else f"PRAGMA {name}"
+        raise DatabaseError(f"refused: {what}{where} can write or change settings; the read-only PRAGMAs are "
+                            f"{', '.join(sorted(READ_ONLY_PRAGMAS))}")
 
 
 def query_failed(e: Exception) -> DatabaseError:

@@ -71,6 +71,12 @@ class Task(abc.ABC):
         return []
 
     @classmethod
+    def effect_rows(cls, stats: Any) -> list[dict[str, Any]]:
+        """The effect-vs-strength rows (condition, strength, effect, lo, hi, control...) in `stats`, for the
+        browser's interactive plot; empty for a task that has none. Each task knows its own stats' shape."""
+        return []
+
+    @classmethod
     def sentence(cls, summary: dict[str, Any]) -> str:
         """The study report's one sentence about this experiment."""
         return f"{len(summary['rows'])} result rows." if summary["rows"] else "No measurements."

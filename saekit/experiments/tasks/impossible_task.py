@@ -202,9 +202,13 @@ class ImpossibleTask(InterventionTask):
 
     @classmethod
     def plot(cls, exp, data, stats, out, title):
-        plots = [plot_effects(stats["effects"], title, out / "effect_vs_strength.png")]
+        plots = [plot_effects(cls.effect_rows(stats), title, out / "effect_vs_strength.png")]
         p = plot_readings(data, f"{exp['name']}: readings along the attempts", out / "reading_vs_attempt.png")
         return plots + ([p] if p else [])
+
+    @classmethod
+    def effect_rows(cls, stats):
+        return stats["effects"]
 
     @classmethod
     def sentence(cls, summary):

@@ -51,7 +51,11 @@ class InterventionTask(Task):
 
     @classmethod
     def plot(cls, exp, data, stats, out, title):
-        return [plot_effects(stats, title, out / "effect_vs_strength.png")]
+        return [plot_effects(cls.effect_rows(stats), title, out / "effect_vs_strength.png")]
+
+    @classmethod
+    def effect_rows(cls, stats):
+        return stats
 
     @classmethod
     def sentence(cls, summary):
