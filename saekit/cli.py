@@ -325,16 +325,20 @@ def browse(
     host: Annotated[str, typer.Option(help="Address to listen on; the default serves this machine only.")] = "127.0.0.1",
     export: Annotated[Optional[Path], typer.Option(help="Write the pages as static files into this folder instead "
                                                         "of serving them.")] = None,
+    query_seconds: Annotated[float, typer.Option(min=0.1, help="Time limit of one SQL box query.")] = 30.0,
+    query_memory: Annotated[str, typer.Option(help="Memory limit of one SQL box query (DuckDB's, e.g. 1GB).")] = "1GB",
 ) -> None:
     """Browse features, emotions and experiments in a web page (read-only), or export the pages."""
     from saekit.browse import export_site, serve
+    from saekit.browse.server import Queries
 
     if export is not None:
         done = export_site(db, export)
         out_console.print(f"wrote {done['pages']} pages ({done['feature_pages']} features) to {done['folder']} "
                           f"in {done['seconds']} s; open {Path(done['folder']) / 'index.html'}", markup=False)
     else:
-        serve(db, host, port, announce=lambda line: out_console.print(line, markup=False))
+        serve(db, host, port, announce=lambda line: out_console.print(line, markup=False),
+              queries=Queries(query_seconds, query_memory))
 
 
 # ---------------------------------------------------------------------------- experiments

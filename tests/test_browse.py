@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlparse
@@ -20,6 +21,7 @@ from test_study import write_config, write_impossible_spec
 from typer.testing import CliRunner
 
 from saekit.browse import create_app
+from saekit.browse.server import Queries
 from saekit.cli import app
 from saekit.db import Database, read_only_query
 
@@ -31,6 +33,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 HOSTILE = "<img src=x onerror=alert(1)>"
 runner = CliRunner()
+
+
+LOCAL = "http://127.0.0.1:8765"   # the bound address: other Host headers are refused
 
 
 def rows(db, sql):
@@ -55,7 +60,7 @@ def study(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(study):
-    return TestClient(create_app(study["db"]))
+    return TestClient(create_app(study["db"]), base_url=LOCAL)
 
 
 def top_feature(db, emotion="calm") -> int:
@@ -90,22 +95,51 @@ def test_sql_box_runs_the_query_guard_and_csv(study, client):
     before = rows(study["db"], "SELECT count(*) AS n FROM runs")[0]["n"]
     for bad in ["DELETE FROM runs", "INSERT INTO runs (run_id) VALUES ('x')",
                 f"COPY runs TO '{study['tmp'] / 'leak.csv'}'", "EXPLAIN ANALYZE COPY runs TO 'x.csv'"]:
-        r = client.get("/sql.html", params={"q": bad})
+        r = client.post("/sql.html", data={"q": bad})
         assert r.status_code == 200 and 'class="error"' in r.text and "refused" in r.text
     assert not (study["tmp"] / "leak.csv").exists()
     assert rows(study["db"], "SELECT count(*) AS n FROM runs")[0]["n"] == before
-    ok = client.get("/sql.html", params={"q": "SELECT feature, promoted_tokens FROM features ORDER BY feature LIMIT 3"})
+    ok = client.post("/sql.html", data={"q": "SELECT feature, promoted_tokens FROM features ORDER BY feature LIMIT 3"})
     assert ok.status_code == 200 and 'id="csv"' in ok.text
-    csv = client.get("/sql.csv", params={"q": "SELECT feature, promoted_tokens FROM features ORDER BY feature"})
+    csv = client.post("/sql.csv", data={"q": "SELECT feature, promoted_tokens FROM features ORDER BY feature"})
     lines = csv.text.splitlines()
     assert lines[0] == '"feature","promoted_tokens"' and len(lines) == 1 + rows(
         study["db"], "SELECT count(*) AS n FROM features")[0]["n"]
-    assert client.get("/sql.csv", params={"q": "DROP TABLE runs"}).status_code == 400
+    assert client.post("/sql.csv", data={"q": "DROP TABLE runs"}).status_code == 400
+
+
+def test_other_hosts_and_cross_site_requests_are_refused(study, client):
+    """DNS rebinding sends a foreign Host; a page on another site can POST a form or GET a link."""
+    for url in ["/", "/sql.html", "/emotion/calm.html"]:
+        assert client.get(url, headers={"Host": "attacker.example.com"}).status_code == 400
+    assert client.post("/sql.csv", data={"q": "SELECT 1"}, headers={"Host": "attacker.example.com"}).status_code == 400
+    assert client.get("/sql.csv", params={"q": "SELECT 1"}).status_code == 405     # no query from a plain GET
+    linked = client.get("/sql.html", params={"q": "SELECT count(*) AS n FROM runs"})  # a link fills the box only
+    assert linked.status_code == 200 and "SELECT count(*) AS n FROM runs" in linked.text and 'id="result"' not in linked.text
+    for headers in ({"Origin": "http://attacker.example.com"}, {"Sec-Fetch-Site": "cross-site"}):
+        for url in ("/sql.html", "/sql.csv"):
+            assert client.post(url, data={"q": "SELECT 1 AS x"}, headers=headers).status_code == 403
+    same = client.post("/sql.html", data={"q": "SELECT 1 AS x"}, headers={"Origin": LOCAL, "Sec-Fetch-Site": "same-origin"})
+    assert same.status_code == 200 and 'id="result"' in same.text
+    assert TestClient(create_app(study["db"], host="0.0.0.0"), base_url="http://10.1.2.3:8765").get("/").status_code == 200
+
+
+HEAVY = "SELECT count(*) FROM range(100000000) a, range(100000000) b WHERE a.range + b.range = -1"
+
+
+def test_a_query_past_its_time_or_memory_limit_is_stopped_with_a_message(study):
+    c = TestClient(create_app(study["db"], queries=Queries(seconds=1.0, memory="64MB")), base_url=LOCAL)
+    slow = c.post("/sql.html", data={"q": HEAVY})
+    assert slow.status_code == 200 and "ran past the SQL box&#39;s limit of 1 s" in slow.text
+    big = c.post("/sql.html", data={"q": "SELECT max(length(l)) FROM (SELECT list(range) AS l FROM range(200000000))"})
+    assert "more than the SQL box&#39;s memory limit of 64MB" in big.text
+    cut = c.post("/sql.csv", data={"q": HEAVY})
+    assert cut.text.rstrip().endswith("ran past the SQL box's limit of 1 s, or the page was left (saekit query has no limit)")
 
 
 def test_keeps_serving_while_another_process_writes(study):
     """A writer holding the file gets a 503 page with a banner; after it, the pages come back and say it changed."""
-    c = TestClient(create_app(study["db"]))
+    c = TestClient(create_app(study["db"]), base_url=LOCAL)
     assert c.get("/").status_code == 200
     writer = subprocess.Popen(
         [sys.executable, "-c", "import sys; from saekit.db import Database; d = Database(sys.argv[1]); "
@@ -140,6 +174,47 @@ def test_cli_refuses_bad_input_clearly(study, tmp_path):
     assert busy.exit_code == 2 and "choose another --port" in busy.output
     bad = runner.invoke(app, ["browse", "--db", str(study["db"]), "--port", "70000"])
     assert bad.exit_code == 2 and "not a port number" in bad.output
+
+
+def start_server(db, *args) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "saekit", "browse", "--db", str(db), "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+            return proc, port
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.3)
+
+
+def post_and_hold(port: int, q: str) -> socket.socket:
+    """POST a query from a raw socket and leave without reading the answer."""
+    body = urllib.parse.urlencode({"q": q}).encode()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST /sql.html HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (port, len(body), body))
+    return sock
+
+
+def test_a_query_ends_when_its_client_leaves_and_the_first_sigterm_stops_the_server(study):
+    """The query holds the file open while it runs, so a writer can open it only once the query ended."""
+    proc, port = start_server(study["db"], "--query-seconds", "600")
+    try:
+        sock = post_and_hold(port, HEAVY)
+        time.sleep(1.5)
+        sock.close()    # the client leaves: the cross join (minutes of work) must stop
+        with Database(study["db"], wait_s=20):
+            pass
+        post_and_hold(port, HEAVY)
+        time.sleep(1.5)
+        proc.terminate()   # one SIGTERM, with a query running and its client still waiting
+        assert proc.wait(timeout=30) is not None
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 # ---------------------------------------------------------------------------- in chromium

@@ -14,11 +14,16 @@ import ipaddress
 import json
 import socket
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
+from urllib.parse import parse_qs, urlsplit
 
+import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -33,6 +38,10 @@ WAIT_S = 0.5
 """How long a page waits for a writer to let go before answering with the busy banner."""
 SQL_ROWS = 500
 """Rows the SQL box shows; the CSV link streams them all."""
+QUERY_SECONDS = 30.0
+"""How long one SQL box query (or CSV download) may run before it is interrupted."""
+QUERY_MEMORY = "1GB"
+"""DuckDB's memory limit for the SQL box's connections."""
 
 
 class BrowseError(SaekitError, RuntimeError):
@@ -60,6 +69,7 @@ class Browser:
         self.started = self.seen = _stamp(self.path)
         self.changed_at: str | None = None
         self.lock = threading.Lock()
+        self.queries = Queries()
 
     def _banner(self) -> str | None:
         """A note once the file differs from when the server started; caches follow the file."""
@@ -100,53 +110,122 @@ class Browser:
             body = f"window.SAEKIT_SEARCH = null; console.warn({json.dumps(str(e))});\n"
         return Response(body, media_type="text/javascript")
 
-    def sql_page(self, q: str) -> HTMLResponse:
-        ctx = {"q": q, "limit": SQL_ROWS, "table": None, "more": False, "error": None}
-        if q:
+    def sql_page(self, q: str, run: bool = True, opened: Callable[[Database], None] = lambda db: None) -> HTMLResponse:
+        """The SQL box; `run` False only fills it in (a GET link shows a query, a POST runs it).
+        `opened` is told the handle, so a client that goes away can interrupt its query."""
+        ctx = {"q": q, "limit": SQL_ROWS, "table": None, "more": False, "error": None,
+               "seconds": f"{self.queries.seconds:g}", "memory": self.queries.memory}
+        if q and run:
             try:
-                with open_readonly(self.path) as db:
+                with self.guarded() as db:
+                    opened(db)
                     table, ctx["more"] = head(db.stream(q), SQL_ROWS)
                 columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
                 ctx["table"] = {"columns": table.column_names, "rows": list(zip(*columns)) if columns else []}
             except DatabaseError as e:
-                ctx["error"] = str(e)
+                ctx["error"] = self.queries.explain(e)
         return HTMLResponse(self.site.html(None, Page("sql.html", 0, "SQL", ctx)))
+
+    @contextmanager
+    def guarded(self) -> Iterator[Database]:
+        """A read-only handle for one user query, under the time and memory limits, interruptible."""
+        db = open_readonly(self.path, memory_limit=self.queries.memory)
+        try:
+            with self.queries.running(db):
+                yield db
+        finally:
+            db.close()
 
     def sql_csv(self, q: str) -> Response:
         """Every row of the query as CSV, streamed; list and struct values written as JSON."""
         try:
-            db = open_readonly(self.path)
+            db = open_readonly(self.path, memory_limit=self.queries.memory)
         except DatabaseError as e:
             return PlainTextResponse(f"error: {e}\n", 400)
         try:
-            reader = db.stream(q)
+            with self.queries.running(db):
+                reader = db.stream(q)
         except DatabaseError as e:
             db.close()
-            return PlainTextResponse(f"error: {e}\n", 400)
-        return StreamingResponse(_csv_chunks(db, reader), media_type="text/csv",
+            return PlainTextResponse(f"error: {self.queries.explain(e)}\n", 400)
+        return StreamingResponse(_csv_stream(db, reader, self.queries), media_type="text/csv",
                                  headers={"Content-Disposition": 'attachment; filename="query.csv"'})
 
 
-def _csv_chunks(db: Database, reader) -> Iterator[bytes]:
+class Queries:
+    """The SQL box's running queries: each under a time limit, interrupted on a client's disconnect
+    or the server's shutdown (DuckDB's interrupt stops a query between vectors)."""
+
+    def __init__(self, seconds: float = QUERY_SECONDS, memory: str = QUERY_MEMORY):
+        self.seconds, self.memory = seconds, memory
+        self.active: set[Database] = set()
+        self.lock = threading.Lock()
+
+    @contextmanager
+    def running(self, db: Database) -> Iterator[None]:
+        timer = threading.Timer(self.seconds, db.interrupt)
+        timer.daemon = True
+        with self.lock:
+            self.active.add(db)
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+            with self.lock:
+                self.active.discard(db)
+
+    def interrupt_all(self) -> None:
+        """Stop every running query (the server's shutdown)."""
+        with self.lock:
+            for db in self.active:
+                db.interrupt()
+
+    def explain(self, e: Exception) -> str:
+        if "INTERRUPT" in str(e).upper():
+            return (f"query stopped: it ran past the SQL box's limit of {self.seconds:g} s, or the page was left "
+                    "(saekit query has no limit)")
+        if "out of memory" in str(e).lower():
+            return (f"query stopped: it needed more than the SQL box's memory limit of {self.memory} "
+                    "(saekit query has no limit)")
+        return str(e)
+
+
+def _csv_chunks(db: Database, reader, queries: Queries) -> Iterator[bytes]:
+    """CSV text batch by batch; a failure part-way ends the file with an error line, never a bare cut."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     buf, writer = io.BytesIO(), None
     try:
-        for batch in reader:
-            batch = _flat(batch)
-            writer = writer or pacsv.CSVWriter(buf, batch.schema)
-            writer.write_batch(batch)
-            yield buf.getvalue()
-            buf.seek(0)
-            buf.truncate()
+        with queries.running(db):
+            for batch in reader:
+                batch = _flat(batch)
+                writer = writer or pacsv.CSVWriter(buf, batch.schema)
+                writer.write_batch(batch)
+                yield buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
         if writer is None:
             pacsv.CSVWriter(buf, _flat(pa.RecordBatch.from_pylist([], schema=reader.schema)).schema).close()
         else:
             writer.close()
         yield buf.getvalue()
+    except DatabaseError as e:
+        yield f"\n# error: the result is incomplete: {queries.explain(e)}\n".encode()
     finally:
         db.close()
+
+
+async def _csv_stream(db: Database, reader, queries: Queries):
+    """_csv_chunks from a worker thread; a download cancelled by its client interrupts the query, and
+    the generator, left to the thread, closes the handle when that batch returns."""
+    chunks = _csv_chunks(db, reader, queries)
+    try:
+        while (chunk := await anyio.to_thread.run_sync(next, chunks, None, abandon_on_cancel=True)) is not None:
+            yield chunk
+    finally:
+        db.interrupt()
 
 
 def _flat(batch):
@@ -158,10 +237,40 @@ def _flat(batch):
     return pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
 
 
-def create_app(path: str | Path | None) -> Starlette:
-    """The ASGI app over one database file (tests drive it with Starlette's TestClient)."""
+def allowed_hosts(host: str) -> list[str]:
+    """The Host headers the server answers: the address it listens on and, for loopback, localhost.
+    A page on another site that resolves its own name to this address (DNS rebinding) is refused."""
+    names = {host, "localhost", "127.0.0.1", "::1", "[::1]"} if is_loopback(host) else {host}
+    if host in ("0.0.0.0", "::", ""):   # every interface: this machine's names and any IP literal
+        names |= {socket.gethostname(), socket.getfqdn(), "localhost"}
+    return sorted(names)
+
+
+def _ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+def same_origin(request: Request) -> bool:
+    """A POST from the browser's own pages: its Origin (sent by every browser on POST) names the same
+    host and port as the request; clients that send no Origin (curl, scripts) are not cross-site."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+def create_app(path: str | Path | None, host: str = "127.0.0.1", queries: Queries | None = None) -> Starlette:
+    """The ASGI app over one database file (tests drive it with Starlette's TestClient and a base_url
+    on the bound host: other Host headers are refused)."""
     b = Browser(path)
+    b.queries = queries or b.queries
     site = b.site
+    names = allowed_hosts(host)
+    wildcard = host in ("0.0.0.0", "::", "")
 
     def depth(request: Request) -> int:
         return request.url.path.count("/") - 1
@@ -181,6 +290,26 @@ def create_app(path: str | Path | None) -> Starlette:
         page = site.message("Something went wrong", f"{type(exc).__name__}: {exc}", 500, depth(request))
         return HTMLResponse(site.html(None, page), 500)
 
+    async def posted_query(request: Request) -> str | Response:
+        if not same_origin(request):
+            return PlainTextResponse("refused: a query must come from this browser's own pages", 403)
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))   # the pages post url-encoded forms
+        return form.get("q", [""])[0].strip()
+
+    async def sql_page(request: Request) -> Response:
+        if request.method == "GET":   # a link fills the box in; only the page's own POST runs a query
+            return b.sql_page(request.query_params.get("q", "").strip(), run=False)
+        q = await posted_query(request)
+        if isinstance(q, Response):
+            return q
+        return await _run_cancellable(request, lambda opened: b.sql_page(q, opened=opened))
+
+    async def sql_csv(request: Request) -> Response:
+        q = await posted_query(request)
+        if isinstance(q, Response):
+            return q
+        return await anyio.to_thread.run_sync(b.sql_csv, q)   # its rows stream from _csv_stream
+
     routes = [
         Route("/", lambda request: b.page(0, site.home)),
         Route("/index.html", lambda request: b.page(0, site.home)),
@@ -189,12 +318,50 @@ def create_app(path: str | Path | None) -> Starlette:
         Route("/experiments.html", lambda request: b.page(0, site.experiments)),
         Route("/search.html", lambda request: b.page(0, site.search)),
         Route("/search-index.js", lambda request: b.search_index()),
-        Route("/sql.html", lambda request: b.sql_page(request.query_params.get("q", "").strip())),
-        Route("/sql.csv", lambda request: b.sql_csv(request.query_params.get("q", "").strip())),
+        Route("/sql.html", sql_page, methods=["GET", "POST"]),
+        Route("/sql.csv", sql_csv, methods=["POST"]),
         Route("/static/plotly.min.js", lambda request: FileResponse(PLOTLY_JS)),
         Mount("/static", app=StaticFiles(directory=STATIC)),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found, Exception: failed})
+    hosts = Middleware(_HostCheck, names=names, ip_literals=wildcard)
+    return Starlette(routes=routes, middleware=[hosts], exception_handlers={404: not_found, Exception: failed})
+
+
+class _HostCheck(TrustedHostMiddleware):
+    """Starlette's Host check, answering any IP literal too when the server listens on every interface."""
+
+    def __init__(self, app, names: list[str], ip_literals: bool) -> None:
+        super().__init__(app, allowed_hosts=names, www_redirect=False)
+        self.ip_literals = ip_literals
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.ip_literals and scope["type"] in ("http", "websocket"):
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if _ip_literal(host.rsplit(":", 1)[0] if host.count(":") == 1 else host.rsplit("]:", 1)[0]):
+                await self.app(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+async def _run_cancellable(request: Request, work: Callable[[Callable[[Database], None]], Response]) -> Response:
+    """Run a query's page in a worker thread; when the client goes away, interrupt its query."""
+    result: list[Response] = []
+    handles: list[Database] = []
+
+    async def run() -> None:
+        result.append(await anyio.to_thread.run_sync(work, handles.append))
+        tg.cancel_scope.cancel()
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await anyio.sleep(0.2)
+        for db in handles:
+            db.interrupt()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        tg.start_soon(watch)
+    return result[0] if result else PlainTextResponse("the client went away", 499)
 
 
 def check_bind(host: str, port: int) -> None:
@@ -222,14 +389,25 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(path: str | Path | None, host: str = "127.0.0.1", port: int = 8765,
-          announce: Callable[[str], None] = print) -> None:
-    """Serve the browser until interrupted."""
+          announce: Callable[[str], None] = print, queries: Queries | None = None) -> None:
+    """Serve the browser until interrupted; the first SIGTERM or Ctrl-C stops it, running queries included."""
     import uvicorn
 
-    app = create_app(path)
+    limits = queries or Queries()
+    app = create_app(path, host, limits)
     check_bind(host, port)
+    try:   # a bad --query-memory is found now, not at the first query
+        open_readonly(path, memory_limit=limits.memory).close()
+    except DatabaseError as e:
+        raise BrowseError(f"--query-memory {limits.memory!r}: {e}") from e
     announce(f"saekit browse: http://{host}:{port}/ over {check_database_path(path, must_exist=True)} "
-             "(read-only; Ctrl-C to stop)")
+             f"(read-only; SQL box queries stop after {limits.seconds:g} s or {limits.memory}; Ctrl-C to stop)")
     if not is_loopback(host):
         announce(f"warning: listening on {host}: anyone who can reach this machine can read the database")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:   # uvicorn waits for open requests: end their queries first
+            limits.interrupt_all()
+            super().handle_exit(sig, frame)
+
+    Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)).run()

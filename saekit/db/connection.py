@@ -139,6 +139,13 @@ class Database:
             reader.close()
         self.con.close()
 
+    def interrupt(self) -> None:
+        """Stop the statement running on this handle (from another thread); nothing if it is closed."""
+        try:
+            self.con.interrupt()
+        except duckdb.ConnectionException:
+            pass
+
     def __enter__(self) -> "Database":
         return self
 

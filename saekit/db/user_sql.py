@@ -18,13 +18,17 @@ import duckdb
 from saekit.db.connection import SANDBOX, Database, DatabaseError, check_read_only, query_failed
 
 
-def open_readonly(path: str | Path | None = None, allow_files: bool = False) -> Database:
+def open_readonly(path: str | Path | None = None, allow_files: bool = False, memory_limit: str = "") -> Database:
     """The handle for user SQL (`saekit query`, notebooks, the browser): nothing it runs can write.
 
     The file is opened read-only with the SANDBOX settings. allow_files lets queries read other
     files (read_csv, glob); statements that write files stay refused by `Database.stream`.
+    memory_limit (DuckDB's, e.g. "1GB") bounds what one query may hold; empty: DuckDB's default.
     """
-    return Database(path, read_only=True, config=dict(SANDBOX, enable_external_access=allow_files))
+    config: dict[str, object] = dict(SANDBOX, enable_external_access=allow_files)
+    if memory_limit:
+        config["memory_limit"] = memory_limit
+    return Database(path, read_only=True, config=config)
 
 
 def read_only_query(sql: str, path: str | Path | None = None, allow_files: bool = False):
