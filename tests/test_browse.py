@@ -217,6 +217,16 @@ def test_a_query_ends_when_its_client_leaves_and_the_first_sigterm_stops_the_ser
         proc.wait()
 
 
+def test_reexport_refuses_an_export_holding_files_it_did_not_write(study, tmp_path):
+    site = tmp_path / "site"
+    assert runner.invoke(app, ["browse", "--db", str(study["db"]), "--export", str(site)]).exit_code == 0
+    assert runner.invoke(app, ["browse", "--db", str(study["db"]), "--export", str(site)]).exit_code == 0  # replaced
+    (site / "feature" / "notes.txt").write_text("mine")
+    again = runner.invoke(app, ["browse", "--db", str(study["db"]), "--export", str(site)])
+    assert again.exit_code == 2 and "holds files it did not write (feature/notes.txt)" in again.output
+    assert (site / "feature" / "notes.txt").read_text() == "mine" and (site / "index.html").exists()
+
+
 # ---------------------------------------------------------------------------- in chromium
 
 

@@ -317,3 +317,22 @@ def test_rerank_replaces_every_table_including_probe_results(ranked, tmp_path, t
     assert n_stories == len(R.Activations.open(ranked["acts"]["second"]).documents)
     assert len(probes) == len(probes_before) == 5 and {p[0] for p in probes} == {"tiny"}
 
+
+
+def test_a_second_handle_closed_in_this_process_keeps_the_first_ones_lock(small_db):
+    """DuckDB's lock is a POSIX record lock: closing any descriptor of the file drops it. A second
+    handle opened and closed here must not let another process write under the first handle."""
+    import saekit
+
+    writer = [sys.executable, "-c", "import sys; from saekit.db import Database, DatabaseBusy\n"
+              "try:\n    Database(sys.argv[1], wait_s=0.5).close()\nexcept DatabaseBusy:\n    sys.exit(3)", str(small_db)]
+    first = saekit.open_db(small_db)
+    try:
+        for _ in range(2):
+            saekit.open_db(small_db).close()
+            D.read_only_query("SELECT 1", small_db)
+            assert subprocess.run(writer, timeout=120).returncode == 3   # still refused: the lock held
+        assert len(first.sql("SELECT * FROM emotions")) == 2
+    finally:
+        first.close()
+    assert subprocess.run(writer, timeout=120).returncode == 0        # and released with the last handle

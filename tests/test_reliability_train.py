@@ -175,6 +175,21 @@ def test_out_that_is_a_file_says_so(tmp_path):
         tiny_run(tmp_path / "sae")
 
 
+def test_out_holding_other_things_is_refused_and_left_as_it_was(tmp_path):
+    """An export site (or anything) at `out`: training would save an SAE among its files."""
+    site = tmp_path / "site"
+    (site / "emotion").mkdir(parents=True)
+    (site / "index.html").write_text("<html>")
+    (site / ".saekit-browse-export").write_text("[]")
+    before = sorted(p.relative_to(site).as_posix() for p in site.rglob("*"))
+    steps = []
+    with pytest.raises(T.TrainError, match=r"holds files that are not an SAE's \(emotion, index.html\)"):
+        T.train_sae(tiny_cfg(site), activations=tiny_source(), progress=steps.append)
+    assert steps == [] and sorted(p.relative_to(site).as_posix() for p in site.rglob("*")) == before
+    finished = tiny_run(tmp_path / "sae")
+    assert tiny_run(finished, resume=True) == finished   # an SAE folder of saekit's own is still resumable
+
+
 def test_all_zero_activations_fail_the_norm_estimate_with_a_hint(tmp_path):
     zeros = T.TensorSource(torch.zeros(500, 16), torch.zeros(50, 16))
     with pytest.raises(T.TrainError, match="mean norm is 0.0: they hold NaN/inf or are all zero; check the harvest"):

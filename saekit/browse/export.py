@@ -10,6 +10,7 @@ is never overwritten.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -38,12 +39,36 @@ def exported_features(r: B.Reader, saes: list[Q.Sae]) -> dict[str, set[int]]:
     return {s.slug: {f for sae_id, f in wanted if sae_id == s.sae_id and 0 <= f < s.d_sae} for s in saes}
 
 
+TOP_LEVEL = {"index.html", "experiments.html", "search.html", "sql.html", "search-index.js", "README.txt", "static",
+             "emotion", "feature", MARKER}
+"""What an export writes at its top; an older export's marker lists no files, so this is its check."""
+
+
+def _files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir()}
+
+
 def _check_target(out: Path) -> None:
+    """Refuse a file, a folder that is not an earlier export, and an earlier export that now holds
+    files it did not write (a user's notes, an SAE trained into it): replacing it would delete them."""
     if out.exists() and not out.is_dir():
         raise BrowseError(f"--export {out} is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    marker = out / MARKER
+    if not marker.is_file():
         raise BrowseError(f"--export {out} is a folder with other files in it; refusing to overwrite them: "
                           "give a new or empty folder (an earlier export is replaced)")
+    try:
+        written = set(json.loads(marker.read_text() or "null") or [])
+    except (OSError, ValueError) as e:
+        raise BrowseError(f"--export {out}: its marker {marker} is unreadable ({e}); give a new or empty folder") from e
+    extra = sorted(_files(out) - written - {MARKER}) if written else sorted(
+        p.name for p in out.iterdir() if p.name not in TOP_LEVEL)
+    if extra:
+        raise BrowseError(f"--export {out} is an earlier export that now holds files it did not write "
+                          f"({', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}); refusing to replace it: "
+                          "move them out, or export to a new folder")
 
 
 def _write(root: Path, rel: str, text: str) -> None:
@@ -78,7 +103,7 @@ def export_site(db_path: str | Path | None, out: str | Path) -> dict:
         n_features = sum(len(v) for v in chosen.values())
         _write(tmp, "README.txt", f"saekit feature browser, exported from {path}\nOpen index.html in a browser.\n\n"
                                   f"{RULE}\n{n_features} feature pages, {pages} pages in all.\n")
-        _write(tmp, MARKER, "")
+        _write(tmp, MARKER, json.dumps(sorted(_files(tmp))))   # what a later export may replace
         fault_point("browse_export_rename")
         _replace(tmp, out)
     finally:

@@ -86,7 +86,7 @@ class Browser:
     def page(self, depth: int, build: Callable[[Reader], Page]) -> HTMLResponse:
         banner = self._banner()
         try:
-            with Database(self.path, read_only=True, wait_s=WAIT_S, config=SANDBOX) as db:
+            with Database(self.path, read_only=True, wait_s=WAIT_S, config=self.queries.config) as db:
                 r = Reader(db)
                 try:
                     page = build(r)
@@ -104,7 +104,7 @@ class Browser:
     def search_index(self) -> Response:
         self._banner()
         try:
-            with Database(self.path, read_only=True, wait_s=WAIT_S, config=SANDBOX) as db:
+            with Database(self.path, read_only=True, wait_s=WAIT_S, config=self.queries.config) as db:
                 body = self.site.search_index(Reader(db))
         except DatabaseError as e:
             body = f"window.SAEKIT_SEARCH = null; console.warn({json.dumps(str(e))});\n"
@@ -160,6 +160,12 @@ class Queries:
         self.seconds, self.memory = seconds, memory
         self.active: set[Database] = set()
         self.lock = threading.Lock()
+
+    @property
+    def config(self) -> dict:
+        """The settings of every handle the server opens: DuckDB refuses a second handle on a file
+        with other settings than one already open in the process, so pages and queries share them."""
+        return dict(SANDBOX, memory_limit=self.memory)
 
     @contextmanager
     def running(self, db: Database) -> Iterator[None]:

@@ -11,6 +11,7 @@ corrupt file. `check_read_only` is the guard every user statement passes (see us
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
 import os
@@ -63,6 +64,12 @@ def schema_sql() -> str:
     return (resources.files("saekit.db") / "schema.sql").read_text()
 
 
+_OPEN_HERE: collections.Counter[Path] = collections.Counter()
+"""Database files this process holds open. DuckDB's file lock is a POSIX record lock, which the
+process loses when it closes *any* descriptor of the file, so such a file is never opened again
+just to read its header."""
+
+
 def check_database_path(path: str | Path | None, must_exist: bool = False) -> Path:
     """The database path, refused early when it is a folder or a file that is not a DuckDB database.
 
@@ -70,6 +77,8 @@ def check_database_path(path: str | Path | None, must_exist: bool = False) -> Pa
     obscure errors for the rest; a missing file is created by writers and refused for readers.
     """
     path = Path(path) if path else default_path()
+    if _OPEN_HERE[path.resolve()]:
+        return path
     if path.is_dir():
         raise DatabaseError(f"database path {path} is a folder; give a file, e.g. {path / 'saekit.duckdb'}")
     if not path.exists():
@@ -127,6 +136,8 @@ class Database:
         self._in_transaction = False
         self._streams: list = []
         self.con = _open(self.path, read_only, wait_s, config or {})
+        self._key = self.path.resolve()
+        _OPEN_HERE[self._key] += 1
         if not read_only:
             self._set_aside_old_examples()
             self._exec(schema_sql())
@@ -138,6 +149,11 @@ class Database:
         for reader in self._streams:
             reader.close()
         self.con.close()
+        if self._key in _OPEN_HERE:
+            _OPEN_HERE[self._key] -= 1
+            if _OPEN_HERE[self._key] <= 0:
+                del _OPEN_HERE[self._key]
+            self._key = Path()
 
     def interrupt(self) -> None:
         """Stop the statement running on this handle (from another thread); nothing if it is closed."""

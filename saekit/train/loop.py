@@ -23,7 +23,7 @@ from saekit import sae as S
 from saekit.artifacts import atomic_write_json, package_versions
 from saekit.config import check_config, to_dict
 from saekit.model import load_model, parse_dtype
-from saekit.train.checkpoints import TrainState, list_checkpoints, resume_from_latest, save_checkpoint
+from saekit.train.checkpoints import CHECKPOINTS, TrainState, list_checkpoints, resume_from_latest, save_checkpoint
 from saekit.train.config import TrainConfig, sae_metadata, token_rule
 from saekit.train.errors import TrainError, TrainingDiverged
 from saekit.train.sources import ActivationSource, StreamSource, open_source
@@ -205,6 +205,10 @@ def train_sae(cfg: TrainConfig, activations=None, model=None,
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise TrainError(f"out {out} is a file, not a folder; choose another out folder")
+    if out.is_dir() and (foreign := sorted(p.name for p in out.iterdir() if not _ours(p.name))):
+        raise TrainError(f"out {out} holds files that are not an SAE's ({', '.join(foreign[:5])}"
+                         f"{' ...' if len(foreign) > 5 else ''}); training writes into its out folder, and an SAE "
+                         "saved over them could later be replaced with them: choose a new or empty out folder")
     if D.is_main():  # a kill inside save_sae may have left the checkpoints in its aside folder
         S.recover_sae_folder(out)
     D.barrier()
@@ -251,6 +255,16 @@ def train_sae(cfg: TrainConfig, activations=None, model=None,
         finish(state, cfg, source, out, model, elapsed, state.tokens - start_tokens)
     D.barrier()
     return out
+
+
+SAE_FOLDER = {"cfg.json", "sae_weights.safetensors", "sparsity.safetensors", METRICS_FILE, TRAIN_RECORD, CHECKPOINTS,
+              "study_key.json"}
+"""What an SAE folder written by saekit holds (the study adds study_key.json)."""
+
+
+def _ours(name: str) -> bool:
+    """A name saekit writes into an SAE folder (its files, checkpoints, a save's partial and aside folders)."""
+    return name in SAE_FOLDER or name.startswith(".")
 
 
 def _save_on_main(state: TrainState, cfg: TrainConfig, out: Path) -> None:
