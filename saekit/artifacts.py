@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from saekit.errors import SaekitError
+
 MANIFEST = "manifest.json"
 POOLED = "pooled.safetensors"
 SHARD_PATTERN = "shard-{:05d}.safetensors"
@@ -132,4 +134,21 @@ def window_id(story_id: str, window: int) -> str:
 def story_of(doc_id: str) -> str:
     """The corpus record a harvested document (or one window of it) came from."""
     return doc_id.split(WINDOW_MARK)[0]
+
+
+class OutputError(SaekitError, OSError):
+    """An output path that cannot be written: under a file, on a read-only filesystem, not permitted."""
+
+
+def check_writable(path: str | Path, what: str) -> Path:
+    """`path` (a file or folder to create or replace), refused before any work when it cannot be
+    written: its nearest existing folder is a file, read-only, or not ours to write."""
+    path = Path(path).expanduser().absolute()
+    ancestor = next(p for p in [path, *path.parents] if p.exists() or p == p.parent)
+    if ancestor != path and not ancestor.is_dir():
+        raise OutputError(f"{what} {path}: {ancestor} is a file, so nothing can be created under it")
+    folder = ancestor if ancestor.is_dir() else ancestor.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {path}: cannot write in {folder} (a read-only filesystem or no permission)")
+    return path
 

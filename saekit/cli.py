@@ -403,11 +403,13 @@ def compare(
 ) -> None:
     """Compare two models, layers or SAEs on one corpus, beside a corpus-only lexical baseline; recorded in the database."""
     from saekit.compare import compare as run
-    from saekit.compare_report import default_out, pair_rows, side_rows, write_report
+    from saekit.compare_report import check_out, default_out, pair_rows, side_rows, write_report
 
+    folder = out or default_out(a, b)
+    check_out(folder)
     with console.status("comparing"):
         result = run(db, a, b, corpus_id=corpus, n_permutations=permutations, seed=seed)
-        files = write_report(result, out or default_out(a, b))
+        files = write_report(result, folder)
     out_console.print("\n".join(f"{k}: {result.sides[key].label}" for k, key in (("A", "a"), ("B", "b"),
                                                                                  ("baseline", "baseline"))),
                       markup=False, soft_wrap=True)

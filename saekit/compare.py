@@ -376,11 +376,12 @@ def compare(db_path: str | Path | None, a: str, b: str, corpus_id: str | None = 
             seed: int = 0, record: bool = True) -> Comparison:
     """Compare side `a` with side `b` on one corpus (see the module docstring); stored in `comparisons`
     unless `record` is False."""
-    from saekit.db import Database
+    from saekit.db import Database, check_database_path
     from saekit.db import compare as Q
 
     if n_permutations < 0:
         raise CompareError(f"n_permutations must be >= 0, got {n_permutations}")
+    db_path = check_database_path(db_path, must_exist=True)   # comparing needs rankings: never a new empty file
     with Database(db_path, read_only=not record) as db:
         vec_src, sae_src = Q.vector_sources(db), Q.sae_sources(db)
         sa, sb = resolve_side(a, vec_src, sae_src), resolve_side(b, vec_src, sae_src)

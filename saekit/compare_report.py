@@ -7,11 +7,12 @@ matrices in one emotion order (side A's average-linkage leaves) and the metrics 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
-from saekit.compare import LEXICAL_PROBE, PAIRS, Comparison, SideResult
+from saekit.compare import LEXICAL_PROBE, PAIRS, CompareError, Comparison, SideResult
 
 SIDE_KEYS = ("a", "b", "baseline")
 PAIR_NAMES = {"a~b": "A ~ B", "a~b | baseline": "A ~ B, baseline partialled out", "a~baseline": "A ~ baseline",
@@ -209,6 +210,15 @@ def default_out(a: str, b: str) -> Path:
 
     slug = lambda s: re.sub(r"[^A-Za-z0-9.]+", "-", s).strip("-")  # noqa: E731
     return artifacts_dir() / "compare" / f"{slug(a)}__vs__{slug(b)}"
+
+
+def check_out(out: Path) -> None:
+    """Refuse, before any compute, an out folder that is a file or cannot be made."""
+    if out.exists() and not out.is_dir():
+        raise CompareError(f"--out {out} is a file; give a folder for compare.json, compare.md and compare.png")
+    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise CompareError(f"--out {out}: cannot write under {parent}")
 
 
 def write_report(c: Comparison, out: Path) -> dict[str, Path]:

@@ -78,6 +78,8 @@ def load_corpus(source: str | Path | None = None, *, text_column: str = "text", 
     `dataset` picks a Hugging Face dataset's configuration and split, or streams it; `limit` keeps the
     first N records read (0: all), and a streamed dataset is read no further.
     """
+    if limit < 0:
+        raise CorpusError(f"limit must be 0 (all) or a number of records, got {limit}")
     if dataset and not _is_hf_dataset(source):
         raise CorpusError(f"--dataset-config, --split and --streaming apply to Hugging Face datasets (a dataset "
                           f"folder or hub name), not to corpus {source or 'shipped'}")
@@ -86,6 +88,10 @@ def load_corpus(source: str | Path | None = None, *, text_column: str = "text", 
     else:
         records = _external_records(source, text_column, label_column, id_column, dataset, limit)
     records = records[:limit] if limit else records
+    dup = [i for i, n in collections.Counter(r.id for r in records).items() if n > 1]
+    if dup:
+        raise CorpusError(f"corpus {source or 'shipped'}: ids {sorted(dup)[:5]}{' ...' if len(dup) > 5 else ''} appear "
+                          f"more than once; every record needs its own id (column {id_column!r})")
     if split is not None:
         if split not in SPLITS:
             raise CorpusError(f"unknown split {split!r}; choose one of {SPLITS}")
@@ -135,6 +141,11 @@ def _record_from_row(row: dict, path, line: int, text_col: str, label_col: str, 
     text = row[text_col]
     if not isinstance(text, str) or not text.strip():
         raise CorpusError(f"{path}:{line}: column {text_col!r} is empty or not text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:   # a lone surrogate ("\ud800" in JSON) no tokenizer can encode
+        raise CorpusError(f"{path}:{line}: column {text_col!r} holds a character that is not valid Unicode "
+                          f"({text[e.start:e.end]!a} at character {e.start})") from e
     known = {"id", "text", "emotion", "topic", "narration", "split", text_col, label_col, id_col}
     return Record(
         id=str(row.get(id_col, f"{Path(str(path)).stem}-{line}")),
@@ -183,7 +194,7 @@ def _rows_from_file(path: Path) -> list[tuple[int, dict]]:
         if suffix in (".jsonl", ".ndjson"):
             return list(_read_jsonl(path))
         if suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:   # a byte-order mark is not part of a column name
                 return [(i, dict(row)) for i, row in enumerate(csv.DictReader(f), 2)]
         if suffix == ".parquet":
             import pyarrow.parquet as pq

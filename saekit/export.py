@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from saekit.artifacts import atomic_write_bytes
+from saekit.artifacts import OutputError, atomic_write_bytes, check_writable
 from saekit.db import Database, open_readonly
 from saekit.db import features as DF
 from saekit.errors import SaekitError
@@ -86,6 +86,7 @@ def export_vectors(out: str | Path, fmt: str = "safetensors", db_path: str | Pat
     """Write emotion vectors in `fmt` (see the module docstring); returns the files written."""
     if fmt not in VECTOR_FORMATS:
         raise ExportError(f"unknown vector format {fmt!r}; choose from {VECTOR_FORMATS}")
+    _check_writable(out)
     with open_readonly(db_path) as db:
         rows = _vector_rows(db, emotions, hooks, model, corpus)
     layers = {h: _format_layer(h, fmt) for h in dict.fromkeys(r["hook"] for r in rows)}
@@ -203,6 +204,7 @@ def export_features(out: str | Path, db_path: str | Path | None = None, features
         raise ExportError(f"--top must be at least 1, got {top}")
     out = Path(out)
     _check_folder(out)
+    _check_writable(out)
     with open_readonly(db_path) as db:
         info = _one_sae(db, sae)
         chosen = _chosen_features(db, info, features, emotions, top)
@@ -312,7 +314,17 @@ def _write_all(files: dict[Path, bytes], force: bool) -> list[Path]:
     folders = [p for p in files if p.is_dir()]
     if folders:
         raise ExportError(f"{folders[0]} is a folder; cannot write a file there")
-    for path, data in files.items():
-        atomic_write_bytes(path, data)
+    try:
+        for path, data in files.items():
+            atomic_write_bytes(path, data)
+    except OSError as e:
+        raise ExportError(f"cannot write {e.filename or path}: {e.strerror or e}") from e
     return list(files)
+
+
+def _check_writable(out: str | Path) -> None:
+    try:
+        check_writable(out, "export")
+    except OutputError as e:
+        raise ExportError(str(e)) from e
 

@@ -118,6 +118,8 @@ class HarvestConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.pool_offset < 0:
             raise ValueError(f"pool_offset must be >= 0, got {self.pool_offset}")
+        if self.limit < 0:
+            raise ValueError(f"limit must be 0 (all) or a number of documents, got {self.limit}")
         parse_dtype(self.dtype), parse_dtype(self.store_dtype)
         extra = set(self.token_hooks or []) - set(self.hooks)
         if extra:

@@ -477,6 +477,12 @@ def d_model(model) -> int:
     return int(hf_model_of(model).config.hidden_size)
 
 
+def context_length(model) -> int:
+    """The longest sequence the model was built for (max_position_embeddings, or GPT-2's n_positions)."""
+    cfg = hf_model_of(model).config
+    return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048)
+
+
 def d_vocab(model) -> int:
     return int(hf_model_of(model).config.vocab_size)
 

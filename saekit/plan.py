@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import warnings
@@ -236,6 +237,21 @@ def sae_bytes(d: int, F: int) -> int:
     return (2 * d * F + F + d) * 4
 
 
+def check_plan_hooks(hooks: list[str], n_layers: int, model: str) -> None:
+    """What harvest checks on the loaded model, from the model's config alone: every hook names a
+    block the model has (blocks.0 .. blocks.{n-1}), and a residual hook is pre, mid or post."""
+    from saekit.model import hook_layer
+
+    for h in hooks:
+        layer = hook_layer(h)
+        if h.startswith("ln_final."):   # after the last block
+            continue
+        if layer is None or not 0 <= layer < n_layers or (
+                "hook_resid_" in h and not re.fullmatch(r"blocks\.\d+\.hook_resid_(pre|mid|post)", h)):
+            raise ConfigError(f"unknown hook {h!r} for {model} ({n_layers} layers): residual-stream hooks run "
+                              f"blocks.0.hook_resid_pre ... blocks.{n_layers - 1}.hook_resid_post")
+
+
 def plan_study(config: str | Path, profile: str = "", gpus: int = 1) -> StudyPlan:
     """The plan of a study config; `profile` names a DEVICE_PROFILES entry instead of measuring."""
     from saekit.harvest import harvest_records, tokenize
@@ -250,6 +266,7 @@ def plan_study(config: str | Path, profile: str = "", gpus: int = 1) -> StudyPla
     run = StudyRun(cfg)
     shape = model_shape(cfg.model)
     hcfg = run.harvest_config()
+    check_plan_hooks(hcfg.hooks, shape.n_layers, cfg.model)
     records = harvest_records(vars(hcfg))[: hcfg.limit or None]
     tok, tok_note = plan_tokenizer(cfg.model)
     with warnings.catch_warnings():  # the harvest itself warns about truncation; the plan counts it

@@ -61,6 +61,12 @@ class StudyConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        for name in ("batch_size", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("limit", "train_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.hook in self.vector_hooks:
             raise ValueError(f"vector_hooks repeats the SAE hook {self.hook}")
         if not self.sae and not Path(self.train_config).is_file():

@@ -412,3 +412,73 @@ def test_training_killed_while_saving_the_sae_resumes_to_the_same_weights(tmp_pa
     assert_same_weights(out, reference)
     assert hidden(out) == []
     assert T.read_metrics(out)["activations"] is not None
+
+
+# ---------------------------------------------------------------------------- spec values caught at the spec check
+
+SIDE = '''name = "t"
+task = "{task}"
+strengths = {strengths}
+[prompts]
+{prompts}
+[[conditions]]
+name = "c"
+kind = "steer"
+emotion = "calm"
+'''
+
+
+@pytest.mark.parametrize("task,strengths,prompts,words", [
+    ("side_effects", "[0.1]", "temperature = -1.0", "temperature = -1.0"),
+    ("side_effects", "[0.1]", "max_tokens = 0", "prompts.max_tokens = 0"),
+    ("side_effects", "[0.1]", 'generate = [""]', "prompts.generate holds an empty string"),
+    ("side_effects", "[0.1]", "generate = [\"" + "word " * 6000 + "\"]", "prompts.generate[0] has 6000 words"),
+    ("probes", "[]", "", "strengths is empty"),
+    ("probes", "[1e30]", "", "beyond +-1000"),
+    ("probes", "[0.1]", 'words = [""]', "prompts.words holds an empty string"),
+    ("probes", "[0.1]", "limit = -1", "prompts.limit = -1 is negative"),
+])
+def test_bad_spec_values_fail_at_the_spec_check(tmp_path, monkeypatch, task, strengths, prompts, words):
+    """Refused by load_spec itself: no model is loaded (loading one here would fail the test)."""
+    import saekit.experiments.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "load_model", lambda *a, **k: pytest.fail("the model was loaded"), raising=False)
+    path = tmp_path / "spec.toml"
+    path.write_text(SIDE.format(task=task, strengths=strengths, prompts=prompts))
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load_spec(path)
+    cli_fails_clearly(["experiment", "run", str(path)], words)
+
+
+def test_a_prompt_beyond_the_models_context_is_refused_before_any_forward_pass(tiny_model, monkeypatch):
+    """Within the word bound but past the tiny model's 1,024-token context (with the new tokens)."""
+    from saekit.experiments.base import ExperimentError
+    from saekit.experiments.tasks.side_effects import SideEffectsTask
+
+    spec = load_spec({"name": "t", "task": "side_effects", "model": "tiny", "conditions": [
+        {"name": "c", "kind": "steer", "emotion": "calm"}], "prompts": {
+        "generate": ["ab " * 1000], "max_prompt_tokens": 4000, "max_new_tokens": 20}})
+    res = type("Res", (), {"spec": spec})()
+    monkeypatch.setattr(tiny_model, "forward", lambda *a, **k: pytest.fail("a forward pass ran"))
+    with pytest.raises(ExperimentError, match=r"prompts.generate\[0\] is \d+ tokens, beyond the model's context of 1024"):
+        SideEffectsTask(tiny_model, res)
+
+
+@pytest.mark.parametrize("extra,words", [
+    ({"batch_size": 0}, "batch_size must be at least 1"), ({"batch_size": -4}, "batch_size must be at least 1"),
+    ({"max_tokens": 0}, "max_tokens must be at least 1"), ({"limit": -5}, "limit must be 0 or more"),
+    ({"hook": "blocks.40.hook_resid_post"}, "unknown hook 'blocks.40.hook_resid_post' for tiny (4 layers)"),
+    ({"vector_hooks": ["blocks.1.hook_resid_sideways"]}, "unknown hook 'blocks.1.hook_resid_sideways'"),
+])
+def test_study_plan_checks_what_harvest_checks(tmp_path, extra, words):
+    from test_study import write_config
+
+    cli_fails_clearly(["study", str(write_config(tmp_path, **extra)), "--plan"], words)
+
+
+def test_negative_counts_are_refused_at_load(tmp_path):
+    cli_fails_clearly(["harvest", "--model", "tiny", "--hook", "blocks.1.hook_resid_post", "--limit", "-5",
+                       "--out", str(tmp_path / "h")], "limit must be 0")
+    assert not (tmp_path / "h").exists()
+    with pytest.raises(ConfigError, match="eval_docs must be 0 or more"):
+        T.train_sae(tiny_cfg(tmp_path / "sae", eval_docs=-1), activations=tiny_source())

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from saekit.artifacts import fault_point
+from saekit.artifacts import OutputError, check_writable, fault_point
 from saekit.browse import queries as Q
 from saekit.browse.pages import PLOTLY_JS, STATIC, TOP_ALIGNED, TOP_FEATURES, Page, Site
 from saekit.browse.server import BrowseError
@@ -80,7 +80,10 @@ def _write(root: Path, rel: str, text: str) -> None:
 def export_site(db_path: str | Path | None, out: str | Path) -> dict:
     """Write every page; returns counts and seconds."""
     started = time.perf_counter()
-    out = Path(out)
+    try:
+        out = check_writable(out, "--export")   # absolute: `--export .` has a name and a parent
+    except OutputError as e:
+        raise BrowseError(str(e)) from e
     _check_target(out)
     path = check_database_path(db_path, must_exist=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +109,8 @@ def export_site(db_path: str | Path | None, out: str | Path) -> dict:
         _write(tmp, MARKER, json.dumps(sorted(_files(tmp))))   # what a later export may replace
         fault_point("browse_export_rename")
         _replace(tmp, out)
+    except OSError as e:   # a full disk, a folder made read-only meanwhile: the earlier export stays whole
+        raise BrowseError(f"cannot write the export {out}: {e.strerror or e}") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"folder": str(out), "pages": pages, "feature_pages": n_features,

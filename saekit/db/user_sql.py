@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 import duckdb
 
+from saekit.artifacts import OutputError, check_writable
 from saekit.db.connection import SANDBOX, Database, DatabaseError, check_read_only, query_failed
 
 
@@ -86,9 +87,12 @@ def _export_path(path: str | Path) -> Path:
     if path.is_dir():
         raise DatabaseError(f"{path} is a folder; give a file name for the result, e.g. {path / 'result.csv'}")
     try:
+        check_writable(path, "output")
         path.parent.mkdir(parents=True, exist_ok=True)
+    except OutputError as e:
+        raise DatabaseError(str(e)) from None
     except OSError as e:
-        raise DatabaseError(f"cannot create the folder {path.parent} for {path}: {e.strerror}") from e
+        raise DatabaseError(f"cannot create the folder {path.parent} for {path}: {e.strerror}") from None
     return path
 
 

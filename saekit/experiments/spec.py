@@ -143,9 +143,34 @@ class ExperimentSpec:
         for name in ("controls", "norm_texts", "n_bootstrap", "trace_features"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        check_strengths(self.strengths, "strengths")
+        for c in self.conditions:
+            if c.strengths is not None:
+                check_strengths(c.strengths, f"condition {c.name!r}: strengths")
+        for f in dataclasses.fields(self.prompts):
+            value = getattr(self.prompts, f.name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+                raise ValueError(f"prompts.{f.name} = {value} is negative; counts are 0 or more")
+            if isinstance(value, list) and any(isinstance(v, str) and not v.strip() for v in value):
+                raise ValueError(f"prompts.{f.name} holds an empty string")
 
     def wants(self, metric: str) -> bool:
         return self.metrics is None or metric in self.metrics
+
+
+MAX_STRENGTH = 1000.0
+"""The largest |strength| a spec may ask for. Steering strengths are fractions of the mean residual
+norm (0.1 is strong) and clamps multiples of a feature's maximum; beyond this nothing is measured
+but overflow."""
+
+
+def check_strengths(strengths: list[float], where: str) -> None:
+    if not strengths:
+        raise ValueError(f"{where} is empty; give at least one strength")
+    big = [s for s in strengths if abs(s) > MAX_STRENGTH]
+    if big:
+        raise ValueError(f"{where} {big}: beyond +-{MAX_STRENGTH:g} (steering is in units of the mean residual "
+                         "norm, clamps in multiples of a feature's maximum)")
 
 
 def load_spec(spec: str | Path | dict | ExperimentSpec) -> ExperimentSpec:

@@ -152,9 +152,15 @@ def check_sae_folder(folder: Path) -> None:
     if not (folder / SAE_CFG_FILENAME).exists():
         raise SAEError(f"{folder} has no {SAE_CFG_FILENAME}: not a SAELens SAE folder")
     try:
-        json.loads((folder / SAE_CFG_FILENAME).read_text())
+        cfg = json.loads((folder / SAE_CFG_FILENAME).read_text())
     except json.JSONDecodeError as e:
         raise SAEError(f"{folder / SAE_CFG_FILENAME} is not valid JSON ({e})") from e
+    k, d_sae = (cfg.get("k"), cfg.get("d_sae")) if isinstance(cfg, dict) else (None, None)
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or k != int(k) or k < 1:
+            raise SAEError(f"{folder / SAE_CFG_FILENAME}: k = {k!r}; a TopK SAE keeps at least 1 latent per token")
+        if isinstance(d_sae, int) and k > d_sae:
+            raise SAEError(f"{folder / SAE_CFG_FILENAME}: k = {k} is more than d_sae = {d_sae} latents")
 
 
 def load_sae(release_or_path: str | Path, sae_id: str | None = None, model=None, device: str = "cpu",
@@ -197,13 +203,22 @@ def _load_from_folder(folder: Path, device: str, dtype: str | None) -> tuple[SAE
         raise SAEError(f"{path} is truncated or corrupt ({e}); delete it or save the SAE again") from e
 
 
+MAX_ABS_WEIGHT = 1e6
+"""Beyond any trained SAE's weights; values this large overflow to inf in a float32 encode."""
+
+
 def check_finite_weights(sae: SAE, where: str | Path) -> None:
-    """Refuse an SAE with NaN or inf weights: every feature read through it would be NaN."""
+    """Refuse an SAE with NaN, inf or absurd weights: every feature read through it would be NaN or inf."""
     for name, t in sae.state_dict().items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if not t.is_floating_point():
+            continue
+        if not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise SAEError(f"{where}: tensor {name!r} holds {bad} NaN/inf values; the SAE is unusable "
                            "(retrain it or restore a good copy)")
+        if t.numel() and float(t.abs().max()) > MAX_ABS_WEIGHT:
+            raise SAEError(f"{where}: tensor {name!r} holds values up to {float(t.abs().max()):.3g}, beyond "
+                           f"{MAX_ABS_WEIGHT:g}; the SAE is unusable (retrain it or restore a good copy)")
 
 
 def _load_from_registry(release: str, sae_id: str | None, device: str, dtype: str):

@@ -119,6 +119,9 @@ class TrainConfig:
             raise ValueError("lr_warm_up_steps + lr_decay_steps exceed the number of steps")
         if self.checkpoint_every < 0:
             raise ValueError("checkpoint_every must be >= 0")
+        for name in ("eval_docs", "eval_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
         self.sae.check_training(self.normalize_activations, self.dead_feature_handling)
         if not (0 < self.dense_threshold < 1):
             raise ValueError("dense_threshold must be between 0 and 1")

@@ -12,7 +12,8 @@ import abc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from saekit.experiments.base import Resolved, Row, Setting
+from saekit.experiments.base import ExperimentError, Resolved, Row, Setting
+from saekit.model import context_length
 
 if TYPE_CHECKING:
     from saekit.experiments.resolve import Resolver
@@ -53,6 +54,17 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def measure(self, setting: Setting) -> list[Row]:
         """Rows of measurements for one condition x strength (or the clean model)."""
+
+    def check_context(self, seqs: list[list[int]], where: str, new_tokens: int = 0, limit: int = 0) -> None:
+        """Refuse, before any forward pass, a prompt that with `new_tokens` more exceeds the model's
+        context (or `limit`, when smaller)."""
+        context = context_length(self.model)
+        for i, ids in enumerate(seqs):
+            if len(ids) + new_tokens > context or (limit and len(ids) > limit):
+                bound = f"the model's context of {context} tokens" + (f" (with {new_tokens} new ones)" if new_tokens else "")
+                if limit and len(ids) > limit:
+                    bound = f"the limit of {limit} tokens"
+                raise ExperimentError(f"{where}[{i}] is {len(ids)} tokens, beyond {bound}; shorten it")
 
     def write_outputs(self, folder: Path) -> dict[str, str]:
         """Files beside the database rows (e.g. generations); returns what to note in the stored spec."""

@@ -24,6 +24,9 @@ class SideEffectsPrompts:
     """side_effects: user messages to sample replies to under each condition's strongest setting."""
     max_new_tokens: int = 20
     temperature: float = 0.7
+    max_prompt_tokens: int = 512
+    """side_effects: a generate message longer than this is refused (generation re-reads the prompt for
+    every new token: without a KV cache a long prompt costs minutes)."""
 
 
 class SideEffectsTask(InterventionTask):
@@ -35,8 +38,24 @@ class SideEffectsTask(InterventionTask):
     relative_to_baseline = False
     effect_note = "Effect: mean per-token KL(clean || intervened) on neutral text."
 
+    @classmethod
+    def check(cls, spec):
+        p = spec.prompts
+        for name in ("max_tokens", "max_new_tokens", "max_prompt_tokens"):
+            if getattr(p, name) < 1:
+                raise ValueError(f"prompts.{name} = {getattr(p, name)}: must be at least 1")
+        if not p.temperature > 0:
+            raise ValueError(f"prompts.temperature = {p.temperature}: sampling needs a temperature above 0")
+        for i, msg in enumerate(p.generate):
+            if len(msg.split()) > p.max_prompt_tokens:   # every word is at least one token
+                raise ValueError(f"prompts.generate[{i}] has {len(msg.split())} words, more than prompts.max_prompt_tokens "
+                                 f"= {p.max_prompt_tokens} tokens")
+
     def __init__(self, model, res):
         super().__init__(model, res)
+        self.generate_ids = [chat_ids(self.tok, [{"role": "user", "content": m}]) for m in self.spec.prompts.generate]
+        self.check_context(self.generate_ids, "prompts.generate", self.spec.prompts.max_new_tokens,
+                           self.spec.prompts.max_prompt_tokens)
         texts = [r for r in load_corpus(include_neutral=True) if r.emotion == NEUTRAL]
         self.items = select_items([{"id": r.id, "text": r.text} for r in texts], self.spec.prompts)
         self.seqs = [self.tok(it["text"])["input_ids"][:self.spec.prompts.max_tokens] for it in self.items]
@@ -69,8 +88,7 @@ class SideEffectsTask(InterventionTask):
     def _generate(self, setting) -> list[Row]:
         hf = hf_model_of(self.model)
         rows = []
-        for i, msg in enumerate(self.spec.prompts.generate):
-            ids = chat_ids(self.tok, [{"role": "user", "content": msg}])
+        for i, (msg, ids) in enumerate(zip(self.spec.prompts.generate, self.generate_ids)):
             x = torch.tensor([ids], device=hf.device)
             torch.manual_seed(self.spec.seed + i)
             edits = make_edits(self.res, setting, None)
