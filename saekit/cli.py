@@ -552,6 +552,73 @@ def corpus_stats(
         out_console.print(f"{k}: {s[k]}")
 
 
+@corpus_app.command("check")
+def corpus_check(
+    source: Annotated[str, typer.Argument(help="'shipped' or a corpus file/folder.")] = "shipped",
+    text_column: str = "text", label_column: str = "emotion",
+    body_words: Annotated[Optional[Path], typer.Option(help="Body-part word list (default saekit/corpus/style/body_words.txt).")] = None,
+    cognition_words: Annotated[Optional[Path], typer.Option(help="Cognition verb list (default .../cognition_words.txt).")] = None,
+    db: Annotated[Optional[Path], typer.Option(help="Database with emotion vectors of this corpus: correlate their "
+                                                    "principal components with the style statistics and valence.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="With --db: only this model's vectors (default: every model).")] = None,
+    ratings: Annotated[Optional[Path], typer.Option(help="With --db: CSV of human valence ratings (word, valence, arousal).")] = None,
+    corpus_id: Annotated[Optional[str], typer.Option(help="With --db: the corpus id the vectors were ranked under "
+                                                          "(default: the source as given, 'shipped' for the shipped one).")] = None,
+) -> None:
+    """Style statistics per emotion and how unequal they are; with --db, whether the vectors' principal
+    components track style rather than valence (stored in the database, warned about when they do)."""
+    from saekit.corpus import load_corpus
+    from saekit.corpus_style import WordLists, balance_problems, check_database, check_labels, mode_of, style_report
+
+    lists = WordLists.load(body_words, cognition_words)   # a bad word list fails before the corpus is read
+    records = load_corpus(source, text_column=text_column, label_column=label_column)
+    check_labels(records, source, label_column)
+    rep = style_report(records, lists)
+    table = Table(title=f"corpus {source}: style per emotion (shares pooled over its stories)")
+    for col in ("emotion", "stories", "words", "body %", "quoted %", "cognition %", "first person", "topics", "modes"):
+        table.add_column(col, justify="left" if col in ("emotion", "modes") else "right")
+    for r in rep.rows:
+        table.add_row(r.emotion, str(r.stories), f"{r.words:.0f}", f"{100 * r.body_share:.2f}", f"{100 * r.quote_share:.1f}",
+                      f"{100 * r.cognition_share:.2f}", f"{r.first_person:.0%}", str(r.topics),
+                      " ".join(f"{m}:{n}" for m, n in sorted(r.modes.items())) or "-")
+    out_console.print(table)
+    for stat, spread in rep.inequality.items():
+        out_console.print(f"{stat}: corpus mean {rep.corpus_mean[stat]:.4g}; emotions range {spread['min']:.4g}-"
+                          f"{spread['max']:.4g} ({spread['max_over_min']:.2f}x), CV {spread['cv']:.3f}, furthest "
+                          f"{spread['max_rel_dev']:.0%} from the mean", markup=False)
+    if any(mode_of(r) for r in records):
+        problems = balance_problems(records, lists)
+        out_console.print("balance (modes 15-30%, shares within 25% of the mean, first/third person): "
+                          + ("ok" if not problems else f"{len(problems)} problem(s)"), markup=False)
+        for p in problems:
+            out_console.print(f"  {p}", markup=False)
+    if db is None:
+        return
+    from saekit.db import corpus_id_of
+    from saekit.rank import read_ratings
+
+    rated = {w: v for w, (v, _) in read_ratings(str(ratings) if ratings else None).items()}
+    warned = False
+    for check in check_database(db, corpus_id or corpus_id_of(source), rep, rated or None, model, records):
+        grid = Table(title=f"{check.model_id} @ {check.hook}: Pearson r of each principal component over the emotions")
+        grid.add_column("target")
+        pcs = list(dict.fromkeys(r["predictor"] for r in check.rows))
+        for pc in pcs:
+            var = next(r["explained_variance"] for r in check.rows if r["predictor"] == pc)
+            grid.add_column(f"{pc} ({var:.0%})", justify="right")
+        for target in dict.fromkeys(r["target"] for r in check.rows):
+            cells = {r["predictor"]: r for r in check.rows if r["target"] == target}
+            grid.add_row(target, *[f"{cells[pc]['r']:+.2f}" if pc in cells and cells[pc]["r"] == cells[pc]["r"] else "-"
+                                   for pc in pcs])
+        out_console.print(grid)
+        for w in check.warnings:
+            warned = True
+            console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
+    out_console.print(f"stored in the style_geometry table of {db}"
+                      + (" (warnings above)" if warned else "; no style statistic tracks a PC more than valence does"),
+                      markup=False)
+
+
 @corpus_app.command("validate")
 def corpus_validate(
     source: Annotated[str, typer.Argument(help="'shipped' or a corpus file.")] = "shipped",

@@ -263,10 +263,18 @@ def _pick_split(ds, split: str, name: str):
 
 
 def assign_splits(records: list[Record], test_fraction: float = 0.2, seed: int = 0) -> list[Record]:
-    """A stratified split: within each (emotion, topic-kind) group, a fixed hash order puts every
-    1/test_fraction-th record in test. Deterministic, so a corpus keeps its split when stored."""
+    """A stratified split, deterministic so a corpus keeps its split when stored.
+
+    Stories: within each emotion, ordered by (mode of expression, narration, a fixed hash of the id),
+    every 1/test_fraction-th goes to test, so every emotion's test stories spread over its modes and
+    both narrations. Neutral texts: the same within each kind (topic).
+    """
     import hashlib
     from dataclasses import replace
+
+    def key(i: int) -> tuple:
+        r = records[i]
+        return (str(r.meta.get("mode", "")), r.narration, hashlib.sha256(f"{seed}:{r.id}".encode()).hexdigest())
 
     groups: dict[tuple, list[int]] = collections.defaultdict(list)
     for i, r in enumerate(records):
@@ -274,8 +282,7 @@ def assign_splits(records: list[Record], test_fraction: float = 0.2, seed: int =
     split = ["train"] * len(records)
     step = max(2, round(1 / test_fraction))
     for members in groups.values():
-        ranked = sorted(members, key=lambda i: hashlib.sha256(f"{seed}:{records[i].id}".encode()).hexdigest())
-        for rank, i in enumerate(ranked):
+        for rank, i in enumerate(sorted(members, key=key)):
             if rank % step == step - 1:
                 split[i] = "test"
     return [replace(r, split=s) for r, s in zip(records, split)]
@@ -288,6 +295,17 @@ def write_jsonl(path: Path, records: Iterable[Record]) -> None:
 
 
 # ---------------------------------------------------------------------------- emotions and scenarios
+
+
+POSITIVE_CLUSTERS = {"exuberant joy", "peaceful contentment", "compassionate gratitude", "competitive pride",
+                     "playful amusement"}
+"""The paper's clusters of positive valence; an emotion's cluster sign stands in for valence without ratings."""
+
+
+def valence_sign(emotion: str) -> float | None:
+    """+1 for an emotion of a positive cluster, -1 for another shipped one, None for an unknown emotion."""
+    info = emotion_table().get(emotion)
+    return None if info is None else (1.0 if info["cluster"] in POSITIVE_CLUSTERS else -1.0)
 
 
 def emotion_table() -> dict[str, dict]:

@@ -23,7 +23,8 @@ from saekit import evidence as Ev
 from saekit import features as Fe
 from saekit.artifacts import fault_point, story_of
 from saekit.config import to_dict
-from saekit.corpus import NEUTRAL, CorpusError, Record, emotion_table, load_corpus
+from saekit.corpus import NEUTRAL, POSITIVE_CLUSTERS, CorpusError, Record, emotion_table, load_corpus
+from saekit.corpus_style import StyleReport, style_geometry, style_report, style_warnings
 from saekit.db import Database, corpus_id_of, sae_id_of
 from saekit.db import ranking as W
 from saekit.errors import SaekitError
@@ -99,11 +100,29 @@ def read_ratings(path: str | Path | None) -> dict[str, tuple[float, float]]:
                 for row in reader}
 
 
-POSITIVE_CLUSTERS = {"exuberant joy", "peaceful contentment", "compassionate gratitude", "competitive pride",
-                     "playful amusement"}
 
 
 # ---------------------------------------------------------------------------- the stage
+
+
+def train_style(acts: Activations, train: list[int]) -> StyleReport | None:
+    """Style statistics of the train stories the vectors are built from (None when the corpus the
+    harvest read is gone, or has no labelled stories)."""
+    try:
+        texts = {r.id: r for r in harvest_records(acts.manifest["config"])}
+    except Exception:  # the corpus moved since the harvest: no style geometry
+        return None
+    seen, records = set(), []
+    for i in train:
+        story = story_of(acts.documents[i]["id"])
+        if story in texts and story not in seen:
+            seen.add(story)
+            records.append(texts[story])
+    try:
+        return style_report(records)
+    except CorpusError:
+        return None
+
 
 
 def emotion_vector_analysis(acts: Activations, cfg: RankConfig, emotions: list[str], train: list[int],
@@ -112,6 +131,7 @@ def emotion_vector_analysis(acts: Activations, cfg: RankConfig, emotions: list[s
     out: dict[str, Any] = {}
     ratings = read_ratings(cfg.ratings)
     clusters = emotion_table()
+    style = train_style(acts, train)
     for hook in acts.manifest["hooks"]:
         pooled = acts.pooled(hook, "mean")
         vecs, k = Fe.emotion_vectors(pooled[train], [labels[i] for i in train], emotions,
@@ -136,6 +156,10 @@ def emotion_vector_analysis(acts: Activations, cfg: RankConfig, emotions: list[s
         else:
             geo["pc1_valence_r"] = geo["pc2_arousal_r"] = None
             geo["ratings_note"] = "no human ratings file given (--ratings); see the README"
+        if style is not None:
+            geo["style"] = style_geometry(vecs, emotions, style, {e: v for e, (v, _) in ratings.items()})
+            geo["style_warnings"] = style_warnings(geo["style"])
+            geo["style_lists"] = {"body": style.lists.body_path, "cognition": style.lists.cognition_path}
         sign = [1.0 if clusters.get(e, {}).get("cluster") in POSITIVE_CLUSTERS else -1.0 for e in emotions]
         geo["pc1_vs_cluster_valence_sign_r"] = Fe.pearson(scores[:, 0], torch.tensor(sign))
         geo["pc2_vs_cluster_valence_sign_r"] = Fe.pearson(scores[:, 1], torch.tensor(sign))
@@ -185,6 +209,8 @@ def run_rank(cfg: RankConfig, sae=None, model=None, tokenizer=None, db: Database
         summary[f"vector logistic accuracy @ {h}"] = round(v["logistic_probe"].accuracy, 4)
         summary[f"PC1 vs cluster valence sign r @ {h}"] = round(v["geometry"]["pc1_vs_cluster_valence_sign_r"], 3)
         summary[f"PC2 vs cluster valence sign r @ {h}"] = round(v["geometry"]["pc2_vs_cluster_valence_sign_r"], 3)
+        for w in v["geometry"].get("style_warnings", []):
+            summary[f"style warning @ {h}"] = w
         if v["geometry"]["pc1_valence_r"] is not None:
             summary[f"PC1 ~ valence r @ {h}"] = round(v["geometry"]["pc1_valence_r"], 3)
             summary[f"PC2 ~ arousal r @ {h}"] = round(v["geometry"]["pc2_arousal_r"], 3)
@@ -509,7 +535,10 @@ def _geometry_rows(geo: dict, emotions: list[str], scope: dict, run: str, cfg: R
     linkage = [dict(scope, step=s, left_node=int(a), right_node=int(b), distance=float(d), size=int(n), run_id=run)
                for s, (a, b, d, n) in enumerate(geo["linkage"])]
     ratings = [dict(scope, **{k: _finite(v) for k, v in r.items()}, run_id=run) for r in geo.get("ratings", [])]
-    return {"clusters": clusters, "similarity": similarity, "linkage": linkage, "rating_geometry": ratings}
+    style = [dict(scope, **{k: _finite(v) for k, v in r.items()}, word_lists=json.dumps(geo.get("style_lists")), run_id=run)
+             for r in geo.get("style", [])]
+    return {"clusters": clusters, "similarity": similarity, "linkage": linkage, "rating_geometry": ratings,
+            "style_geometry": style}
 
 
 def _finite(v):

@@ -20,13 +20,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from saekit import features as Fe  # noqa: E402
-from saekit.corpus import emotion_table  # noqa: E402
+from saekit.corpus import POSITIVE_CLUSTERS, emotion_table  # noqa: E402
 from saekit.db import Database, corpus_id_of, sae_id_of  # noqa: E402
 from saekit.db import features as DF  # noqa: E402
 from saekit.db import report as DR  # noqa: E402
 from saekit.experiments.tasks import TASKS  # noqa: E402
 from saekit.experiments.tasks.base import base_model_label  # noqa: E402
-from saekit.rank import POSITIVE_CLUSTERS, read_ratings  # noqa: E402
+from saekit.rank import read_ratings  # noqa: E402
 
 
 class Figure:
@@ -197,6 +197,30 @@ def vector_geometry(db: Database, model_id: str, corpus_id: str, hook: str, rati
     return [pca_fig, Figure("vector_dendrogram", "Emotion vectors: hierarchical clusters", fig, sentence)]
 
 
+def style_geometry_table(db: Database, model_id: str, corpus_id: str, hook: str) -> tuple[str, str] | None:
+    """The vectors' PCs at `hook` against the corpus's style statistics and valence, and the warnings."""
+    from saekit.corpus_style import style_warnings
+
+    rows = DR.style_geometry(db, model_id, corpus_id, hook)
+    if not rows:
+        return None
+    pcs = list(dict.fromkeys(r["predictor"] for r in rows))
+    var = {r["predictor"]: r["explained_variance"] for r in rows}
+    by = {(r["target"], r["predictor"]): r for r in rows}
+    body = "".join(f"<tr><td>{html.escape(t)}</td>" + "".join(f"<td>{_r(by.get((t, pc)))}</td>" for pc in pcs) + "</tr>"
+                   for t in dict.fromkeys(r["target"] for r in rows))
+    head = "".join(f"<th>{pc} ({100 * (var[pc] or 0):.0f}%) r</th>" for pc in pcs)
+    table = f"<table><tr><th>per-emotion statistic</th>{head}</tr>{body}</table>"
+    warned = style_warnings([dict(r, r=float("nan") if r["r"] is None else r["r"],
+                                  p_value=1.0 if r["p_value"] is None else r["p_value"]) for r in rows])
+    sentence = (f"At {hook}, each principal component of the emotion vectors is correlated over the emotions with how "
+                "their train stories are written (body-part words, quoted speech, cognition verbs, length, narration; "
+                "saekit corpus check) and with valence. ")
+    sentence += (" ".join(f"Warning: {w}." for w in warned) if warned else
+                 "No style statistic tracks a component more closely than valence does (p < 0.05).")
+    return table, sentence
+
+
 def rating_geometry_table(db: Database, model_id: str, corpus_id: str, hook: str) -> tuple[str, str] | None:
     """Valence and arousal against PCs 1-5 and their leave-one-out decoding, per hook; a sentence for `hook`."""
     rows = DR.rating_geometry(db, model_id, corpus_id)
@@ -323,6 +347,9 @@ def write_report(cfg, out: Path, progress: Callable[[float, str], None] | None =
         tick(0.5, "geometry")
         for f in vector_geometry(db, model_id, corpus_id, cfg.hook, ratings):
             sections.append(("figure", f))
+        if (styled := style_geometry_table(db, model_id, corpus_id, cfg.hook)) is not None:
+            sections.append(("html", ("Style or emotion? The vectors' principal components against the stories' style",
+                                      f"<p>{html.escape(styled[1])}</p>{styled[0]}")))
         if (rated := rating_geometry_table(db, model_id, corpus_id, cfg.hook)) is not None:
             sections.append(("html", ("Emotion vectors against human ratings",
                                       f"<p>{html.escape(rated[1])}</p>{rated[0]}")))

@@ -74,7 +74,7 @@ def test_database_commands_give_messages_not_tracebacks(tmp_path):
     blocked = tmp_path / "afile"
     blocked.write_text("x")
     result = runner.invoke(app, ["query", "--db", str(db), "SELECT 1", "--csv", str(blocked / "x.csv")])
-    assert result.exit_code == 2 and f"cannot create the folder {blocked}" in result.output
+    assert result.exit_code == 2 and f"{blocked} is a file, so nothing can be created under it" in result.output
     csv = tmp_path / "x.csv"
     csv.write_text("a\n1\n")
     result = runner.invoke(app, ["db", "--db", str(csv)])

@@ -253,7 +253,7 @@ def run_status(path) -> dict[str, str]:
 
 RANKED_TABLES = ("corpora", "emotion_clusters", "emotion_linkage", "emotion_similarity", "emotion_vectors",
                  "feature_emotion_stats", "feature_examples", "features", "lens_checks", "models", "probe_results", "saes",
-                 "stories", "story_means", "vector_feature_alignment")
+                 "stories", "story_means", "style_geometry", "vector_feature_alignment")
 
 
 def run_ids(path) -> dict[str, set]:

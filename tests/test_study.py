@@ -66,7 +66,7 @@ def write_config(tmp_path, **extra):
     spec.write_text(PROBE_SPEC)
     cfg = {"model": "tiny", "hook": "blocks.2.hook_resid_post", "vector_hooks": ["blocks.1.hook_resid_post"],
            "out": str(tmp_path / "study"), "db": str(tmp_path / "study.duckdb"), "train_config": "train/tiny-topk.toml",
-           "max_tokens": 64, "limit": 200, "train_tokens": 20480,
+           "max_tokens": 64, "limit": 288, "train_tokens": 20480,   # limit: 8 emotions x 36 stories
            "experiments": [str(spec)]}
     cfg.update(extra)
     path = tmp_path / "study.toml"

@@ -111,7 +111,8 @@ class Site:
         top = {s.sae_id: _group(B.top_features(r, s.sae_id, HOME_TOP), "emotion") for s in saes}
         return Page("home.html", 0, "saekit feature browser", {
             **B.overview(r), "saes": saes, "emotions": self.emotions(r), "top": top,
-            "pca": self.cached("pca", lambda: _pca_plot(B.vectors(r)))})
+            "pca": self.cached("pca", lambda: _pca_plot(B.vectors(r))),
+            "style": self.cached("style", lambda: _style_tables(B.style_geometry(r)))})
 
     def emotions(self, r: B.Reader) -> list[dict[str, Any]]:
         return self.cached("emotions", lambda: B.emotions(r))
@@ -246,6 +247,25 @@ def _hist_plot(counts: list[int]) -> dict[str, Any]:
                  title={"text": "activation histogram over counted tokens where it is active"},
                  xaxis={"title": {"text": "activation (log2 bins)"}, "type": "category"},
                  yaxis={"title": {"text": "tokens"}})
+
+
+def _style_tables(rows: list[dict]) -> list[dict[str, Any]]:
+    """Per model, corpus and hook: the PCs x statistics grid of r, and the warnings (saekit corpus check)."""
+    from saekit.corpus_style import style_warnings
+
+    out = []
+    for key in dict.fromkeys((r["model_id"], r["corpus_id"], r["hook"]) for r in rows):
+        mine = [r for r in rows if (r["model_id"], r["corpus_id"], r["hook"]) == key]
+        pcs = list(dict.fromkeys(r["predictor"] for r in mine))
+        by = {(r["target"], r["predictor"]): r["r"] for r in mine}
+        targets = list(dict.fromkeys(r["target"] for r in mine))
+        out.append({"model_id": key[0], "corpus_id": key[1], "hook": key[2],
+                    "pcs": [(pc, next(r["explained_variance"] for r in mine if r["predictor"] == pc)) for pc in pcs],
+                    "grid": [(t, [by.get((t, pc)) for pc in pcs]) for t in targets],
+                    "warnings": style_warnings([dict(r, r=float("nan") if r["r"] is None else r["r"],
+                                                     p_value=1.0 if r["p_value"] is None else r["p_value"])
+                                                for r in mine])})
+    return out
 
 
 def _pca_plot(vectors: list[dict]) -> dict[str, Any] | None:

@@ -69,6 +69,15 @@ def vectors(r: Reader, emotion: str | None = None) -> list[dict[str, Any]]:
     return r.rows(f"SELECT {cols} FROM emotion_vectors WHERE emotion = ? ORDER BY hook", [emotion])
 
 
+def style_geometry(r: Reader) -> list[dict[str, Any]]:
+    """Every hook's principal components against the corpus's style statistics and valence (none in a
+    database written before saekit stored them)."""
+    if not r.one("SELECT 1 AS x FROM information_schema.tables WHERE table_name = 'style_geometry'"):
+        return []
+    return r.rows("SELECT model_id, corpus_id, hook, predictor, target, r, p_value, explained_variance "
+                  "FROM style_geometry ORDER BY model_id, corpus_id, hook, predictor, target")
+
+
 def lens_checks(r: Reader, emotion: str) -> list[dict[str, Any]]:
     return r.rows("SELECT hook, direction, feature, own_word_rank, own_word_in_top, best_token, random_rate, top_n "
                   "FROM lens_checks WHERE emotion = ? ORDER BY hook, direction", [emotion])

@@ -34,7 +34,7 @@ def replace_emotions(db: Database, rows: Sequence[Row]) -> None:
 def replace_hook_results(db: Database, model_id: str, corpus_id: str, hook: str, vectors: Sequence[Row],
                          lens_checks: Sequence[Row], probes: Mapping[str, Row], clusters: Sequence[Row],
                          similarity: Sequence[Row], linkage: Sequence[Row], rating_geometry: Sequence[Row] = (),
-                         story_mean: Row | None = None) -> None:
+                         story_mean: Row | None = None, style_geometry: Sequence[Row] = ()) -> None:
     """One hook's emotion vectors, their lens check, probes (by method), geometry (with human ratings if
     given) and the training stories' mean, the centre readings of new texts are taken from."""
     scope = {"model_id": model_id, "corpus_id": corpus_id, "hook": hook}
@@ -47,6 +47,12 @@ def replace_hook_results(db: Database, model_id: str, corpus_id: str, hook: str,
     db.replace("emotion_similarity", scope, similarity)
     db.replace("emotion_linkage", scope, linkage)
     db.replace("rating_geometry", scope, rating_geometry)
+    replace_style_geometry(db, scope, style_geometry)
+
+
+def replace_style_geometry(db: Database, scope: Row, rows: Sequence[Row]) -> None:
+    """One hook's principal components against the corpus's style statistics and valence."""
+    db.replace("style_geometry", {k: scope[k] for k in ("model_id", "corpus_id", "hook")}, rows)
 
 
 def replace_sae_results(db: Database, sae_row: Row, corpus_id: str, features: Mapping[str, Sequence],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TypedDict
 
+from saekit.artifacts import story_of
 from saekit.db.connection import Database, fetch_dicts
 
 
@@ -82,6 +83,25 @@ class RatingRow(TypedDict):
     r2: float | None
     explained_variance: float | None
     n: int
+
+
+def style_geometry(db: Database, model_id: str, corpus_id: str, hook: str) -> list[dict]:
+    return fetch_dicts(db, "SELECT predictor, target, r, p_value, ci_lo, ci_hi, n, explained_variance FROM style_geometry "
+                           "WHERE model_id = ? AND corpus_id = ? AND hook = ? ORDER BY predictor, target",
+                       [model_id, corpus_id, hook])
+
+
+def story_texts(db: Database, corpus_id: str) -> dict[str, str | None]:
+    """{story_id: text} of a ranked corpus's labelled stories (the texts its vectors were built from)."""
+    rows = fetch_dicts(db, "SELECT story_id, text FROM stories WHERE corpus_id = ? AND emotion <> 'neutral'", [corpus_id])
+    return {story_of(r["story_id"]): r["text"] for r in rows}
+
+
+def stored_vectors(db: Database, model_id: str | None, corpus_id: str) -> list[dict]:
+    """Every stored emotion vector of a corpus (one model's, or every model's): model_id, hook, emotion, vector."""
+    where, params = ("AND model_id = ?", [corpus_id, model_id]) if model_id else ("", [corpus_id])
+    return fetch_dicts(db, f"SELECT model_id, hook, emotion, vector FROM emotion_vectors WHERE corpus_id = ? {where} "
+                           "ORDER BY model_id, hook, emotion", params)
 
 
 def rating_geometry(db: Database, model_id: str, corpus_id: str) -> list[RatingRow]:

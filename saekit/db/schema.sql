@@ -263,6 +263,23 @@ CREATE TABLE IF NOT EXISTS rating_geometry (
     PRIMARY KEY (model_id, corpus_id, hook, target, predictor)
 );
 
+CREATE TABLE IF NOT EXISTS style_geometry (
+    model_id        VARCHAR NOT NULL,
+    corpus_id       VARCHAR NOT NULL,
+    hook            VARCHAR NOT NULL,
+    predictor       VARCHAR NOT NULL,
+    target          VARCHAR NOT NULL,
+    r               DOUBLE,
+    p_value         DOUBLE,
+    ci_lo           DOUBLE,
+    ci_hi           DOUBLE,
+    n               INTEGER,
+    explained_variance DOUBLE,
+    word_lists      JSON,
+    run_id          VARCHAR,
+    PRIMARY KEY (model_id, corpus_id, hook, predictor, target)
+);
+
 CREATE TABLE IF NOT EXISTS experiments (
     experiment_id   VARCHAR PRIMARY KEY,
     name            VARCHAR,
