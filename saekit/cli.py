@@ -327,6 +327,9 @@ def browse(
                                                         "of serving them.")] = None,
     query_seconds: Annotated[float, typer.Option(min=0.1, help="Time limit of one SQL box query.")] = 30.0,
     query_memory: Annotated[str, typer.Option(help="Memory limit of one SQL box query (DuckDB's, e.g. 1GB).")] = "1GB",
+    model: Annotated[Optional[str], typer.Option(help="Load this model (as ranked, e.g. smollm2-135m-instruct) for the "
+                                                      "steer page: generations side by side, clean and edited.")] = None,
+    steer_out: Annotated[Path, typer.Option(help="Where the steer page saves experiment specs.")] = Path("artifacts/steer"),
 ) -> None:
     """Browse features, emotions and experiments in a web page (read-only), or export the pages."""
     from saekit.browse import export_site, serve
@@ -337,8 +340,15 @@ def browse(
         out_console.print(f"wrote {done['pages']} pages ({done['feature_pages']} features) to {done['folder']} "
                           f"in {done['seconds']} s; open {Path(done['folder']) / 'index.html'}", markup=False)
     else:
+        playground = None
+        if model is not None:   # loaded now: a model or SAE that cannot load is reported at start
+            from saekit.browse.steer import open_playground
+            from saekit.db import check_database_path
+
+            with console.status(f"loading {model} for the steer page"):
+                playground = open_playground(check_database_path(db, must_exist=True), model, steer_out)
         serve(db, host, port, announce=lambda line: out_console.print(line, markup=False),
-              queries=Queries(query_seconds, query_memory))
+              queries=Queries(query_seconds, query_memory), playground=playground)
 
 
 # ---------------------------------------------------------------------------- experiments
@@ -599,7 +609,9 @@ def corpus_check(
 
     rated = {w: v for w, (v, _) in read_ratings(str(ratings) if ratings else None).items()}
     warned = False
-    for check in check_database(db, corpus_id or corpus_id_of(source), rep, rated or None, model, records):
+    train = [r for r in records if r.split == "train"]   # the stories the vectors were built from, as rank measures
+    rep_train = style_report(train, lists) if any(r.emotion for r in train) else rep
+    for check in check_database(db, corpus_id or corpus_id_of(source), rep_train, rated or None, model, records):
         grid = Table(title=f"{check.model_id} @ {check.hook}: Pearson r of each principal component over the emotions")
         grid.add_column("target")
         pcs = list(dict.fromkeys(r["predictor"] for r in check.rows))

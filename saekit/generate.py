@@ -46,7 +46,7 @@ from saekit.corpus import (
     write_jsonl,
 )
 from saekit.errors import SaekitError
-from saekit.model import DEFAULT_MODEL, format_chat, hf_model_of, load_hf
+from saekit.model import DEFAULT_MODEL, format_chat, hf_model_of, load_hf, stop_token_ids
 
 PROMPT_VERSION = 1
 REJECT_REASONS = ("empty", "too_short", "too_long", "truncated", "forbidden_word", "duplicate", "near_duplicate")
@@ -202,12 +202,7 @@ def sample_replies(model, tokenizer, prompts: list[str], cfg: GenerateConfig, se
     return replies
 
 
-def _stop_ids(tokenizer, hf) -> set[int]:
-    ids = hf.generation_config.eos_token_id if hf.generation_config is not None else None
-    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
+_stop_ids = stop_token_ids
 
 
 # ---------------------------------------------------------------------------- parsing

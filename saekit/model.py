@@ -819,6 +819,20 @@ def _cache_kwargs(module, cache) -> dict[str, Any]:
     return {name: cache, "use_cache": True}
 
 
+def stop_token_ids(tokenizer, hf) -> set[int]:
+    """The tokens that end a reply: the generation config's end-of-sequence ids and the tokenizer's."""
+    ids = hf.generation_config.eos_token_id if getattr(hf, "generation_config", None) is not None else None
+    out = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        out.add(tokenizer.eos_token_id)
+    return out
+
+
+# The KV-cached pass's parts, for callers that step a cache themselves (experiments.sampling).
+block_hooks = _block_hooks
+new_cache = _new_cache
+cache_kwargs = _cache_kwargs
+
 HooksFor = Any
 """Callable (start, mask_BT) -> [(hook name, fn(act_BTD) -> act_BTD)]: the edits of one chunk of a
 cached pass whose first token sits at absolute position `start` (mask_BT: its real tokens)."""

@@ -209,8 +209,8 @@ def run_rank(cfg: RankConfig, sae=None, model=None, tokenizer=None, db: Database
         summary[f"vector logistic accuracy @ {h}"] = round(v["logistic_probe"].accuracy, 4)
         summary[f"PC1 vs cluster valence sign r @ {h}"] = round(v["geometry"]["pc1_vs_cluster_valence_sign_r"], 3)
         summary[f"PC2 vs cluster valence sign r @ {h}"] = round(v["geometry"]["pc2_vs_cluster_valence_sign_r"], 3)
-        for w in v["geometry"].get("style_warnings", []):
-            summary[f"style warning @ {h}"] = w
+        if v["geometry"].get("style_warnings"):
+            summary[f"style warnings @ {h}"] = " | ".join(v["geometry"]["style_warnings"])
         if v["geometry"]["pc1_valence_r"] is not None:
             summary[f"PC1 ~ valence r @ {h}"] = round(v["geometry"]["pc1_valence_r"], 3)
             summary[f"PC2 ~ arousal r @ {h}"] = round(v["geometry"]["pc2_arousal_r"], 3)

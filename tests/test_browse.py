@@ -325,6 +325,11 @@ def test_home_to_emotion_to_feature_in_chromium(server, study, page):
     names = page.locator("#emotions tr td:first-child a").all_text_contents()
     assert names == sorted(r["emotion"] for r in rows(db, "SELECT DISTINCT emotion FROM feature_emotion_stats"))
     page.wait_for_selector("#pca .main-svg")
+    style = page.locator("table.style-geometry").first   # the PCs against the stories' style and valence
+    assert style.is_visible()
+    stored = rows(db, "SELECT DISTINCT target FROM style_geometry WHERE hook = 'blocks.1.hook_resid_post'")
+    assert {r["target"] for r in stored} >= {"body_share", "valence_sign"}
+    assert style.locator("tr").count() == 1 + len(stored)
     shot(page, "home")
     page.click("#emotions a:text-is('calm')")
     page.wait_for_url("**/emotion/calm.html")

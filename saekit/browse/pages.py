@@ -75,6 +75,8 @@ class Site:
 
     def __init__(self, exported: dict[str, set[int]] | None = None):
         self.exported = exported
+        self.steer_model: str | None = None
+        """The model the steer page samples with (saekit browse --model); None: the page explains how to start one."""
         self.memo: dict[str, Any] = {}
         self.env = Environment(loader=PackageLoader("saekit.browse"), autoescape=select_autoescape(default=True),
                                undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -102,7 +104,7 @@ class Site:
         slugs = {s.sae_id: s.slug for s in self.saes(r)} if r is not None else {}
         return self.env.get_template(page.template).render(
             page.ctx, title=page.title, root=root, links=Links(root, slugs, self.exported), static=self.static,
-            banner=banner)
+            banner=banner, steer_model=self.steer_model)
 
     # ------------------------------------------------------------------ pages
 
@@ -156,6 +158,29 @@ class Site:
         i = have.index(n)
         return {"prev": have[i - 1] if i else None, "next": have[i + 1] if i + 1 < len(have) else None,
                 "allowed": have}
+
+    def steer(self, r: B.Reader, emotion: str | None, slug: str | None, feature: str | None,
+              hook: str | None) -> Page:
+        """The steer page for an emotion's vector or a feature (its decoder direction, a clamp, an ablation)."""
+        from saekit.browse.steer import KINDS_ON_PAGE, MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, MAX_STRENGTH, NO_MODEL
+
+        known = {e["emotion"] for e in self.emotions(r)}
+        if emotion is not None and emotion not in known:
+            raise NotFound(f"no emotion {emotion!r} in this database; known: {', '.join(sorted(known)) or 'none'}")
+        n = None
+        if feature is not None:
+            saes = self.saes(r)
+            sae = next((s for s in saes if s.slug == slug), None) if slug else (saes[0] if saes else None)
+            if sae is None or not feature.isdigit() or not 0 <= int(feature) < sae.d_sae:
+                raise NotFound(f"no feature {feature!r} in SAE {slug or '(none)'}")
+            n = int(feature)
+        if emotion is None and n is None:
+            raise NotFound("the steer page needs an emotion (?emotion=calm) or a feature (?sae=SLUG&feature=N)")
+        title = f"steer: {emotion}" if emotion is not None else f"steer: feature {n}"
+        return Page("steer.html", 0, title, {
+            "emotion": emotion, "feature": n, "kinds": [k for k in KINDS_ON_PAGE if (k == "steer") == (emotion is not None)],
+            "hook": hook, "no_model": NO_MODEL, "limits": {"tokens": MAX_NEW_TOKENS, "prompt": MAX_PROMPT_TOKENS,
+                                                          "strength": MAX_STRENGTH}})
 
     def experiments(self, r: B.Reader) -> Page:
         return Page("experiments.html", 0, "experiments", {"experiments": self.cached(

@@ -25,11 +25,13 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from saekit.browse.pages import PLOTLY_JS, STATIC, NotFound, Page, Site
+from saekit.browse.steer import NO_MODEL, Busy, Playground, SteerError
+from saekit.browse.steer import Request as Request_  # the steer form (not Starlette's Request)
 from saekit.db import SANDBOX, Database, DatabaseBusy, DatabaseError, check_database_path, head, open_readonly
 from saekit.db.browse import Reader
 from saekit.errors import SaekitError
@@ -234,6 +236,25 @@ async def _csv_stream(db: Database, reader, queries: Queries):
         db.interrupt()
 
 
+async def _ndjson(first: dict, events: Iterator[dict]):
+    """Events as JSON lines, each step in a worker thread. When the client goes away Starlette cancels
+    this generator between steps, and closing `events` ends the generation and frees the server."""
+    try:
+        yield (json.dumps(first) + "\n").encode()
+        while True:
+            try:
+                event = await anyio.to_thread.run_sync(next, events, None)
+            except SteerError as e:
+                event = {"event": "error", "message": str(e)}
+            if event is None:
+                return
+            yield (json.dumps(event) + "\n").encode()
+            if event["event"] == "error":
+                return
+    finally:
+        await anyio.to_thread.run_sync(events.close)   # type: ignore[attr-defined]
+
+
 def _flat(batch):
     """Nested columns as JSON text: CSV has no lists."""
     import pyarrow as pa
@@ -269,12 +290,15 @@ def same_origin(request: Request) -> bool:
     return origin is None or urlsplit(origin).netloc == request.headers.get("host", "")
 
 
-def create_app(path: str | Path | None, host: str = "127.0.0.1", queries: Queries | None = None) -> Starlette:
+def create_app(path: str | Path | None, host: str = "127.0.0.1", queries: Queries | None = None,
+               playground: Playground | None = None) -> Starlette:
     """The ASGI app over one database file (tests drive it with Starlette's TestClient and a base_url
-    on the bound host: other Host headers are refused)."""
+    on the bound host: other Host headers are refused). With a `playground` (browse --model), the
+    steer page samples with its model."""
     b = Browser(path)
     b.queries = queries or b.queries
     site = b.site
+    site.steer_model = playground.model_id if playground is not None else None
     names = allowed_hosts(host)
     wildcard = host in ("0.0.0.0", "::", "")
 
@@ -316,8 +340,52 @@ def create_app(path: str | Path | None, host: str = "127.0.0.1", queries: Querie
             return q
         return await anyio.to_thread.run_sync(b.sql_csv, q)   # its rows stream from _csv_stream
 
+    async def steer_request(request: Request) -> Request_ | Response:
+        if not same_origin(request):
+            return JSONResponse({"error": "refused: requests must come from this browser's own pages"}, 403)
+        if playground is None:
+            return JSONResponse({"error": NO_MODEL}, 409)
+        try:
+            body = json.loads(await request.body() or b"{}")
+            return Request_.parse(body if isinstance(body, dict) else {})
+        except (ValueError, SteerError) as e:
+            return JSONResponse({"error": f"bad request: {e}"}, 400)
+
+    async def steer_stream(request: Request) -> Response:
+        req = await steer_request(request)
+        if isinstance(req, Response):
+            return req
+        assert playground is not None
+        events = playground.stream(req)
+        try:   # the first event: a bad request or a busy server is answered now, not mid-stream
+            first = await anyio.to_thread.run_sync(next, events)
+        except SteerError as e:
+            return JSONResponse({"error": str(e)}, 400)
+        except Busy as e:
+            return JSONResponse({"error": str(e)}, 409)
+        return StreamingResponse(_ndjson(first, events), media_type="application/x-ndjson",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    async def steer_save(request: Request) -> Response:
+        req = await steer_request(request)
+        if isinstance(req, Response):
+            return req
+        assert playground is not None
+        try:
+            return JSONResponse(await anyio.to_thread.run_sync(playground.save, req))
+        except SteerError as e:
+            return JSONResponse({"error": str(e)}, 400)
+
+    def steer_page(request: Request) -> Response:
+        q = request.query_params
+        return b.page(0, lambda r: site.steer(r, q.get("emotion"), q.get("sae"), q.get("feature"),
+                                              playground.hook if playground else None))
+
     routes = [
         Route("/", lambda request: b.page(0, site.home)),
+        Route("/steer.html", steer_page),
+        Route("/steer/stream", steer_stream, methods=["POST"]),
+        Route("/steer/save", steer_save, methods=["POST"]),
         Route("/index.html", lambda request: b.page(0, site.home)),
         Route("/emotion/{name}.html", lambda request: b.page(1, lambda r: site.emotion(r, request.path_params["name"]))),
         Route("/feature/{slug}/{n:int}.html", feature),
@@ -395,12 +463,13 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(path: str | Path | None, host: str = "127.0.0.1", port: int = 8765,
-          announce: Callable[[str], None] = print, queries: Queries | None = None) -> None:
+          announce: Callable[[str], None] = print, queries: Queries | None = None,
+          playground: Playground | None = None) -> None:
     """Serve the browser until interrupted; the first SIGTERM or Ctrl-C stops it, running queries included."""
     import uvicorn
 
     limits = queries or Queries()
-    app = create_app(path, host, limits)
+    app = create_app(path, host, limits, playground)
     check_bind(host, port)
     try:   # a bad --query-memory is found now, not at the first query
         open_readonly(path, memory_limit=limits.memory).close()
@@ -409,7 +478,10 @@ def serve(path: str | Path | None, host: str = "127.0.0.1", port: int = 8765,
     announce(f"saekit browse: http://{host}:{port}/ over {check_database_path(path, must_exist=True)} "
              f"(read-only; SQL box queries stop after {limits.seconds:g} s or {limits.memory}; Ctrl-C to stop)")
     if not is_loopback(host):
-        announce(f"warning: listening on {host}: anyone who can reach this machine can read the database")
+        announce(f"warning: listening on {host}: anyone who can reach this machine can read the database"
+                 + (" and run the model" if playground else ""))
+    if playground is not None:
+        announce(f"steer page: {playground.model_id} at {playground.hook}; one generation at a time")
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:   # uvicorn waits for open requests: end their queries first

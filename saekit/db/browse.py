@@ -69,6 +69,17 @@ def vectors(r: Reader, emotion: str | None = None) -> list[dict[str, Any]]:
     return r.rows(f"SELECT {cols} FROM emotion_vectors WHERE emotion = ? ORDER BY hook", [emotion])
 
 
+def vector_hooks(r: Reader, model_id: str) -> list[str]:
+    """The hooks with emotion vectors of a model, shallowest first."""
+    rows = r.rows("SELECT DISTINCT hook FROM emotion_vectors WHERE model_id = ?", [model_id])
+    return sorted((x["hook"] for x in rows), key=lambda h: (int(h.split(".")[1]) if h.split(".")[1:2] and
+                                                           h.split(".")[1].isdigit() else -1, h))
+
+
+def vector_models(r: Reader) -> list[str]:
+    return [x["model_id"] for x in r.rows("SELECT DISTINCT model_id FROM emotion_vectors ORDER BY model_id")]
+
+
 def style_geometry(r: Reader) -> list[dict[str, Any]]:
     """Every hook's principal components against the corpus's style statistics and valence (none in a
     database written before saekit stored them)."""

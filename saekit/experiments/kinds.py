@@ -1,4 +1,4 @@
-"""Intervention kinds of a spec's conditions: steer, clamp, ablate, scale.
+"""Intervention kinds of a spec's conditions: steer, clamp, ablate, scale, steer_feature.
 
 Each kind is one small object that checks its condition, resolves it against the database into
 a target and its random controls, says which strengths it sweeps, and builds the edits of one
@@ -85,6 +85,49 @@ class SteerKind(InterventionKind):
                 for h, v in setting.target.vectors.items()]
 
 
+class SteerFeatureKind(InterventionKind):
+    """Add strength x (mean residual norm) x the unit decoder direction of SAE features (summed) at the
+    SAE's hook: steering along what a feature writes, without splicing the SAE in."""
+    name = "steer_feature"
+    signed = True
+
+    def check(self, spec, c):
+        if not spec.sae:
+            raise ValueError(f"condition {c.name!r}: steer_feature steers along SAE decoder directions: the spec needs sae = ...")
+        if c.features is None and not c.emotion:
+            raise ValueError(f"condition {c.name!r}: give features (indices or 'top N selective for <emotion>') or an emotion")
+
+    def resolve(self, ctx, c):
+        from saekit.sae import decoder_FD, hook_of
+
+        feats = ctx.condition_features(c)
+        hook = hook_of(ctx.res.sae) or ctx.spec.hook
+        direction = decoder_FD(ctx.res.sae)[feats].float().sum(0).detach().cpu()
+        target = Target(f"decoder:{','.join(map(str, feats))}", features=feats, vectors={hook: direction.tolist()})
+        controls = [Target(f"random_direction:{k}", vectors={hook: control_direction(direction.numel(), ctx.spec.seed, k).tolist()})
+                    for k in range(ctx.spec.controls)]
+        return target, controls
+
+    def scale_hooks(self, spec):
+        return [_sae_hook(spec)]
+
+    def edits(self, res, setting, c, positions, rule):
+        return [Steer(h, torch.tensor(v), setting.strength, res.mean_norms[h], positions=positions, rule=rule)
+                for h, v in setting.target.vectors.items()]
+
+
+def _sae_hook(spec: ExperimentSpec) -> str:
+    """The hook an SAE reads, from its folder's cfg.json without loading it (the spec's hook otherwise)."""
+    import json
+    from pathlib import Path
+
+    try:
+        cfg = json.loads((Path(spec.sae or "") / "cfg.json").read_text())
+        return str((cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name") or spec.hook)
+    except (OSError, ValueError):
+        return spec.hook
+
+
 class FeatureKind(InterventionKind):
     """Edit SAE features (by index or "top N selective for <emotion>") inside a Splice."""
 
@@ -167,6 +210,7 @@ register_kind(SteerKind())
 register_kind(ClampKind())
 register_kind(AblateKind())
 register_kind(ScaleKind())
+register_kind(SteerFeatureKind())
 
 
 def make_edits(res: Resolved, setting: Setting, mask_BT: torch.Tensor | None) -> list[Edit]:

@@ -25,7 +25,7 @@ class ConditionSpec:
     name: str
     """Condition name, e.g. "desperate_up"; stored in intervention_results.condition."""
     kind: str
-    """An intervention kind: steer, clamp, ablate or scale (experiments.kinds.KINDS)."""
+    """An intervention kind: steer, clamp, ablate, scale or steer_feature (experiments.kinds.KINDS)."""
     emotion: str | None = None
     """steer: the emotion vector to add. Feature kinds: the emotion whose top feature is edited
     when `features` is not given."""

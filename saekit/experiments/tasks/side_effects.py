@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-import torch
-
 from saekit.corpus import NEUTRAL, load_corpus
 from saekit.experiments.base import BASELINE, Row, baseline_setting, result_rows, select_items
 from saekit.experiments.batches import chat_ids, kl_per_text, positions_mask, run_logits
-from saekit.experiments.kinds import KINDS, make_edits
+from saekit.experiments.kinds import KINDS
+from saekit.experiments.sampling import sample_stream
 from saekit.experiments.tasks.intervention import InterventionTask
-from saekit.interventions import patched
-from saekit.model import hf_model_of
 
 
 @dataclass
@@ -25,8 +22,15 @@ class SideEffectsPrompts:
     max_new_tokens: int = 20
     temperature: float = 0.7
     max_prompt_tokens: int = 512
-    """side_effects: a generate message longer than this is refused (generation re-reads the prompt for
-    every new token: without a KV cache a long prompt costs minutes)."""
+    """side_effects: a generate message longer than this is refused."""
+    generate_chat: bool = True
+    """side_effects: each generate message is a user turn in the model's chat format (False: plain text to continue)."""
+
+
+def generate_ids(tokenizer, message: str, chat: bool) -> list[int]:
+    """A generate message's prompt tokens: a user turn in the chat format, or plain text (with the
+    tokenizer's own special tokens, as a harvest reads text)."""
+    return chat_ids(tokenizer, [{"role": "user", "content": message}]) if chat else tokenizer(message)["input_ids"]
 
 
 class SideEffectsTask(InterventionTask):
@@ -53,7 +57,7 @@ class SideEffectsTask(InterventionTask):
 
     def __init__(self, model, res):
         super().__init__(model, res)
-        self.generate_ids = [chat_ids(self.tok, [{"role": "user", "content": m}]) for m in self.spec.prompts.generate]
+        self.generate_ids = [generate_ids(self.tok, m, self.spec.prompts.generate_chat) for m in self.spec.prompts.generate]
         self.check_context(self.generate_ids, "prompts.generate", self.spec.prompts.max_new_tokens,
                            self.spec.prompts.max_prompt_tokens)
         texts = [r for r in load_corpus(include_neutral=True) if r.emotion == NEUTRAL]
@@ -86,21 +90,16 @@ class SideEffectsTask(InterventionTask):
         return rows
 
     def _generate(self, setting) -> list[Row]:
-        hf = hf_model_of(self.model)
-        rows = []
-        for i, (msg, ids) in enumerate(zip(self.spec.prompts.generate, self.generate_ids)):
-            x = torch.tensor([ids], device=hf.device)
-            torch.manual_seed(self.spec.seed + i)
-            edits = make_edits(self.res, setting, None)
-            with torch.no_grad(), patched(self.model, edits):
-                out = hf.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=self.spec.prompts.max_new_tokens,
-                                  do_sample=True, temperature=self.spec.prompts.temperature, use_cache=False,
-                                  pad_token_id=self.tok.pad_token_id)
-            new = out[0, len(ids):].tolist()
+        """Sampled replies through experiments.sampling (the browser's steer page samples there too): the
+        edits at the spec's positions, one generator per message seeded seed + its index."""
+        p, rows = self.spec.prompts, []
+        for i, (msg, ids) in enumerate(zip(p.generate, self.generate_ids)):
+            new = [t.id for t in sample_stream(self.model, self.res, setting, ids, p.max_new_tokens, p.temperature,
+                                               self.spec.seed + i)]
             text = self.tok.decode(new, skip_special_tokens=True)
             distinct = len(set(new)) / max(len(new), 1)
             self.generations.append({"condition": setting.condition, "strength": setting.strength,
-                                     "target": setting.target.label, "prompt": msg, "reply": text})
+                                     "target": setting.target.label, "prompt": msg, "reply": text, "tokens": new})
             rows += result_rows(setting, f"generate-{i}", {"distinct_token_fraction": distinct})
         return rows
 
