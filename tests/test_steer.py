@@ -115,3 +115,44 @@ def test_without_a_model_the_page_and_links_say_how_to_start_one(tiny_study):
 def test_a_model_without_vectors_in_the_database_fails_at_start(tiny_study):
     result = runner.invoke(app, ["browse", "--db", str(tiny_study / "study.duckdb"), "--model", "smollm2-135m-instruct"])
     assert result.exit_code == 2 and "holds no emotion vectors of that model" in result.output
+
+
+def test_a_client_that_leaves_stops_the_generation(tiny_study, play, monkeypatch):
+    """A real server (uvicorn in a thread), each step slowed down; the client reads one line and leaves."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from saekit.experiments import sampling
+
+    feed = sampling.Stream.feed
+    monkeypatch.setattr(sampling.Stream, "feed", lambda self, ids: (time.sleep(0.05), feed(self, ids))[1])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(tiny_study / "study.duckdb", playground=play), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        body = json.dumps({"prompt": "Hi", "emotion": "calm", "max_new_tokens": 128}).encode()
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"POST /steer/stream HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (port, len(body), body))
+        got = b""
+        while b'"event": "token"' not in got:
+            got += sock.recv(4096)
+        sock.close()
+        deadline = time.monotonic() + 20
+        while not play.lock.acquire(blocking=False):   # freed when the generation stops, not after 128 steps
+            assert time.monotonic() < deadline, "the generation went on after its client left"
+            time.sleep(0.05)
+        play.lock.release()
+        assert play.last["finished"] is False and 0 < play.last["tokens"] < 2 * 128
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -52,6 +52,7 @@
       }
     } else if (event.event === "done") {
       status.textContent = "done: " + event.tokens + " tokens in " + event.seconds + " s";
+      status.dataset.ids = JSON.stringify(event.ids);
       status.dataset.done = "1";
     } else if (event.event === "error") {
       status.textContent = "error: " + event.message;
@@ -73,7 +74,9 @@
     status.textContent = "starting ...";
     post("steer/stream").then(function (response) {
       if (!response.ok) {
-        return response.json().then(function (e) { status.textContent = e.error; status.className = "error"; });
+        return response.json().then(function (e) {
+          status.textContent = e.error; status.className = "error"; status.dataset.done = "error";
+        });
       }
       status.className = "muted";
       var reader = response.body.getReader();

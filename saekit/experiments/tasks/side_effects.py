@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 import json
 from dataclasses import dataclass, field
 
 from saekit.corpus import NEUTRAL, load_corpus
-from saekit.experiments.base import BASELINE, Row, baseline_setting, result_rows, select_items
+from saekit.experiments.base import BASELINE, Row, Setting, baseline_setting, result_rows, select_items
 from saekit.experiments.batches import chat_ids, kl_per_text, positions_mask, run_logits
 from saekit.experiments.kinds import KINDS
-from saekit.experiments.sampling import sample_stream
+from saekit.experiments.sampling import sample_columns
 from saekit.experiments.tasks.intervention import InterventionTask
 
 
@@ -25,6 +26,22 @@ class SideEffectsPrompts:
     """side_effects: a generate message longer than this is refused."""
     generate_chat: bool = True
     """side_effects: each generate message is a user turn in the model's chat format (False: plain text to continue)."""
+
+
+def strongest(res, name: str) -> float | None:
+    """A condition's applied strength of largest magnitude (the first of a tie; None for ablation)."""
+    values = res.values[name]
+    return max(values, key=lambda v: abs(v)) if values[0] is not None else None
+
+
+def generation_columns(res, c, strength: float | None) -> dict[str, Setting]:
+    """The columns a generate message is sampled in for condition `c` at `strength`: the clean model, the
+    condition, and its first random control when the spec has controls. The steer page of `saekit
+    browse` samples these same columns, so its saved spec reproduces them."""
+    cols = {"clean": baseline_setting(), "edited": Setting(c.name, c.kind, res.targets[c.name], strength, False)}
+    if res.controls.get(c.name):
+        cols["control"] = Setting(c.name, c.kind, res.controls[c.name][0], strength, True)
+    return cols
 
 
 def generate_ids(tokenizer, message: str, chat: bool) -> list[int]:
@@ -65,6 +82,7 @@ class SideEffectsTask(InterventionTask):
         self.seqs = [self.tok(it["text"])["input_ids"][:self.spec.prompts.max_tokens] for it in self.items]
         self.clean = None
         self.generations: list[dict] = []
+        self.sampled: dict[tuple[int, str, float | None], dict[str, list[int]]] = {}
         self.strongest: dict[str, float | None] = {}
         for c in self.spec.conditions:
             ss = KINDS[c.kind].strengths(self.spec, c)
@@ -90,18 +108,35 @@ class SideEffectsTask(InterventionTask):
         return rows
 
     def _generate(self, setting) -> list[Row]:
-        """Sampled replies through experiments.sampling (the browser's steer page samples there too): the
-        edits at the spec's positions, one generator per message seeded seed + its index."""
+        """Sampled replies through experiments.sampling, in the columns the browser's steer page samples
+        (generation_columns): the clean model's reply comes from the first condition's columns."""
         p, rows = self.spec.prompts, []
-        for i, (msg, ids) in enumerate(zip(p.generate, self.generate_ids)):
-            new = [t.id for t in sample_stream(self.model, self.res, setting, ids, p.max_new_tokens, p.temperature,
-                                               self.spec.seed + i)]
+        if setting.kind == BASELINE:
+            condition = self.spec.conditions[0].name
+            at = strongest(self.res, condition)
+        else:
+            condition, at = setting.condition, setting.strength
+        for i, msg in enumerate(p.generate):
+            new = self._columns(i, condition, at)["clean" if setting.kind == BASELINE else "edited"]
             text = self.tok.decode(new, skip_special_tokens=True)
             distinct = len(set(new)) / max(len(new), 1)
             self.generations.append({"condition": setting.condition, "strength": setting.strength,
                                      "target": setting.target.label, "prompt": msg, "reply": text, "tokens": new})
             rows += result_rows(setting, f"generate-{i}", {"distinct_token_fraction": distinct})
         return rows
+
+    def _columns(self, i: int, condition: str, strength: float | None) -> dict[str, list[int]]:
+        """Every column's tokens for generate message i under a condition and strength, sampled once (seed + i)."""
+        key = (i, condition, strength)
+        if key not in self.sampled:
+            p = self.spec.prompts
+            c = next(c for c in self.spec.conditions if c.name == condition)
+            cols: dict[str, list[int]] = collections.defaultdict(list)
+            for t in sample_columns(self.model, self.res, generation_columns(self.res, c, strength), self.generate_ids[i],
+                                    p.max_new_tokens, p.temperature, self.spec.seed + i, shadow="edited"):
+                cols[t.column].append(t.id)
+            self.sampled[key] = dict(cols)
+        return self.sampled[key]
 
     def write_outputs(self, folder):
         if not self.generations:
