@@ -152,6 +152,7 @@ def test_the_study_runs_under_torchrun_unchanged(tmp_path):
     from test_study import write_config
 
     from saekit.db import read_only_query
+    from saekit.study import load_study_config
 
     config = write_config(tmp_path)
     first = torchrun("-m", "saekit", "study", str(config))
@@ -160,7 +161,7 @@ def test_the_study_runs_under_torchrun_unchanged(tmp_path):
                           "write report"}
     assert {name: s["processes"] for name, s in steps.items()} == dict.fromkeys(steps, 2)
     manifest = json.loads((tmp_path / "study" / "activations" / "manifest.json").read_text())
-    assert manifest["complete"] and len(manifest["documents"]) == 200
+    assert manifest["complete"] and len(manifest["documents"]) == load_study_config(config).limit
     assert (tmp_path / "study" / "report.html").is_file()
     assert first.stdout.count("study finished") == 1, "only rank 0 prints the summary"
     db = tmp_path / "study.duckdb"
