@@ -93,3 +93,18 @@ def no_forward(tiny_model):
     yield calls
     point.remove_hooks()
 
+
+@pytest.fixture(scope="session")
+def shipped_records():
+    """The shipped corpus, read once (stories and neutral texts)."""
+    from saekit.corpus import load_corpus
+
+    return load_corpus()
+
+
+@pytest.fixture(scope="session")
+def shipped_stories(shipped_records):
+    from saekit.corpus import NEUTRAL
+
+    return [r for r in shipped_records if r.emotion != NEUTRAL]
+

@@ -15,13 +15,13 @@ CLUSTERS = {"exuberant joy", "peaceful contentment", "compassionate gratitude", 
 
 
 @pytest.fixture(scope="module")
-def records():
-    return C.load_corpus()
+def records(shipped_records):
+    return shipped_records
 
 
 @pytest.fixture(scope="module")
-def stories(records):
-    return [r for r in records if r.emotion != C.NEUTRAL]
+def stories(shipped_stories):
+    return shipped_stories
 
 
 def test_emotions_cover_required_list_and_all_ten_clusters(stories):

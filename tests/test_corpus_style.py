@@ -17,13 +17,13 @@ PLANE = {"serene", "terrified", "ecstatic", "depressed"}   # the corners of the 
 
 
 @pytest.fixture(scope="module")
-def records():
-    return C.load_corpus()
+def records(shipped_records):
+    return shipped_records
 
 
 @pytest.fixture(scope="module")
-def stories(records):
-    return [r for r in records if r.emotion != C.NEUTRAL]
+def stories(shipped_stories):
+    return shipped_stories
 
 
 def by_emotion(stories):

@@ -85,6 +85,14 @@ class SteerKind(InterventionKind):
                 for h, v in setting.target.vectors.items()]
 
 
+def check_features(spec: ExperimentSpec, c: ConditionSpec) -> None:
+    """A condition on SAE features needs the SAE and the features (or an emotion to take the top one of)."""
+    if not spec.sae:
+        raise ValueError(f"condition {c.name!r}: {c.kind} uses SAE features, so the spec needs sae = ...")
+    if c.features is None and not c.emotion:
+        raise ValueError(f"condition {c.name!r}: give features (indices or 'top N selective for <emotion>') or an emotion")
+
+
 class SteerFeatureKind(InterventionKind):
     """Add strength x (mean residual norm) x the unit decoder direction of SAE features (summed) at the
     SAE's hook: steering along what a feature writes, without splicing the SAE in."""
@@ -92,10 +100,7 @@ class SteerFeatureKind(InterventionKind):
     signed = True
 
     def check(self, spec, c):
-        if not spec.sae:
-            raise ValueError(f"condition {c.name!r}: steer_feature steers along SAE decoder directions: the spec needs sae = ...")
-        if c.features is None and not c.emotion:
-            raise ValueError(f"condition {c.name!r}: give features (indices or 'top N selective for <emotion>') or an emotion")
+        check_features(spec, c)
 
     def resolve(self, ctx, c):
         from saekit.sae import decoder_FD, hook_of
@@ -132,10 +137,7 @@ class FeatureKind(InterventionKind):
     """Edit SAE features (by index or "top N selective for <emotion>") inside a Splice."""
 
     def check(self, spec, c):
-        if not spec.sae:
-            raise ValueError(f"condition {c.name!r}: {c.kind} edits SAE features, so the spec needs sae = ...")
-        if c.features is None and not c.emotion:
-            raise ValueError(f"condition {c.name!r}: give features (indices or 'top N selective for <emotion>') or an emotion")
+        check_features(spec, c)
 
     def resolve(self, ctx, c):
         feats = ctx.condition_features(c)
