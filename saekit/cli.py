@@ -194,7 +194,8 @@ def sae_load(
 
 @app.command()
 def rank(
-    activations: Annotated[str, typer.Option(help="A finished harvest folder.")] = "artifacts/study/activations",
+    activations: Annotated[Optional[str], typer.Option(
+        help="A finished harvest folder (default: the config's, else artifacts/study/activations).")] = None,
     sae: Annotated[Optional[str], typer.Option(help="SAE folder or sae-lens release; omit to build only emotion vectors.")] = None,
     sae_id: Annotated[Optional[str], typer.Option(help="SAE id within a sae-lens release.")] = None,
     db: Annotated[Optional[Path], typer.Option(help="Database file (default artifacts/saekit.duckdb).")] = None,

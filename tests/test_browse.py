@@ -500,6 +500,9 @@ def test_study_report_renders_in_chromium(study, page):
     headings = page.locator("h2").all_inner_texts()
     assert {"SAE quality", "Top feature per emotion"} <= set(headings)
     assert any(h.startswith("Logit lens") for h in headings)
+    assert any(h.startswith("Style or emotion?") for h in headings)   # PCs against the stories' style
+    section = page.locator("h2", has_text="Style or emotion?").locator("xpath=following-sibling::table[1]")
+    assert section.locator("tr").count() >= 1 + 5 and "valence_sign" in section.inner_text()
     assert "positions >= 1" in page.locator("p").first.evaluate("() => document.body.innerText")
     spans = page.locator("td span[title]")
     assert spans.count() > 0

@@ -482,3 +482,10 @@ def test_negative_counts_are_refused_at_load(tmp_path):
     assert not (tmp_path / "h").exists()
     with pytest.raises(ConfigError, match="eval_docs must be 0 or more"):
         T.train_sae(tiny_cfg(tmp_path / "sae", eval_docs=-1), activations=tiny_source())
+
+
+def test_a_rank_config_files_activations_are_not_overridden_by_the_options_default(tmp_path):
+    path = tmp_path / "rank.toml"
+    path.write_text(f'activations = "{tmp_path / "my-harvest"}"\n')
+    out = cli_fails_clearly(["rank", "--config", str(path)], str(tmp_path / "my-harvest"))
+    assert "artifacts/study/activations" not in out
