@@ -577,21 +577,39 @@ def corpus_check(
     ratings: Annotated[Optional[Path], typer.Option(help="With --db: CSV of human valence ratings (word, valence, arousal).")] = None,
     corpus_id: Annotated[Optional[str], typer.Option(help="With --db: the corpus id the vectors were ranked under "
                                                           "(default: the source as given, 'shipped' for the shipped one).")] = None,
+    tokenizer: Annotated[str, typer.Option(help="Whose tokenizer counts tokens per story: a model name or folder "
+                                                "(no weights are loaded), or 'none'.")] = "smollm2-135m-instruct",
 ) -> None:
     """Style statistics per emotion and how unequal they are; with --db, whether the vectors' principal
     components track style rather than valence (stored in the database, warned about when they do)."""
     from saekit.corpus import load_corpus
-    from saekit.corpus_style import WordLists, balance_problems, check_database, check_labels, mode_of, style_report
+    from saekit.corpus_style import (
+        WordLists,
+        balance_problems,
+        check_database,
+        check_labels,
+        mode_of,
+        style_report,
+        token_counts,
+    )
 
     lists = WordLists.load(body_words, cognition_words)   # a bad word list fails before the corpus is read
     records = load_corpus(source, text_column=text_column, label_column=label_column)
     check_labels(records, source, label_column)
-    rep = style_report(records, lists)
-    table = Table(title=f"corpus {source}: style per emotion (shares pooled over its stories)")
-    for col in ("emotion", "stories", "words", "body %", "quoted %", "cognition %", "first person", "topics", "modes"):
+    counts = None
+    if tokenizer.lower() != "none":
+        from saekit.plan import plan_tokenizer
+
+        tok, tok_note = plan_tokenizer(tokenizer)
+        counts = token_counts(records, tok)
+    rep = style_report(records, lists, counts)
+    table = Table(title=f"corpus {source}: style per emotion (shares pooled over its stories"
+                        + (f"; tokens: {tok_note})" if counts else ")"))
+    for col in ("emotion", "stories", "tokens", "words", "body %", "quoted %", "cognition %", "first person", "topics", "modes"):
         table.add_column(col, justify="left" if col in ("emotion", "modes") else "right")
     for r in rep.rows:
-        table.add_row(r.emotion, str(r.stories), f"{r.words:.0f}", f"{100 * r.body_share:.2f}", f"{100 * r.quote_share:.1f}",
+        table.add_row(r.emotion, str(r.stories), "-" if r.tokens is None else f"{r.tokens:.0f}", f"{r.words:.0f}",
+                      f"{100 * r.body_share:.2f}", f"{100 * r.quote_share:.1f}",
                       f"{100 * r.cognition_share:.2f}", f"{r.first_person:.0%}", str(r.topics),
                       " ".join(f"{m}:{n}" for m, n in sorted(r.modes.items())) or "-")
     out_console.print(table)
@@ -613,7 +631,7 @@ def corpus_check(
     rated = {w: v for w, (v, _) in read_ratings(str(ratings) if ratings else None).items()}
     warned = False
     train = [r for r in records if r.split == "train"]   # the stories the vectors were built from, as rank measures
-    rep_train = style_report(train, lists) if any(r.emotion for r in train) else rep
+    rep_train = style_report(train, lists, counts) if any(r.emotion for r in train) else rep
     for check in check_database(db, corpus_id or corpus_id_of(source), rep_train, rated or None, model, records):
         grid = Table(title=f"{check.model_id} @ {check.hook}: Pearson r of each principal component over the emotions")
         grid.add_column("target")

@@ -18,9 +18,11 @@ from pathlib import Path
 
 from saekit.corpus import NEUTRAL, CorpusError, Record, corpus_root, valence_sign
 
-STYLE_STATS = ("words", "body_share", "quote_share", "cognition_share")
-"""Per-story numeric statistics; shares are pooled per emotion as (sum of counts) / (sum of words)."""
+STYLE_STATS = ("tokens", "words", "body_share", "quote_share", "cognition_share")
+"""Per-story numeric statistics; shares are pooled per emotion as (sum of counts) / (sum of words).
+`tokens` is there when token counts are given (a tokenizer's, or a harvest's)."""
 STAT_MEANING = {
+    "tokens": "model tokens per story",
     "words": "words per story",
     "body_share": "share of words that are body-part words (style/body_words.txt)",
     "quote_share": "share of words inside quoted speech",
@@ -92,6 +94,7 @@ class EmotionStyle:
     first_person: float
     topics: int
     modes: dict[str, int] = field(default_factory=dict)
+    tokens: float | None = None
 
     def stat(self, name: str) -> float:
         return float(getattr(self, name))
@@ -121,8 +124,17 @@ def mode_of(record: Record) -> str:
     return str(record.meta.get("mode", "") or "")
 
 
-def style_report(records: list[Record], lists: WordLists | None = None) -> StyleReport:
-    """Per-emotion style statistics of the labelled (non-neutral) stories, and their spread."""
+def token_counts(records: list[Record], tokenizer) -> dict[str, int]:
+    """{record id: its number of tokens} under a tokenizer (no special tokens)."""
+    texts = [r.text for r in records]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    return {r.id: len(x) for r, x in zip(records, ids)}
+
+
+def style_report(records: list[Record], lists: WordLists | None = None,
+                 tokens: dict[str, int] | None = None) -> StyleReport:
+    """Per-emotion style statistics of the labelled (non-neutral) stories, and their spread; `tokens`
+    ({id: token count}) adds the mean tokens per story."""
     lists = lists or WordLists.load()
     by = emotion_stories(records)
     if not by:
@@ -140,11 +152,16 @@ def style_report(records: list[Record], lists: WordLists | None = None) -> Style
             emotion=emo, stories=len(recs), words=c["words"] / len(recs), body_share=c["body"] / n_words,
             quote_share=c["quoted"] / n_words, cognition_share=c["cognition"] / n_words,
             first_person=sum(r.narration == "first" for r in recs) / len(recs), topics=len({r.topic for r in recs}),
-            modes=dict(collections.Counter(mode_of(r) for r in recs if mode_of(r)))))
+            modes=dict(collections.Counter(mode_of(r) for r in recs if mode_of(r))),
+            tokens=sum(tokens.get(r.id, 0) for r in recs) / len(recs) if tokens else None))
     tw = max(totals["words"], 1)
-    mean = {"words": totals["words"] / sum(r.stories for r in rows), "body_share": totals["body"] / tw,
+    n_stories = sum(r.stories for r in rows)
+    mean = {"words": totals["words"] / n_stories, "body_share": totals["body"] / tw,
             "quote_share": totals["quoted"] / tw, "cognition_share": totals["cognition"] / tw}
-    return StyleReport(rows, mean, {s: _spread([r.stat(s) for r in rows], mean[s]) for s in STYLE_STATS}, lists)
+    if tokens:
+        mean["tokens"] = sum(tokens.get(r.id, 0) for recs in by.values() for r in recs) / n_stories
+    return StyleReport(rows, mean, {s: _spread([r.stat(s) for r in rows], mean[s]) for s in STYLE_STATS if s in mean},
+                       lists)
 
 
 def _spread(values: list[float], mean: float) -> dict[str, float]:
@@ -209,7 +226,7 @@ def style_geometry(vecs_ED, emotions: list[str], report: StyleReport, ratings: d
     scores, ratio = Fe.pca(vecs_ED, n=max(min(n_pcs, E - 1), 1))
     rows_by = {r.emotion: r for r in report.rows}
     targets: dict[str, dict[str, float]] = {t: {e: rows_by[e].stat(t) for e in emotions if e in rows_by}
-                                            for t in GEOMETRY_TARGETS}
+                                            for t in GEOMETRY_TARGETS if t != "tokens" or "tokens" in report.corpus_mean}
     targets["valence_sign"] = {e: v for e in emotions if (v := valence_sign(e)) is not None}
     if ratings:
         targets["valence_rating"] = {e: ratings[e] for e in emotions if e in ratings}

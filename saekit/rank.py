@@ -113,13 +113,16 @@ def train_style(acts: Activations, train: list[int]) -> StyleReport | None:
     except Exception:  # the corpus moved since the harvest: no style geometry
         return None
     seen, records = set(), []
+    tokens: collections.Counter[str] = collections.Counter()
+    for d in acts.documents:   # a windowed story's tokens are its windows' together
+        tokens[story_of(d["id"])] += int(d["n_tokens"])
     for i in train:
         story = story_of(acts.documents[i]["id"])
         if story in texts and story not in seen:
             seen.add(story)
             records.append(texts[story])
     try:
-        return style_report(records)
+        return style_report(records, tokens=dict(tokens))
     except CorpusError:
         return None
 

@@ -42,6 +42,23 @@ def test_story_counts_are_exact_on_a_hand_counted_text():
     assert S.story_counts(text, lists) == {"words": 16, "body": 2, "quoted": 5, "cognition": 3}
 
 
+def test_tokens_per_story_come_from_the_tokenizer_and_enter_the_spread_and_the_geometry(stories):
+    class Chars:   # a tokenizer whose tokens are characters: counts are exact by hand
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [list(t) for t in texts]}
+
+    counts = S.token_counts(stories, Chars())
+    rep = S.style_report(stories, tokens=counts)
+    afraid = [r for r in stories if r.emotion == "afraid"]
+    assert rep.row("afraid").tokens == pytest.approx(sum(len(r.text) for r in afraid) / len(afraid))
+    assert "tokens" in rep.inequality and rep.corpus_mean["tokens"] == pytest.approx(
+        sum(len(r.text) for r in stories) / len(stories))
+    emotions, vecs = planted_vectors(rep, "tokens")
+    rows = S.style_geometry(vecs, emotions, rep)
+    assert abs(next(r["r"] for r in rows if r["predictor"] == "PC1" and r["target"] == "tokens")) > 0.95
+    assert "tokens" not in S.style_report(stories).inequality   # without counts, no token statistic
+
+
 def test_word_lists_are_data_files_a_user_can_replace(tmp_path):
     mine = tmp_path / "body.txt"
     mine.write_text("# my list\nelbow\n")
@@ -181,6 +198,7 @@ def test_corpus_check_prints_the_spread_of_the_shipped_corpus():
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "body_share: corpus mean" in text and "balance (modes 15-30%, shares within 25% of the mean" in text
+    assert "tokens: corpus mean" in text and "tokens: SmolLM2's tokenizer" in text
     assert "): ok" in text
 
 
