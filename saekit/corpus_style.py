@@ -243,6 +243,12 @@ def style_geometry(vecs_ED, emotions: list[str], report: StyleReport, ratings: d
     return out
 
 
+def stored_rows(rows: list[dict], scope: dict, word_lists: str, run_id: str) -> list[dict]:
+    """style_geometry rows as the table holds them: the scope and run added, NaN (a constant side) as NULL."""
+    return [dict(scope, **{k: None if isinstance(v, float) and v != v else v for k, v in r.items()},
+                 word_lists=word_lists, run_id=run_id) for r in rows]
+
+
 def style_warnings(rows: list[dict], alpha: float = 0.05) -> list[str]:
     """A plain sentence for each PC that a style statistic tracks more closely than valence does
     (|r| larger than valence's, and p < alpha so noise is not reported)."""
@@ -322,9 +328,7 @@ def check_database(db_path, corpus_id: str, report: StyleReport, ratings: dict[s
                 continue
             rows = style_geometry(torch.tensor([vecs[e] for e in emotions]), emotions, report, ratings)
             scope = {"model_id": model, "corpus_id": corpus_id, "hook": hook}
-            W.replace_style_geometry(db, scope, [dict(scope, **{k: (None if isinstance(v, float) and v != v else v)
-                                                                for k, v in r.items()}, word_lists=lists, run_id=run)
-                                                 for r in rows])
+            W.replace_style_geometry(db, scope, stored_rows(rows, scope, lists, run))
             out.append(GeometryCheck(model, hook, rows, style_warnings(rows)))
     return out
 

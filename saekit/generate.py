@@ -192,7 +192,7 @@ def sample_replies(model, tokenizer, prompts: list[str], cfg: GenerateConfig, se
                           repetition_penalty=cfg.repetition_penalty, use_cache=use_cache,
                           pad_token_id=pad)
     new = out[:, enc["input_ids"].shape[1]:]
-    stops = _stop_ids(tokenizer, hf)
+    stops = stop_token_ids(tokenizer, hf)
     replies = []
     for row in new.tolist():
         finished = any(t in stops for t in row)
@@ -200,9 +200,6 @@ def sample_replies(model, tokenizer, prompts: list[str], cfg: GenerateConfig, se
             row = row[: next(i for i, t in enumerate(row) if t in stops)]
         replies.append((tokenizer.decode(row, skip_special_tokens=True), finished))
     return replies
-
-
-_stop_ids = stop_token_ids
 
 
 # ---------------------------------------------------------------------------- parsing

@@ -768,7 +768,7 @@ def cacheable_hook(hook: str) -> bool:
 
 
 @contextmanager
-def _block_hooks(hf, hooks: Sequence[tuple[str, Any]]) -> Iterator[None]:
+def block_hooks(hf, hooks: Sequence[tuple[str, Any]]) -> Iterator[None]:
     """Edits fn(act_BTD) -> act_BTD at blocks.L.hook_resid_post (block L's output) or hook_resid_pre
     (its input), as torch forward hooks on the plain model's blocks, removed on exit."""
     layers = decoder_layers(hf)
@@ -802,7 +802,7 @@ def _block_hooks(hf, hooks: Sequence[tuple[str, Any]]) -> Iterator[None]:
             h.remove()
 
 
-def _new_cache(hf):
+def new_cache(hf):
     """A cache that keeps every past position in every layer. A config-shaped cache keeps only the last
     window of a sliding-window layer (Gemma 3: 512 tokens) and cannot be cut back to a shorter prefix,
     which every branch needs; the sliding layers' attention masks still apply the window."""
@@ -811,7 +811,7 @@ def _new_cache(hf):
     return DynamicCache()
 
 
-def _cache_kwargs(module, cache) -> dict[str, Any]:
+def cache_kwargs(module, cache) -> dict[str, Any]:
     """The cache under the name this transformers version takes (`cache` from 5.x, else `past_key_values`)."""
     import inspect
 
@@ -827,11 +827,6 @@ def stop_token_ids(tokenizer, hf) -> set[int]:
         out.add(tokenizer.eos_token_id)
     return out
 
-
-# The KV-cached pass's parts, for callers that step a cache themselves (experiments.sampling).
-block_hooks = _block_hooks
-new_cache = _new_cache
-cache_kwargs = _cache_kwargs
 
 HooksFor = Any
 """Callable (start, mask_BT) -> [(hook name, fn(act_BTD) -> act_BTD)]: the edits of one chunk of a
@@ -859,23 +854,23 @@ def score_continuations(model, context_ids: Sequence[int], branches: Sequence[tu
     if any(p < 1 or p > len(context_ids) for p, _ in branches):
         raise CachedScoringError(f"prefix lengths must be within 1..{len(context_ids)} (the context's length)")
     need = max((p for p, _ in branches), default=1) - 1
-    cache = _new_cache(hf)
+    cache = new_cache(hf)
     if need:
         decoder = hf.get_decoder()
-        with _block_hooks(hf, hooks_for(0, torch.ones(1, need, dtype=torch.bool))):
-            decoder(input_ids=torch.tensor([list(context_ids[:need])], device=device), **_cache_kwargs(decoder, cache))
+        with block_hooks(hf, hooks_for(0, torch.ones(1, need, dtype=torch.bool))):
+            decoder(input_ids=torch.tensor([list(context_ids[:need])], device=device), **cache_kwargs(decoder, cache))
     out = []
     for prefix_len, conts in branches:
         rows = [[int(context_ids[prefix_len - 1])] + [int(t) for t in c[:-1]] for c in conts]
         tokens_BT, mask_BT = pad_batch(rows, 0)
-        branch = copy.deepcopy(cache) if prefix_len > 1 else _new_cache(hf)
+        branch = copy.deepcopy(cache) if prefix_len > 1 else new_cache(hf)
         if branch.get_seq_length() > prefix_len - 1:
             branch.crop(prefix_len - 1 - branch.get_seq_length())  # a negative count: tokens to drop
         branch.batch_repeat_interleave(len(rows))
         attn_BT = torch.cat([torch.ones(len(rows), prefix_len - 1, dtype=torch.long), mask_BT.long()], dim=1)
-        with _block_hooks(hf, hooks_for(prefix_len - 1, mask_BT)):
+        with block_hooks(hf, hooks_for(prefix_len - 1, mask_BT)):
             logits = hf(input_ids=tokens_BT.to(device), attention_mask=attn_BT.to(device),
-                        **_cache_kwargs(hf, branch)).logits
+                        **cache_kwargs(hf, branch)).logits
         logp_BTV = logits.float().log_softmax(-1)
         out.append([logp_BTV[b, :len(c)].gather(-1, torch.tensor([list(c)], device=device).T).squeeze(-1).cpu()
                     for b, c in enumerate(conts)])

@@ -24,7 +24,7 @@ from saekit import features as Fe
 from saekit.artifacts import fault_point, story_of
 from saekit.config import to_dict
 from saekit.corpus import NEUTRAL, POSITIVE_CLUSTERS, CorpusError, Record, emotion_table, load_corpus
-from saekit.corpus_style import StyleReport, style_geometry, style_report, style_warnings
+from saekit.corpus_style import StyleReport, stored_rows, style_geometry, style_report, style_warnings
 from saekit.db import Database, corpus_id_of, sae_id_of
 from saekit.db import ranking as W
 from saekit.errors import SaekitError
@@ -538,8 +538,7 @@ def _geometry_rows(geo: dict, emotions: list[str], scope: dict, run: str, cfg: R
     linkage = [dict(scope, step=s, left_node=int(a), right_node=int(b), distance=float(d), size=int(n), run_id=run)
                for s, (a, b, d, n) in enumerate(geo["linkage"])]
     ratings = [dict(scope, **{k: _finite(v) for k, v in r.items()}, run_id=run) for r in geo.get("ratings", [])]
-    style = [dict(scope, **{k: _finite(v) for k, v in r.items()}, word_lists=json.dumps(geo.get("style_lists")), run_id=run)
-             for r in geo.get("style", [])]
+    style = stored_rows(geo.get("style", []), scope, json.dumps(geo.get("style_lists")), run)
     return {"clusters": clusters, "similarity": similarity, "linkage": linkage, "rating_geometry": ratings,
             "style_geometry": style}
 

@@ -14,19 +14,9 @@ CLUSTERS = {"exuberant joy", "peaceful contentment", "compassionate gratitude", 
             "fear and overwhelm", "despair and shame"}
 
 
-@pytest.fixture(scope="module")
-def records(shipped_records):
-    return shipped_records
-
-
-@pytest.fixture(scope="module")
-def stories(shipped_stories):
-    return shipped_stories
-
-
-def test_emotions_cover_required_list_and_all_ten_clusters(stories):
+def test_emotions_cover_required_list_and_all_ten_clusters(shipped_stories):
     table = C.emotion_table()
-    emotions = {r.emotion for r in stories}
+    emotions = {r.emotion for r in shipped_stories}
     paper = set(C.corpus_root().joinpath("emotions.txt").read_text().split("\n"))
     assert len(emotions) >= 30
     assert set(REQUIRED) <= emotions
@@ -34,9 +24,9 @@ def test_emotions_cover_required_list_and_all_ten_clusters(stories):
     assert {table[e]["cluster"] for e in emotions} == CLUSTERS
 
 
-def test_each_emotion_has_24_stories_over_12_topics_and_both_narrations(stories):
+def test_each_emotion_has_24_stories_over_12_topics_and_both_narrations(shipped_stories):
     by = collections.defaultdict(list)
-    for r in stories:
+    for r in shipped_stories:
         by[r.emotion].append(r)
     topics = set(C.paper_topics())
     for emo, recs in by.items():
@@ -47,14 +37,14 @@ def test_each_emotion_has_24_stories_over_12_topics_and_both_narrations(stories)
         assert narr["first"] >= 6 and narr["third"] >= 6, (emo, narr)
 
 
-def test_stories_are_one_paragraph_of_60_to_150_words(stories):
-    for r in stories:
+def test_stories_are_one_paragraph_of_60_to_150_words(shipped_stories):
+    for r in shipped_stories:
         assert 60 <= C.word_count(r.text) <= 150, r.id
         assert "\n" not in r.text, r.id
 
 
-def test_no_story_uses_its_emotion_word_or_synonyms(stories):
-    for r in stories:
+def test_no_story_uses_its_emotion_word_or_synonyms(shipped_stories):
+    for r in shipped_stories:
         for pat in C.forbidden_patterns(r.emotion):
             assert not pat.search(r.text), (r.id, pat.pattern)
 
@@ -69,21 +59,21 @@ def test_every_emotion_has_a_synonym_list_that_catches_its_word():
     assert not any(p.search("he won't go") for p in C.forbidden_patterns("triumphant"))
 
 
-def test_no_duplicates_or_near_duplicates(records):
-    assert len({r.id for r in records}) == len(records)
-    assert len({r.text for r in records}) == len(records)
-    assert C.near_duplicates(records) == []
+def test_no_duplicates_or_near_duplicates(shipped_records):
+    assert len({r.id for r in shipped_records}) == len(shipped_records)
+    assert len({r.text for r in shipped_records}) == len(shipped_records)
+    assert C.near_duplicates(shipped_records) == []
 
 
-def test_near_duplicate_checker_finds_a_copied_story(stories):
-    a = stories[0]
+def test_near_duplicate_checker_finds_a_copied_story(shipped_stories):
+    a = shipped_stories[0]
     words = a.text.split()
     copy = C.Record(id="copy", text=" ".join(words[:-3] + ["and", "then", "left."]), emotion=a.emotion)
     assert ("copy" in {x for pair in C.near_duplicates([a, copy]) for x in pair[:2]})
 
 
-def test_neutral_texts(records):
-    neutral = [r for r in records if r.emotion == C.NEUTRAL]
+def test_neutral_texts(shipped_records):
+    neutral = [r for r in shipped_records if r.emotion == C.NEUTRAL]
     assert len(neutral) >= 150
     dialogues = [r for r in neutral if r.narration == "dialogue"]
     assert len(dialogues) >= 100 and len(neutral) - len(dialogues) >= 40
@@ -94,27 +84,27 @@ def test_neutral_texts(records):
     assert [r.id for r in neutral if feelings.search(r.text)] == []
 
 
-def test_split_is_stored_stratified_and_about_80_20(records):
-    assert {r.split for r in records} == {"train", "test"}
+def test_split_is_stored_stratified_and_about_80_20(shipped_records):
+    assert {r.split for r in shipped_records} == {"train", "test"}
     by = collections.defaultdict(collections.Counter)
-    for r in records:
+    for r in shipped_records:
         by[r.emotion][r.split] += 1
     for emo, c in by.items():
         frac = c["test"] / (c["test"] + c["train"])
         assert 0.12 <= frac <= 0.28, (emo, c)
     # the stored split is exactly what the deterministic splitter gives
-    assert [r.split for r in C.assign_splits(records)] == [r.split for r in records]
+    assert [r.split for r in C.assign_splits(shipped_records)] == [r.split for r in shipped_records]
 
 
-def test_validate_reports_nothing_on_shipped_corpus_and_catches_bad_records(records):
-    assert C.validate(records) == []
+def test_validate_reports_nothing_on_shipped_corpus_and_catches_bad_records(shipped_records):
+    assert C.validate(shipped_records) == []
     bad = C.Record(id="bad-1", text="She was so sad. " * 3, emotion="sad", topic="not a topic", narration="second")
-    problems = "\n".join(C.validate(records + [bad]))
+    problems = "\n".join(C.validate(shipped_records + [bad]))
     assert "bad-1: 12 words" in problems and "forbidden word 'sad'" in problems
     assert "not one of the paper's topics" in problems and "narration" in problems
 
 
-def test_load_filters_split_and_emotions(records):
+def test_load_filters_split_and_emotions(shipped_records):
     test = C.load_corpus(split="test", emotions=["calm", "afraid"], include_neutral=False)
     assert {r.emotion for r in test} == {"calm", "afraid"} and {r.split for r in test} == {"test"}
     with pytest.raises(C.CorpusError, match="not in the corpus"):

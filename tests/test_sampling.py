@@ -8,7 +8,7 @@ from test_experiments import HOOK, ranked, spec  # noqa: F401
 from saekit.experiments.base import Setting, baseline_setting
 from saekit.experiments.batches import run_logits
 from saekit.experiments.resolve import resolve
-from saekit.experiments.sampling import Stream, sample_columns, sample_stream
+from saekit.experiments.sampling import Stream, sample_columns
 from saekit.experiments.spec import load_spec
 from saekit.interventions import mean_resid_norm
 
@@ -56,7 +56,7 @@ def test_columns_sample_alike_at_strength_zero_and_the_shadow_reads_the_edited_t
 
 def test_sampling_is_reproducible_and_strength_zero_is_the_clean_model(res, tiny_model):
     def draw(setting, seed=3):
-        return [t.id for t in sample_stream(tiny_model, res, setting, [5, 17, 3], 12, 1.0, seed)]
+        return [t.id for t in sample_columns(tiny_model, res, {"one": setting}, [5, 17, 3], 12, 1.0, seed)]
 
     clean = draw(baseline_setting())
     assert clean == draw(baseline_setting()) and len(clean) >= 1

@@ -106,8 +106,3 @@ def sample_columns(model, res: Resolved, columns: dict[str, Setting], prompt_ids
         rows = [[last[n]] for n in names] + ([[last[shadow]]] if shadow else [])   # a finished column repeats its last token
         logp = stream.feed(rows)
 
-
-def sample_stream(model, res: Resolved, setting: Setting, prompt_ids: Sequence[int], max_new_tokens: int,
-                  temperature: float, seed: int) -> Iterator[Token]:
-    """One column alone (a batch of one)."""
-    return sample_columns(model, res, {"column": setting}, prompt_ids, max_new_tokens, temperature, seed)
