@@ -26,6 +26,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import duckdb
 
+from saekit import stats
 from saekit.artifacts import artifacts_dir, package_versions
 from saekit.errors import SaekitError
 
@@ -61,7 +62,11 @@ def default_path() -> Path:
 
 
 def schema_sql() -> str:
-    return (resources.files("saekit.db") / "schema.sql").read_text()
+    """schema.sql with the statistics declared in saekit.stats written in (columns, upgrades, view)."""
+    text = (resources.files("saekit.db") / "schema.sql").read_text()
+    return (text.replace("/*statistic columns: one per declaration in saekit/stats.py*/\n", stats.column_sql())
+            .replace("/*statistic upgrades*/\n", stats.upgrade_sql())
+            .replace("/*statistics shown*/", stats.view_sql("s")))
 
 
 _OPEN_HERE: collections.Counter[Path] = collections.Counter()

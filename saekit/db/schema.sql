@@ -97,17 +97,8 @@ CREATE TABLE IF NOT EXISTS feature_emotion_stats (
     corpus_id       VARCHAR NOT NULL,
     feature         INTEGER NOT NULL,
     emotion         VARCHAR NOT NULL,
-    mean_in         DOUBLE,
-    mean_out        DOUBLE,
-    cohens_d        DOUBLE,
-    auroc           DOUBLE,
-    rate_in         DOUBLE,
-    rate_out        DOUBLE,
-    p_value         DOUBLE,
-    q_value         DOUBLE,
-    selectivity_rank INTEGER,
+/*statistic columns: one per declaration in saekit/stats.py*/
     run_id          VARCHAR,
-    top_story_precision DOUBLE,
     PRIMARY KEY (sae_id, corpus_id, feature, emotion)
 );
 
@@ -329,7 +320,7 @@ ALTER TABLE features ADD COLUMN IF NOT EXISTS promoted_logits DOUBLE[];
 ALTER TABLE features ADD COLUMN IF NOT EXISTS suppressed_logits DOUBLE[];
 ALTER TABLE features ADD COLUMN IF NOT EXISTS hist_counts BIGINT[];
 ALTER TABLE features ADD COLUMN IF NOT EXISTS token_rule JSON;
-ALTER TABLE feature_emotion_stats ADD COLUMN IF NOT EXISTS top_story_precision DOUBLE;
+/*statistic upgrades*/
 ALTER TABLE emotion_vectors ADD COLUMN IF NOT EXISTS promoted_tokens VARCHAR[];
 ALTER TABLE emotion_vectors ADD COLUMN IF NOT EXISTS promoted_logits DOUBLE[];
 ALTER TABLE emotion_vectors ADD COLUMN IF NOT EXISTS suppressed_tokens VARCHAR[];
@@ -343,8 +334,7 @@ ALTER TABLE probe_results ADD COLUMN IF NOT EXISTS unknown_emotions JSON;
 
 -- views (documented in analysis/SCHEMA.md like the tables); after the upgrades, whose columns they read
 CREATE OR REPLACE VIEW top_features AS
-SELECT s.sae_id, s.corpus_id, s.emotion, s.feature, s.selectivity_rank, s.auroc, s.cohens_d, s.q_value,
-       s.mean_in, s.mean_out, s.rate_in, s.rate_out, s.top_story_precision,
+SELECT s.sae_id, s.corpus_id, s.emotion, s.feature, s.selectivity_rank, /*statistics shown*/
        f.firing_rate, f.max_activation, f.promoted_tokens, f.promoted_logits, f.suppressed_tokens,
        f.suppressed_logits, x.story_id AS example_story, x.emotion AS example_emotion,
        x.snippet AS example_snippet, x.activation AS example_activation, s.run_id
