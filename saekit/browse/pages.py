@@ -19,6 +19,7 @@ from urllib.parse import quote
 import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from saekit import stats as St
 from saekit.browse import queries as Q
 from saekit.db import browse as B
 from saekit.evidence import hist_edges
@@ -128,6 +129,7 @@ class Site:
         return Page("emotion.html", 1, name, {
             "e": known[name], "saes": saes,
             "top": {s.sae_id: B.top_features(r, s.sae_id, TOP_FEATURES, name) for s in saes},
+            "stat_columns": St.browser_columns(),
             "vectors": B.vectors(r, name), "lens_checks": B.lens_checks(r, name),
             "aligned": _group(B.aligned_features(r, name, TOP_ALIGNED), "sae_id"), "probes": probes})
 
