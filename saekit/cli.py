@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer.core import TyperGroup
 
+from saekit import cli_config as C
+from saekit.cli_console import console, fmt, out_console, print_summary, progress_bar
+from saekit.cli_inputs import corpus_app, model_app
 from saekit.errors import SaekitError
 
 
@@ -36,13 +38,9 @@ class _Commands(TyperGroup):
 
 app = typer.Typer(cls=_Commands, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Find, rank and intervene on the SAE features of a language model that represent emotions.")
-corpus_app = typer.Typer(help="The shipped emotion story corpus and scenario sets.", no_args_is_help=True)
-model_app = typer.Typer(help="Load models and check them.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(model_app, name="model")
-console = Console(stderr=True)
-MODEL_HELP = "Model folder, hub name, or an embedded name: 'smollm2-135m-instruct' (default), 'gemma3-270m' (saekit[gemma]), 'tiny'."
-out_console = Console()
+SET = Annotated[Optional[list[str]], typer.Option("--set", help=C.SET_HELP)]
 
 
 @app.callback()
@@ -50,62 +48,31 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show the full tra
     """Find, rank and intervene on the SAE features of a language model that represent emotions."""
 
 
-def _config(cls, path: Path | None, overrides: dict):
-    """A stage config from an optional TOML file, with the command-line options given on top."""
-    from saekit.config import from_dict, load_toml
-
-    data = load_toml(path) if path else {}
-    data.update({k: v for k, v in overrides.items() if v is not None and v != []})
-    return from_dict(cls, data, where=str(path or "options"))
-
-
-def _progress() -> Progress:
-    """A progress bar; under torchrun only rank 0 draws it."""
-    from saekit.distributed import is_main
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console, disable=not is_main())
-
-
 # ---------------------------------------------------------------------------- harvest
 
 
-@app.command()
+HARVEST = C.ConfigOptions("saekit.harvest:HarvestConfig", rename={"hooks": "hook", "dataset_split": "split"})
+
+
+@app.command(cls=C.config_command(HARVEST))
 def harvest(
+    ctx: typer.Context,
     config: Annotated[Optional[Path], typer.Option(help="TOML file with HarvestConfig fields.")] = None,
-    model: Annotated[Optional[str], typer.Option(help=MODEL_HELP)] = None,
-    hook: Annotated[Optional[list[str]], typer.Option(help="Hook name to record (repeatable), e.g. blocks.20.hook_resid_post.")] = None,
-    corpus: Annotated[Optional[str], typer.Option(
-        help="'shipped', a .jsonl/.csv/.parquet/.txt file, a dataset folder or hub name.")] = None,
-    text_column: Annotated[Optional[str], typer.Option(help="Column holding the text.")] = None,
-    label_column: Annotated[Optional[str], typer.Option(help="Column holding the label.")] = None,
-    dataset_config: Annotated[Optional[str], typer.Option(help="Hugging Face dataset: the configuration to read.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Hugging Face dataset: the split to read (default train).")] = None,
-    streaming: Annotated[bool, typer.Option(
-        "--streaming", help="Hugging Face dataset: stream rows (with --limit, read only those).")] = False,
-    out: Annotated[Optional[str], typer.Option(help="Output folder for shards and manifest.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Documents per forward pass.")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Truncate or window texts longer than this.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N documents (0 = all).")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="Model dtype: float32 or bfloat16.")] = None,
+    set_: SET = None,
 ) -> None:
     """Record residual-stream activations over a corpus into sharded safetensors (resumable)."""
     from saekit.harvest import HarvestConfig, summarize
     from saekit.harvest import harvest as run_harvest
 
-    cfg = _config(HarvestConfig, config, {"model": model, "hooks": hook, "corpus": corpus, "text_column": text_column,
-                                          "label_column": label_column, "dataset_config": dataset_config,
-                                          "dataset_split": split, "streaming": streaming or None,
-                                          "out": out, "batch_size": batch_size,
-                                          "max_tokens": max_tokens, "limit": limit, "dtype": dtype})
+    cfg = C.load(ctx, HarvestConfig, config, set_)
     summary = _run_harvest(cfg, run_harvest)
-    _print_summary("harvest", summarize(Path(cfg.out)) | summary)
+    print_summary("harvest", summarize(Path(cfg.out)) | summary)
 
 
 def _run_harvest(cfg, run_harvest) -> dict:
     start = time.perf_counter()
     state = {"tokens": 0}
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("harvest", total=None, rate="")
 
         def progress(docs, total, tokens):
@@ -118,17 +85,6 @@ def _run_harvest(cfg, run_harvest) -> dict:
     return {"seconds": round(seconds, 1), "tokens/s (this run)": round(state["tokens"] / max(seconds, 1e-9))}
 
 
-def _print_summary(title: str, summary: dict) -> None:
-    from saekit.distributed import is_main
-
-    if not is_main():
-        return
-    table = Table(title=title, show_header=False)
-    for k, v in summary.items():
-        table.add_row(str(k), str(v))
-    out_console.print(table)
-
-
 # ---------------------------------------------------------------------------- SAEs
 
 
@@ -136,23 +92,23 @@ sae_app = typer.Typer(help="Load published or local SAEs and check them against 
 app.add_typer(sae_app, name="sae")
 
 
-@app.command()
+TRAIN = C.ConfigOptions("saekit.train.config:TrainConfig")
+
+
+@app.command(cls=C.config_command(TRAIN))
 def train(
+    ctx: typer.Context,
     config: Annotated[Path, typer.Argument(help="Training TOML, e.g. train/smollm2-135m-l20-topk.toml.")],
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in the output folder.")] = False,
-    activations: Annotated[Optional[str], typer.Option(help="Harvest folder (overrides the config; '' streams from the model).")] = None,
-    out: Annotated[Optional[str], typer.Option(help="Output folder (overrides the config).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="Override a config field, key=value (sae.k=64 for the [sae] table); repeatable.")] = None,
 ) -> None:
     """Train an SAE from a config on harvested (or streamed) activations; saves SAELens format + metrics."""
-    from saekit.config import parse_assignments
-    from saekit.train import load_train_config, read_metrics, train_sae
+    from saekit.train import LEGACY_SAE_KEYS, TrainConfig, load_train_config, read_metrics, train_sae
 
-    overrides = parse_assignments(set_ or [])
-    overrides |= {k: v for k, v in {"activations": activations, "out": out}.items() if v is not None}
+    overrides = C.overrides(ctx, TrainConfig, set_, tuple(LEGACY_SAE_KEYS))
     cfg = load_train_config(config, overrides)
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("train", total=cfg.total_steps, rate="")
 
         def progress(r) -> None:
@@ -162,16 +118,12 @@ def train(
         folder = train_sae(cfg, progress=progress, resume=resume)
     metrics = read_metrics(folder)
     act, lm = metrics.get("activations") or {}, metrics.get("lm") or {}
-    _print_summary(f"SAE saved to {folder}", {
-        "explained variance (held out)": _fmt(act.get("explained_variance")), "mean L0": _fmt(act.get("l0")),
-        "reconstruction cosine": _fmt(act.get("cosine")), "dead fraction": _fmt(act.get("dead_fraction")),
-        "dense fraction": _fmt(act.get("dense_fraction")), "LM loss recovered": _fmt(lm.get("loss_recovered")),
-        "LM loss recovered (with error)": _fmt(lm.get("loss_recovered_with_error")),
-        "KL vs clean model": _fmt(lm.get("kl_sae")), "load it": f"sae_lens.SAE.load_from_disk({str(folder)!r})"})
-
-
-def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+    print_summary(f"SAE saved to {folder}", {
+        "explained variance (held out)": fmt(act.get("explained_variance")), "mean L0": fmt(act.get("l0")),
+        "reconstruction cosine": fmt(act.get("cosine")), "dead fraction": fmt(act.get("dead_fraction")),
+        "dense fraction": fmt(act.get("dense_fraction")), "LM loss recovered": fmt(lm.get("loss_recovered")),
+        "LM loss recovered (with error)": fmt(lm.get("loss_recovered_with_error")),
+        "KL vs clean model": fmt(lm.get("kl_sae")), "load it": f"sae_lens.SAE.load_from_disk({str(folder)!r})"})
 
 
 @sae_app.command("load")
@@ -186,41 +138,28 @@ def sae_load(
 
     m = load_model(model) if model else None
     loaded = load_sae(source, sae_id, model=m)
-    _print_summary("SAE", describe(loaded) | ({"checked against": model} if model else {}))
+    print_summary("SAE", describe(loaded) | ({"checked against": model} if model else {}))
 
 
 # ---------------------------------------------------------------------------- rank and the database
 
 
-@app.command()
+RANK = C.ConfigOptions("saekit.rank:RankConfig", paths=("db", "ratings"))
+
+
+@app.command(cls=C.config_command(RANK))
 def rank(
-    activations: Annotated[Optional[str], typer.Option(
-        help="A finished harvest folder (default: the config's, else artifacts/study/activations).")] = None,
-    sae: Annotated[Optional[str], typer.Option(help="SAE folder or sae-lens release; omit to build only emotion vectors.")] = None,
-    sae_id: Annotated[Optional[str], typer.Option(help="SAE id within a sae-lens release.")] = None,
-    db: Annotated[Optional[Path], typer.Option(help="Database file (default artifacts/saekit.duckdb).")] = None,
-    ratings: Annotated[Optional[Path], typer.Option(help="CSV of human valence/arousal ratings (word, valence, arousal).")] = None,
+    ctx: typer.Context,
     config: Annotated[Optional[Path], typer.Option(help="TOML file with RankConfig fields.")] = None,
-    skip_first: Annotated[Optional[int], typer.Option(
-        help="Token rule: positions left out at the start of every text (default: the SAE's training rule, else 1).")] = None,
-    max_norm_ratio: Annotated[Optional[float], typer.Option(
-        help="Token rule: also leave out positions above this multiple of the median norm (0 = off).")] = None,
-    eval_corpus: Annotated[Optional[str], typer.Option(
-        help="An extra labelled corpus (.jsonl/.csv/.parquet or a dataset folder) to score the probes on.")] = None,
-    eval_label_column: Annotated[Optional[str], typer.Option(help="The eval corpus's label column (default emotion).")] = None,
-    eval_text_column: Annotated[Optional[str], typer.Option(help="The eval corpus's text column (default text).")] = None,
+    set_: SET = None,
 ) -> None:
     """Rank SAE features by emotion selectivity, build emotion vectors, and store all in the database."""
     from saekit.db import Database
     from saekit.rank import RankConfig, run_rank
 
-    cfg = _config(RankConfig, config, {"activations": activations, "sae": sae, "sae_id": sae_id,
-                                       "db": str(db) if db else None, "ratings": str(ratings) if ratings else None,
-                                       "skip_first": skip_first, "max_norm_ratio": max_norm_ratio,
-                                       "eval_corpus": eval_corpus, "eval_label_column": eval_label_column,
-                                       "eval_text_column": eval_text_column})
+    cfg = C.load(ctx, RankConfig, config, set_)
     result = _rank(cfg, Database, run_rank)
-    _print_summary("rank", result["summary"])
+    print_summary("rank", result["summary"])
 
 
 def _rank(cfg, Database, run_rank):
@@ -369,7 +308,7 @@ def experiment_run(
     """Run an experiment spec and store every measurement in the feature database."""
     from saekit.experiments import run_experiment
 
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("experiment", total=None, rate="")
         exp_id = run_experiment(spec, db_path=db, progress=lambda done, total, what: bar.update(
             task, completed=done, total=total, rate=what))
@@ -486,26 +425,33 @@ def export_features(
 # ---------------------------------------------------------------------------- study (the main job)
 
 
-@app.command()
+STUDY = C.ConfigOptions("saekit.study:StudyConfig")
+
+
+@app.command(cls=C.config_command(STUDY))
 def study(
+    ctx: typer.Context,
     config: Annotated[Path, typer.Argument(help="Study TOML (see analysis/study.toml).")] = Path("analysis/study.toml"),
+    set_: SET = None,
     plan: Annotated[bool, typer.Option("--plan", help="Print each step's tokens, FLOPs, time, memory and disk; run nothing.")] = False,
     device_profile: Annotated[str, typer.Option(help="With --plan: h100, h200 or a100 instead of timing this machine.")] = "",
     gpus: Annotated[int, typer.Option(help="With --plan: processes under torchrun sharing harvest and training.")] = 1,
 ) -> None:
     """The main job: harvest, train the SAE, rank, run experiments, write the report; finished steps are skipped."""
+    from saekit.study import StudyConfig, load_study_config, run_study
+
+    overrides = C.overrides(ctx, StudyConfig, set_)
     if plan:
         from saekit.plan import format_plan, plan_study
 
-        out_console.print(format_plan(plan_study(config, device_profile, gpus)), markup=False, soft_wrap=True)
+        out_console.print(format_plan(plan_study(config, device_profile, gpus, overrides)), markup=False, soft_wrap=True)
         return
     import os
 
     from saekit.db import check_database_path
-    from saekit.study import load_study_config, run_study
 
     started = time.perf_counter()
-    cfg = load_study_config(config)
+    cfg = load_study_config(config, overrides)
     check_database_path(cfg.db)  # before hours of harvesting and training, not at the ranking step
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 draws and prints
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
@@ -528,7 +474,7 @@ def study(
     if not main:
         return
     for name, summary in results.items():
-        _print_summary(name, {k: _fmt(v) for k, v in summary.items()} if isinstance(summary, dict) else {"": summary})
+        print_summary(name, {k: fmt(v) for k, v in summary.items()} if isinstance(summary, dict) else {"": summary})
     out_console.print(f"\nstudy finished in {time.perf_counter() - started:.0f} s; report: {Path(cfg.out) / 'report.html'}")
     out_console.print("next, ask the feature database your own questions, e.g.:")
     out_console.print(f'  saekit query --db {cfg.db} "SELECT emotion, feature, auroc, cohens_d, q_value '
@@ -538,194 +484,6 @@ def study(
     out_console.print(f"or look at any feature, emotion and experiment in a web page: saekit browse --db {cfg.db}",
                       markup=False)
 
-
-# ---------------------------------------------------------------------------- corpus
-
-
-@corpus_app.command("stats")
-def corpus_stats(
-    source: Annotated[str, typer.Argument(help="'shipped' or a corpus file/folder.")] = "shipped",
-    text_column: str = "text", label_column: str = "emotion",
-) -> None:
-    """Counts per emotion, split and narration, and a length histogram."""
-    from saekit.corpus import load_corpus, stats
-
-    records = load_corpus(source, text_column=text_column, label_column=label_column)
-    s = stats(records)
-    table = Table(title=f"corpus {source}: {s['records']} records, {s['topics']} topics")
-    table.add_column("emotion")
-    table.add_column("records", justify="right")
-    table.add_column("train", justify="right")
-    table.add_column("test", justify="right")
-    for emo, n in s["emotions"].items():
-        tr = sum(1 for r in records if r.emotion == emo and r.split == "train")
-        table.add_row(emo or "(none)", str(n), str(tr), str(n - tr))
-    out_console.print(table)
-    for k in ("splits", "narration", "length_histogram", "words_min_mean_max"):
-        out_console.print(f"{k}: {s[k]}")
-
-
-@corpus_app.command("check")
-def corpus_check(
-    source: Annotated[str, typer.Argument(help="'shipped' or a corpus file/folder.")] = "shipped",
-    text_column: str = "text", label_column: str = "emotion",
-    body_words: Annotated[Optional[Path], typer.Option(help="Body-part word list (default saekit/corpus/style/body_words.txt).")] = None,
-    cognition_words: Annotated[Optional[Path], typer.Option(help="Cognition verb list (default .../cognition_words.txt).")] = None,
-    db: Annotated[Optional[Path], typer.Option(help="Database with emotion vectors of this corpus: correlate their "
-                                                    "principal components with the style statistics and valence.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="With --db: only this model's vectors (default: every model).")] = None,
-    ratings: Annotated[Optional[Path], typer.Option(help="With --db: CSV of human valence ratings (word, valence, arousal).")] = None,
-    corpus_id: Annotated[Optional[str], typer.Option(help="With --db: the corpus id the vectors were ranked under "
-                                                          "(default: the source as given, 'shipped' for the shipped one).")] = None,
-    tokenizer: Annotated[str, typer.Option(help="Whose tokenizer counts tokens per story: a model name or folder "
-                                                "(no weights are loaded), or 'none'.")] = "smollm2-135m-instruct",
-) -> None:
-    """Style statistics per emotion and how unequal they are; with --db, whether the vectors' principal
-    components track style rather than valence (stored in the database, warned about when they do)."""
-    from saekit.corpus import load_corpus
-    from saekit.corpus_style import (
-        WordLists,
-        balance_problems,
-        check_database,
-        check_labels,
-        mode_of,
-        style_report,
-        token_counts,
-    )
-
-    lists = WordLists.load(body_words, cognition_words)   # a bad word list fails before the corpus is read
-    records = load_corpus(source, text_column=text_column, label_column=label_column)
-    check_labels(records, source, label_column)
-    counts = None
-    if tokenizer.lower() != "none":
-        from saekit.plan import plan_tokenizer
-
-        tok, tok_note = plan_tokenizer(tokenizer)
-        counts = token_counts(records, tok)
-    rep = style_report(records, lists, counts)
-    table = Table(title=f"corpus {source}: style per emotion (shares pooled over its stories"
-                        + (f"; tokens: {tok_note})" if counts else ")"))
-    for col in ("emotion", "stories", "tokens", "words", "body %", "quoted %", "cognition %", "first person", "topics", "modes"):
-        table.add_column(col, justify="left" if col in ("emotion", "modes") else "right")
-    for r in rep.rows:
-        table.add_row(r.emotion, str(r.stories), "-" if r.tokens is None else f"{r.tokens:.0f}", f"{r.words:.0f}",
-                      f"{100 * r.body_share:.2f}", f"{100 * r.quote_share:.1f}",
-                      f"{100 * r.cognition_share:.2f}", f"{r.first_person:.0%}", str(r.topics),
-                      " ".join(f"{m}:{n}" for m, n in sorted(r.modes.items())) or "-")
-    out_console.print(table)
-    for stat, spread in rep.inequality.items():
-        out_console.print(f"{stat}: corpus mean {rep.corpus_mean[stat]:.4g}; emotions range {spread['min']:.4g}-"
-                          f"{spread['max']:.4g} ({spread['max_over_min']:.2f}x), CV {spread['cv']:.3f}, furthest "
-                          f"{spread['max_rel_dev']:.0%} from the mean", markup=False)
-    if any(mode_of(r) for r in records):
-        problems = balance_problems(records, lists)
-        out_console.print("balance (modes 15-30%, shares within 25% of the mean, first/third person): "
-                          + ("ok" if not problems else f"{len(problems)} problem(s)"), markup=False)
-        for p in problems:
-            out_console.print(f"  {p}", markup=False)
-    if db is None:
-        return
-    from saekit.db import corpus_id_of
-    from saekit.rank import read_ratings
-
-    rated = {w: v for w, (v, _) in read_ratings(str(ratings) if ratings else None).items()}
-    warned = False
-    train = [r for r in records if r.split == "train"]   # the stories the vectors were built from, as rank measures
-    rep_train = style_report(train, lists, counts) if any(r.emotion for r in train) else rep
-    for check in check_database(db, corpus_id or corpus_id_of(source), rep_train, rated or None, model, records):
-        grid = Table(title=f"{check.model_id} @ {check.hook}: Pearson r of each principal component over the emotions")
-        grid.add_column("target")
-        pcs = list(dict.fromkeys(r["predictor"] for r in check.rows))
-        for pc in pcs:
-            var = next(r["explained_variance"] for r in check.rows if r["predictor"] == pc)
-            grid.add_column(f"{pc} ({var:.0%})", justify="right")
-        for target in dict.fromkeys(r["target"] for r in check.rows):
-            cells = {r["predictor"]: r for r in check.rows if r["target"] == target}
-            grid.add_row(target, *[f"{cells[pc]['r']:+.2f}" if pc in cells and cells[pc]["r"] == cells[pc]["r"] else "-"
-                                   for pc in pcs])
-        out_console.print(grid)
-        for w in check.warnings:
-            warned = True
-            console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
-    out_console.print(f"stored in the style_geometry table of {db}"
-                      + (" (warnings above)" if warned else "; no style statistic tracks a PC more than valence does"),
-                      markup=False)
-
-
-@corpus_app.command("validate")
-def corpus_validate(
-    source: Annotated[str, typer.Argument(help="'shipped' or a corpus file.")] = "shipped",
-    text_column: str = "text", label_column: str = "emotion",
-) -> None:
-    """Check counts, lengths, topics, forbidden words and near-duplicates; exit 1 on problems."""
-    from saekit.corpus import load_corpus, validate
-
-    records = load_corpus(source, text_column=text_column, label_column=label_column)
-    problems = validate(records)
-    for p in problems:
-        out_console.print(p, markup=False)
-    if problems:
-        console.print(f"[red]{len(problems)} problem(s)[/] in {len(records)} records")
-        raise typer.Exit(1)
-    console.print(f"[green]ok[/]: {len(records)} records, no problems")
-
-
-@corpus_app.command("generate")
-def corpus_generate(
-    config: Annotated[Optional[Path], typer.Option(help="TOML file with GenerateConfig fields.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Instruction-tuned model: folder, hub name or the default.")] = None,
-    emotion: Annotated[Optional[list[str]], typer.Option(help="Emotion to write about (repeatable; default all 171).")] = None,
-    topics: Annotated[Optional[int], typer.Option(help="How many of the paper's topics to use.")] = None,
-    calls_per_pair: Annotated[Optional[int], typer.Option(help="Model calls per emotion x topic.")] = None,
-    stories_per_call: Annotated[Optional[int], typer.Option(help="Stories asked for in each call.")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Tokens generated per call.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
-    out: Annotated[Optional[str], typer.Option(help="Output jsonl (a .replies log and .report.json go beside it).")] = None,
-) -> None:
-    """Generate a story corpus with the paper's protocol (emotion x topic prompts, parsed, validated, de-duplicated)."""
-    from saekit.generate import GenerateConfig, generate_corpus, output_paths
-
-    cfg = _config(GenerateConfig, config, {"model": model, "emotions": emotion, "topics": topics,
-                                           "calls_per_pair": calls_per_pair, "stories_per_call": stories_per_call,
-                                           "max_new_tokens": max_new_tokens, "seed": seed, "out": out})
-    with _progress() as bar:
-        task = bar.add_task("generate", total=None, rate="")
-        report = generate_corpus(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    records, _, report_path = output_paths(cfg.out)
-    out_console.print(f"Wrote {report['accepted']} stories ({report['splits']}) to {records}; "
-                      f"{report['rejected_total']} of {report['candidates']} candidates rejected: {report['rejected']}")
-    if report.get("forbidden_words"):
-        top = sorted(report["forbidden_words"].items(), key=lambda kv: -kv[1])[:5]
-        out_console.print(f"commonest forbidden words: {top}")
-    out_console.print(f"report: {report_path}")
-
-
-# ---------------------------------------------------------------------------- model
-
-
-@model_app.command("info")
-def model_info(name: Annotated[str, typer.Argument(
-        help=MODEL_HELP)] = "smollm2-135m-instruct") -> None:
-    """Load a model and print its size and residual-stream hook names."""
-    from saekit.model import d_model, d_vocab, hook_names, load_model, n_layers
-
-    m = load_model(name)
-    _print_summary(name, {"layers": n_layers(m), "d_model": d_model(m), "vocab": d_vocab(m),
-                          "hooks": f"blocks.{{0..{n_layers(m) - 1}}}.hook_resid_post (and {len(hook_names(m))} others)"})
-
-
-@model_app.command("chat")
-def model_chat(
-    message: Annotated[str, typer.Argument(help="The user's message.")],
-    model: str = "smollm2-135m-instruct",
-    max_new_tokens: int = 60,
-) -> None:
-    """Answer one user message greedily, formatted with saekit's chat formatting."""
-    from saekit.model import format_chat, generate, load_model
-
-    m = load_model(model)
-    prompt = format_chat(m.tokenizer, [{"role": "user", "content": message}])
-    out_console.print(generate(m, m.tokenizer, prompt, max_new_tokens=max_new_tokens))
 
 
 def main() -> None:

@@ -75,6 +75,13 @@ def _check_finite(value: Any, where: str) -> None:
         check_config(value, where)
 
 
+def check_value(value: Any, hint: Any, where: str) -> Any:
+    """`value` as a field of type `hint` holds it (a ConfigError naming `where` if it cannot)."""
+    value = _coerce(value, hint, where)
+    _check_finite(value, where)
+    return value
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)

@@ -252,8 +252,9 @@ def check_plan_hooks(hooks: list[str], n_layers: int, model: str) -> None:
                               f"blocks.0.hook_resid_pre ... blocks.{n_layers - 1}.hook_resid_post")
 
 
-def plan_study(config: str | Path, profile: str = "", gpus: int = 1) -> StudyPlan:
-    """The plan of a study config; `profile` names a DEVICE_PROFILES entry instead of measuring."""
+def plan_study(config: str | Path, profile: str = "", gpus: int = 1, overrides: dict | None = None) -> StudyPlan:
+    """The plan of a study config (with command-line `overrides`); `profile` names a DEVICE_PROFILES entry
+    instead of measuring."""
     from saekit.harvest import harvest_records, tokenize
     from saekit.model import hook_layer
     from saekit.study import StudyRun, load_study_config
@@ -262,7 +263,7 @@ def plan_study(config: str | Path, profile: str = "", gpus: int = 1) -> StudyPla
         raise ConfigError(f"unknown device profile {profile!r}; choose one of {sorted(DEVICE_PROFILES)}")
     if gpus < 1:
         raise ConfigError(f"gpus must be at least 1, got {gpus}")
-    cfg = load_study_config(config)
+    cfg = load_study_config(config, overrides)
     run = StudyRun(cfg)
     shape = model_shape(cfg.model)
     hcfg = run.harvest_config()

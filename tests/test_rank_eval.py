@@ -126,8 +126,8 @@ def test_bad_eval_corpus_fails_before_any_compute(study, tmp_path, monkeypatch):
     def no_compute(*a, **k):
         raise AssertionError("computed before the eval corpus was checked")
 
-    monkeypatch.setattr(R, "emotion_vector_analysis", no_compute)
-    monkeypatch.setattr(R, "harvest", no_compute)
+    monkeypatch.setattr(R.stage, "emotion_vector_analysis", no_compute)
+    monkeypatch.setattr(R.eval_corpus, "harvest", no_compute)
     monkeypatch.setattr(R.Ev, "encode_documents", no_compute)
     for kw, message in bad_corpora(tmp_path):
         cfg = R.RankConfig(activations=study["acts"], db=str(tmp_path / "f.duckdb"), **kw)

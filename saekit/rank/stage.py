@@ -24,7 +24,7 @@ from saekit.corpus_style import StyleReport, style_geometry, style_report, style
 from saekit.db import Database, corpus_id_of
 from saekit.harvest import Activations, harvest_records
 from saekit.rank.config import SAE_TRAIN_RECORD, RankConfig, RankError, read_ratings
-from saekit.rank.eval import eval_lines, eval_probes, read_eval_corpus
+from saekit.rank.eval_corpus import eval_lines, eval_probes, read_eval_corpus
 from saekit.rank.rows import write_results
 from saekit.tokens import TokenRule
 
