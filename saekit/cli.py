@@ -51,7 +51,9 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show the full tra
 # ---------------------------------------------------------------------------- harvest
 
 
-HARVEST = C.ConfigOptions("saekit.harvest:HarvestConfig", rename={"hooks": "hook", "dataset_split": "split"})
+HARVEST = C.ConfigOptions("saekit.harvest:HarvestConfig", rename={"hooks": "hook", "dataset_split": "split"}, help={
+    "text_column": "Column holding the text.", "label_column": "Column holding the label.",
+    "out": "Output folder for shards and manifest.", "batch_size": "Documents per forward pass."})
 
 
 @app.command(cls=C.config_command(HARVEST))

@@ -148,7 +148,8 @@ def corpus_validate(
 
 
 GENERATE = C.ConfigOptions("saekit.generate:GenerateConfig", rename={"emotions": "emotion"},
-                           types={"emotions": list[str], "topics": int})
+                           types={"emotions": list[str], "topics": int},
+                           help={"out": "Output jsonl (a .replies log and .report.json go beside it)."})
 
 
 @corpus_app.command("generate", cls=C.config_command(GENERATE))

@@ -92,3 +92,60 @@ def test_top_zero_features_is_refused_not_called_an_unknown_emotion(tmp_path):
     result = runner.invoke(app, ["experiment", "run", str(spec), "--db", str(tmp_path / "f.duckdb")])
     assert result.exit_code == 2 and "selects no features; N must be at least 1" in result.output
     assert "unknown emotion" not in result.output
+
+
+# ---------------------------------------------------------------------------- options from the config dataclasses
+
+
+@pytest.mark.parametrize("args, option, doc", [
+    (["harvest"], "--token-hooks", "per-token activations are stored"),
+    (["rank"], "--n-examples", "Examples stored per feature"),
+    (["train", "x.toml"], "--dead-feature-window", "has not fired for this many steps"),
+    (["study"], "--vector-hooks", "Extra layers for emotion vectors"),
+    (["corpus", "generate"], "--near-duplicate-threshold", None)])
+def test_every_config_command_offers_its_fields_and_set(args, option, doc):
+    out = " ".join(runner.invoke(app, args + ["--help"], env={"COLUMNS": "300"}).output.split())
+    assert "--set" in out and option in out, out
+    assert doc is None or doc in out
+
+
+def test_old_option_names_still_work(tmp_path):
+    from saekit import cli_config as C
+    from saekit.cli import HARVEST, RANK
+
+    names = {n for p in C.build_options(HARVEST, set()) for n in p.opts}
+    assert {"--hook", "--split", "--streaming", "--model", "--corpus", "--limit", "--dtype"} <= names
+    names = {n for p in C.build_options(RANK, set()) for n in p.opts}
+    assert {"--activations", "--sae", "--sae-id", "--db", "--ratings", "--skip-first", "--max-norm-ratio",
+            "--eval-corpus", "--eval-label-column", "--eval-text-column"} <= names
+
+
+def test_set_names_the_key_and_config_of_a_bad_assignment():
+    result = runner.invoke(app, ["rank", "--set", "n_exampels=3"])
+    assert result.exit_code == 2 and "--set n_exampels: RankConfig has no field 'n_exampels'" in result.output
+    result = runner.invoke(app, ["rank", "--set", "n_examples=many"])
+    assert result.exit_code == 2 and "--set n_examples='many': RankConfig.n_examples: expected int" in result.output
+    result = runner.invoke(app, ["harvest", "--set", "max_tokens"])
+    assert result.exit_code == 2 and "expected key=value" in result.output
+
+
+def test_a_config_file_is_overridden_only_by_what_the_user_typed(tmp_path, monkeypatch):
+    import saekit.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_rank", lambda cfg, *a: seen.append(cfg) or {"summary": {}})
+    config = tmp_path / "rank.toml"
+    config.write_text('activations = "from/the/file"\nn_examples = 7\n')
+    for args, activations, n in ((["--config", str(config)], "from/the/file", 7),
+                                 (["--config", str(config), "--set", "n_examples=9"], "from/the/file", 9),
+                                 (["--config", str(config), "--set", "activations='set'", "--activations", "typed"],
+                                  "typed", 7),
+                                 ([], "artifacts/study/activations", 5)):
+        result = runner.invoke(app, ["rank", *args])
+        assert result.exit_code == 0, result.output
+        assert (seen[-1].activations, seen[-1].n_examples) == (activations, n)
+
+
+def test_study_set_reaches_the_plan(tmp_path):
+    result = runner.invoke(app, ["study", "analysis/study.toml", "--plan", "--set", "limitt=3"])
+    assert result.exit_code == 2 and "StudyConfig has no field 'limitt'" in result.output

@@ -34,6 +34,7 @@ class RankConfig:
     n_examples: int = 5
     """Examples stored per feature and kind (top stories by pooled mean; top windows by peak token)."""
     logit_lens_tokens: int = 10
+    """Tokens stored per direction's logit lens (promoted and suppressed)."""
     own_word_top: int = 100
     """The logit-lens check: does an emotion's own word rank among its direction's top N promoted tokens?"""
     lens_random: int = 200
@@ -47,13 +48,16 @@ class RankConfig:
     neutral_variance: float = 0.5
     """Variance of the neutral dialogues whose principal components are projected out."""
     kmeans_k: int = 10
+    """Clusters of the emotion vectors' k-means (fewer when there are fewer emotions)."""
     ratings: str | None = None
     """CSV of human valence/arousal ratings (columns word, valence, arousal; Warriner et al. 2013
     and NRC-VAD column names are recognised). Not shipped: their licences do not allow it."""
     seed: int = 0
+    """Seed of the probes, k-means and the random lens directions."""
     eval_corpus: str | None = None
     """An extra labelled corpus (any format the harvest reads) to score the probes on, beyond the study's corpus."""
     eval_text_column: str = "text"
+    """The eval corpus's text column."""
     eval_label_column: str = "emotion"
     """The eval corpus's label column: its values are matched to the study's emotions (case ignored)."""
 
