@@ -147,3 +147,21 @@ def test_run_commits_all_writes_with_its_done_mark_or_none(tmp_path):
             1 / 0
         assert db.sql("SELECT DISTINCT run_id, auroc FROM feature_emotion_stats") == [(run1, 0.6)]
         assert dict(db.sql("SELECT run_id, status FROM runs")) == {run1: "done", run2: "failed"}
+
+
+def test_an_older_database_moves_its_token_rules_to_the_runs(tmp_path):
+    """Before runs.token_rule, saes, features, story_means and experiments each kept a copy on every row."""
+    path = tmp_path / "old.duckdb"
+    rule = '{"skip_first": 1, "description": "positions >= 1"}'
+    with D.Database(path) as db:
+        db.start_run("rank", {}, run_id="r1")
+        db.start_run("experiment", {}, run_id="e1")
+        for table in ("saes", "features", "story_means", "experiments"):
+            db.sql(f"ALTER TABLE {table} ADD COLUMN token_rule JSON")
+        db.insert("saes", [{"sae_id": "s", "model_id": "m", "hook": "h", "run_id": "r1", "token_rule": rule}])
+        db.insert("features", [{"sae_id": "s", "feature": i, "run_id": "r1", "token_rule": rule} for i in range(3)])
+        db.insert("experiments", [{"experiment_id": "e1", "run_id": "e1", "token_rule": rule.replace("1", "2")}])
+    with D.Database(path) as db:
+        assert dict(db.sql("SELECT run_id, token_rule->>'$.skip_first' FROM runs")) == {"r1": "1", "e1": "2"}
+        assert not [c for t, cols in db.columns().items() for c, _ in cols if c == "token_rule" and t != "runs"]
+        assert db.scalar("SELECT count(*) FROM features") == 3

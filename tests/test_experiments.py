@@ -195,7 +195,7 @@ def test_probe_values_match_a_direct_steered_forward_pass(ranked, tiny_model):
         lp_all = tiny_model(ids)[0, -1].log_softmax(-1)[word]
     assert rows[("calm_up", "logp:calm")] == pytest.approx(float(lp), abs=1e-5)
     assert float(lp_all) != pytest.approx(float(lp), abs=1e-5)
-    rule = read_only_query(f"SELECT token_rule FROM experiments WHERE experiment_id = '{exp}'", ranked["db"])
+    rule = read_only_query(f"SELECT token_rule FROM experiments JOIN runs USING (run_id) WHERE experiment_id = '{exp}'", ranked["db"])
     assert json.loads(rule.to_pylist()[0]["token_rule"])["description"] == "positions >= 1"
 
 

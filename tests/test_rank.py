@@ -67,9 +67,10 @@ def test_examples_logit_lens_vectors_and_probes_are_stored(ranked):
     feats = read_only_query("SELECT count(*) AS n, min(len(promoted_tokens)) AS k, min(len(promoted_logits)) AS kv, "
                             "bool_and(promoted_logits[1] >= promoted_logits[10]) AS ordered, "
                             "bool_and(list_sum(hist_counts) = round(firing_rate * (SELECT counted_tokens FROM saes))) "
-                            "AS hist_ok, min(token_rule->>'$.skip_first') AS skip FROM features", cfg.db).to_pylist()[0]
+                            "AS hist_ok, min(token_rule->>'$.skip_first') AS skip FROM features JOIN runs USING (run_id)", cfg.db).to_pylist()[0]
     assert feats == {"n": 128, "k": 10, "kv": 10, "ordered": True, "hist_ok": True, "skip": "1"}
-    sae_row = read_only_query("SELECT token_rule, counted_tokens, dropped_tokens FROM saes", cfg.db).to_pylist()[0]
+    sae_row = read_only_query("SELECT token_rule, counted_tokens, dropped_tokens FROM saes JOIN runs USING (run_id)",
+                              cfg.db).to_pylist()[0]
     docs = R.Activations.open(cfg.activations).documents
     assert sae_row["dropped_tokens"] == len(docs)
     assert sae_row["counted_tokens"] == sum(d["n_tokens"] for d in docs) - len(docs)
@@ -194,7 +195,8 @@ def test_the_training_stories_mean_is_stored_per_hook(ranked):
     train = [i for i, d in enumerate(docs) if d["split"] == "train" and d["label"] in EMOTIONS and d["n_tokens"] > 1]
     with Database(cfg.db, read_only=True) as db:
         for hook in ("blocks.1.hook_resid_post", HOOK):
-            (mean, n, rule), = db.sql("SELECT mean, n, token_rule FROM story_means WHERE hook = ?", [hook])
+            (mean, n, rule), = db.sql("SELECT mean, n, token_rule FROM story_means JOIN runs USING (run_id) WHERE hook = ?",
+                                     [hook])
             assert n == len(train)
             assert torch.allclose(torch.tensor(mean), acts.pooled(hook, "mean")[train].mean(0), atol=1e-5)
             assert json.loads(rule)["skip_first"] == 1

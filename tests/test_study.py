@@ -97,7 +97,7 @@ def test_study_end_to_end_then_skips_then_reruns_what_changed(tmp_path):
     from saekit.db import read_only_query
 
     written = json.loads((out / "sae" / "metrics.json").read_text())
-    stored = read_only_query("SELECT explained_variance, dead_fraction, mean_l0, token_rule FROM saes",
+    stored = read_only_query("SELECT explained_variance, dead_fraction, mean_l0, token_rule FROM saes JOIN runs USING (run_id)",
                              tmp_path / "study.duckdb").to_pylist()[0]
     assert stored["explained_variance"] == written["activations"]["explained_variance"]
     assert stored["dead_fraction"] == written["activations"]["dead_fraction"]

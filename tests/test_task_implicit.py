@@ -114,7 +114,7 @@ def test_planted_vectors_put_every_prompt_on_the_diagonal(ranked, tiny_model, tm
     assert "prompts' own mean" in summary["notes"][0]
     text = sentence(summary)
     assert "centred on the prompts' own mean" in text and "1.000 [1.000, 1.000] over 3 emotions" in text
-    stored = read_only_query(f"SELECT spec, token_rule FROM experiments WHERE experiment_id = '{exp}'",
+    stored = read_only_query(f"SELECT spec, token_rule FROM experiments JOIN runs USING (run_id) WHERE experiment_id = '{exp}'",
                              db_path).to_pylist()[0]
     assert '"centring": "prompt_mean"' in stored["spec"] and "positions >= 1" in stored["token_rule"]
     # the controls are random directions, read from the same activations
@@ -129,8 +129,8 @@ def test_a_stored_training_mean_is_the_centre(ranked, tiny_model, tmp_path):
     centre = torch.full_like(x, 0.25)
     with Database(db_path) as db:
         db.con.execute("CREATE TABLE IF NOT EXISTS story_means (model_id VARCHAR, corpus_id VARCHAR, hook VARCHAR, "
-                       "mean FLOAT[], n INTEGER, token_rule JSON, run_id VARCHAR)")
-        db.con.execute("INSERT INTO story_means VALUES ('tiny', 'shipped', ?, ?, 17, '{}', 'r')", [HOOK, centre.tolist()])
+                       "mean FLOAT[], n INTEGER, run_id VARCHAR)")
+        db.con.execute("INSERT INTO story_means VALUES ('tiny', 'shipped', ?, ?, 17, 'r')", [HOOK, centre.tolist()])
         v = torch.tensor(db.sql("SELECT vector FROM emotion_vectors WHERE hook = ? AND emotion = 'calm'", [HOOK])[0][0])
     exp = X.run_experiment(spec(ranked, db=str(db_path), sae=None, controls=0, prompts={"ids": ["implicit-11"]}),
                            model=tiny_model)

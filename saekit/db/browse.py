@@ -116,7 +116,8 @@ def probes(r: Reader) -> list[dict[str, Any]]:
 
 
 def feature(r: Reader, sae_id: str, n: int) -> dict[str, Any] | None:
-    return r.one("SELECT * FROM features WHERE sae_id = ? AND feature = ?", [sae_id, n])
+    return r.one("SELECT f.*, u.token_rule FROM features f LEFT JOIN runs u USING (run_id) "
+                 "WHERE f.sae_id = ? AND f.feature = ?", [sae_id, n])
 
 
 def feature_stats(r: Reader, sae_id: str, n: int) -> list[dict[str, Any]]:

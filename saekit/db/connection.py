@@ -69,6 +69,9 @@ def schema_sql() -> str:
             .replace("/*statistics shown*/", stats.view_sql("s")))
 
 
+TOKEN_RULE_TABLES = ("saes", "features", "story_means", "experiments")
+"""Tables that held a copy of their run's token rule before runs.token_rule (moved on upgrade)."""
+
 _OPEN_HERE: collections.Counter[Path] = collections.Counter()
 """Database files this process holds open. DuckDB's file lock is a POSIX record lock, which the
 process loses when it closes *any* descriptor of the file, so such a file is never opened again
@@ -146,6 +149,7 @@ class Database:
         if not read_only:
             self._set_aside_old_examples()
             self._exec(schema_sql())
+            self._move_token_rules()
             self._fail_dead_runs()
 
     def close(self) -> None:
@@ -179,29 +183,35 @@ class Database:
 
     # ------------------------------------------------------------------ runs
 
-    def start_run(self, kind: str, config: Mapping[str, Any] | None = None, run_id: str | None = None) -> str:
-        """Record a run as 'running', with this process's pid and host so a killed run can be found."""
+    def start_run(self, kind: str, config: Mapping[str, Any] | None = None, run_id: str | None = None,
+                  token_rule: str | None = None) -> str:
+        """Record a run as 'running', with this process's pid and host so a killed run can be found, and the
+        token rule (JSON) its results count positions by, if it has one."""
         run_id = run_id or f"{kind}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
         self._exec(
-            "INSERT OR REPLACE INTO runs (run_id, kind, config, versions, started_at, status, pid, host) "
-            "VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+            "INSERT OR REPLACE INTO runs (run_id, kind, config, versions, started_at, status, pid, host, token_rule) "
+            "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
             [run_id, kind, json.dumps(config or {}, default=str), json.dumps(package_versions()),
-             dt.datetime.now(dt.UTC).replace(tzinfo=None), os.getpid(), socket.gethostname()],
+             dt.datetime.now(dt.UTC).replace(tzinfo=None), os.getpid(), socket.gethostname(), token_rule],
         )
         return run_id
+
+    def set_token_rule(self, run_id: str, token_rule: str) -> None:
+        """The token rule (JSON) of a run started before it was known; every row the run writes refers to it."""
+        self._exec("UPDATE runs SET token_rule = ? WHERE run_id = ?", [token_rule, run_id])
 
     def finish_run(self, run_id: str, status: str = "done") -> None:
         self._exec("UPDATE runs SET finished_at = ?, status = ? WHERE run_id = ?",
                    [dt.datetime.now(dt.UTC).replace(tzinfo=None), status, run_id])
 
     @contextmanager
-    def run(self, kind: str, config: Mapping[str, Any] | None = None) -> Iterator[str]:
+    def run(self, kind: str, config: Mapping[str, Any] | None = None, token_rule: str | None = None) -> Iterator[str]:
         """A run whose writes and 'done' mark land in one transaction, or not at all.
 
         The 'running' row is committed first: an exception marks it 'failed' at once, a killed
         process leaves it for the next writer to mark 'failed' (see _fail_dead_runs).
         """
-        run_id = self.start_run(kind, config)
+        run_id = self.start_run(kind, config, token_rule=token_rule)
         try:
             with self.transaction():
                 yield run_id
@@ -217,6 +227,17 @@ class Database:
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'feature_examples'").fetchall()]
         if cols and "kind" not in cols:
             self._exec("ALTER TABLE feature_examples RENAME TO feature_examples_before_token_rule")
+
+    def _move_token_rules(self) -> None:
+        """Older databases stored the token rule on every row (saes, features, story_means, experiments):
+        each run's rule moves to its runs row, and those columns go."""
+        for table in TOKEN_RULE_TABLES:
+            if self.con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = ? "
+                                "AND column_name = 'token_rule'", [table]).fetchone()[0]:
+                self._exec(f"UPDATE runs SET token_rule = t.token_rule FROM (SELECT run_id, any_value(token_rule) "
+                           f"AS token_rule FROM {table} WHERE token_rule IS NOT NULL GROUP BY run_id) t "
+                           "WHERE runs.run_id = t.run_id AND runs.token_rule IS NULL")
+                self._exec(f"ALTER TABLE {table} DROP COLUMN token_rule")
 
     def _fail_dead_runs(self) -> None:
         """Mark 'failed' the runs started on this host whose process is gone (killed mid-run)."""

@@ -47,7 +47,7 @@ def top_selective_features(db: Database, sae_id: str, corpus_id: str, emotion: s
 
 def sae_token_rule(db: Database, sae_id: str) -> str | None:
     """The token rule (JSON) the SAE was ranked with, or None."""
-    return db.scalar("SELECT token_rule FROM saes WHERE sae_id = ?", [sae_id])
+    return db.scalar("SELECT r.token_rule FROM saes s JOIN runs r USING (run_id) WHERE s.sae_id = ?", [sae_id])
 
 
 def sae_paths(db: Database) -> list[tuple[str, str | None]]:
@@ -69,12 +69,14 @@ def vector_sources(db: Database) -> list[tuple[str, str]]:
 
 def store_experiment(db: Database, experiment_id: str, *, name: str, model_id: str, sae_id: str | None, spec: str,
                      token_rule: str, results: Sequence[dict[str, Any]]) -> None:
-    """The experiment's row and its measurements, in one transaction (run id = experiment id)."""
+    """The experiment's row and its measurements, in one transaction (run id = experiment id); the token
+    rule goes on the run's row."""
     with db.transaction():
+        db.set_token_rule(experiment_id, token_rule)
         db.insert("experiments", [{"experiment_id": experiment_id, "name": name, "model_id": model_id,
                                    "sae_id": sae_id, "spec": spec,
                                    "created_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                                   "run_id": experiment_id, "token_rule": token_rule}])
+                                   "run_id": experiment_id}])
         db.insert("intervention_results", [dict(r, experiment_id=experiment_id, run_id=experiment_id)
                                            for r in results])
 

@@ -56,12 +56,16 @@ class EmotionVector:
     vector: list[float]
 
 
+SAE_ROWS = "SELECT s.*, r.token_rule FROM saes s LEFT JOIN runs r USING (run_id)"
+"""An SAE's row with the token rule of the ranking that wrote it (stored on the run)."""
+
+
 def saes(db: Database) -> list[SaeRow]:
-    return fetch_dicts(db, "SELECT * FROM saes ORDER BY sae_id")  # type: ignore[return-value]
+    return fetch_dicts(db, f"{SAE_ROWS} ORDER BY sae_id")  # type: ignore[return-value]
 
 
 def sae(db: Database, sae_id: str) -> SaeRow | None:
-    rows = fetch_dicts(db, "SELECT * FROM saes WHERE sae_id = ?", [sae_id])
+    rows = fetch_dicts(db, f"{SAE_ROWS} WHERE s.sae_id = ?", [sae_id])
     return rows[0] if rows else None  # type: ignore[return-value]
 
 

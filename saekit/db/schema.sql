@@ -1,6 +1,7 @@
 -- The saekit feature database (DuckDB). Documented table by table in analysis/SCHEMA.md;
 -- tests/test_db.py checks that document against a real database built from this file.
--- Every result row carries the run that produced it (runs.run_id).
+-- Every result row carries the run that produced it (runs.run_id); the positions a run counted (its token
+-- rule) are stored once, on its runs row.
 -- Columns added after a table's first release go at its end, and in the upgrade block at the bottom,
 -- so a database made by an older saekit gets them when a writer opens it.
 
@@ -13,7 +14,8 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at     TIMESTAMP,
     status          VARCHAR NOT NULL,
     pid             INTEGER,
-    host            VARCHAR
+    host            VARCHAR,
+    token_rule      JSON
 );
 
 CREATE TABLE IF NOT EXISTS models (
@@ -43,7 +45,6 @@ CREATE TABLE IF NOT EXISTS saes (
     kl_divergence       DOUBLE,
     metrics             JSON,
     run_id              VARCHAR,
-    token_rule          JSON,
     counted_tokens      BIGINT,
     dropped_tokens      BIGINT,
     skipped_texts       JSON
@@ -88,7 +89,6 @@ CREATE TABLE IF NOT EXISTS features (
     promoted_logits DOUBLE[],
     suppressed_logits DOUBLE[],
     hist_counts     BIGINT[],
-    token_rule      JSON,
     PRIMARY KEY (sae_id, feature)
 );
 
@@ -143,7 +143,6 @@ CREATE TABLE IF NOT EXISTS story_means (
     hook            VARCHAR NOT NULL,
     mean            FLOAT[],
     n               INTEGER,
-    token_rule      JSON,
     run_id          VARCHAR,
     PRIMARY KEY (model_id, corpus_id, hook)
 );
@@ -278,8 +277,7 @@ CREATE TABLE IF NOT EXISTS experiments (
     sae_id          VARCHAR,
     spec            JSON,
     created_at      TIMESTAMP,
-    run_id          VARCHAR,
-    token_rule      JSON
+    run_id          VARCHAR
 );
 
 CREATE TABLE IF NOT EXISTS intervention_results (
@@ -311,21 +309,19 @@ CREATE TABLE IF NOT EXISTS comparisons (
 -- upgrades of databases made by older versions (no-ops on new ones)
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS token_rule JSON;
 ALTER TABLE probe_results ADD COLUMN IF NOT EXISTS model_id VARCHAR;
-ALTER TABLE saes ADD COLUMN IF NOT EXISTS token_rule JSON;
 ALTER TABLE saes ADD COLUMN IF NOT EXISTS counted_tokens BIGINT;
 ALTER TABLE saes ADD COLUMN IF NOT EXISTS dropped_tokens BIGINT;
 ALTER TABLE saes ADD COLUMN IF NOT EXISTS skipped_texts JSON;
 ALTER TABLE features ADD COLUMN IF NOT EXISTS promoted_logits DOUBLE[];
 ALTER TABLE features ADD COLUMN IF NOT EXISTS suppressed_logits DOUBLE[];
 ALTER TABLE features ADD COLUMN IF NOT EXISTS hist_counts BIGINT[];
-ALTER TABLE features ADD COLUMN IF NOT EXISTS token_rule JSON;
 /*statistic upgrades*/
 ALTER TABLE emotion_vectors ADD COLUMN IF NOT EXISTS promoted_tokens VARCHAR[];
 ALTER TABLE emotion_vectors ADD COLUMN IF NOT EXISTS promoted_logits DOUBLE[];
 ALTER TABLE emotion_vectors ADD COLUMN IF NOT EXISTS suppressed_tokens VARCHAR[];
 ALTER TABLE emotion_vectors ADD COLUMN IF NOT EXISTS suppressed_logits DOUBLE[];
-ALTER TABLE experiments ADD COLUMN IF NOT EXISTS token_rule JSON;
 ALTER TABLE probe_results ADD COLUMN IF NOT EXISTS train_corpus_id VARCHAR;
 ALTER TABLE probe_results ADD COLUMN IF NOT EXISTS centring VARCHAR;
 ALTER TABLE probe_results ADD COLUMN IF NOT EXISTS ci_lo DOUBLE;

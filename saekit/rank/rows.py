@@ -33,7 +33,7 @@ def write_results(db: Database, cfg: RankConfig, acts: Activations, emotions, la
     corpus_id = cfg.corpus_id or corpus_id_of(acts.manifest["config"].get("corpus"))
     clusters = emotion_table()
     ratings = read_ratings(cfg.ratings)
-    with db.run("rank", to_dict(cfg)) as run:
+    with db.run("rank", to_dict(cfg), token_rule=rule.to_json()) as run:   # the rule every row below counted
         W.replace_model(db, {"model_id": model_id, "source": model_id, "n_layers": acts.manifest["n_layers"],
                              "d_model": acts.manifest["d_model"], "run_id": run,
                              "d_vocab": int(model.cfg.d_vocab) if model is not None else None})
@@ -55,11 +55,11 @@ def write_results(db: Database, cfg: RankConfig, acts: Activations, emotions, la
                 probes={method: _probe_row(run, model_id, corpus_id, hook, None, method, v[key])
                         for method, key in (("vector_projection", "projection_probe"),
                                             ("vector_logistic", "logistic_probe"))},
-                story_mean=dict(scope, mean=v["centre"].tolist(), n=v["n_centre"], token_rule=rule.to_json(),
+                story_mean=dict(scope, mean=v["centre"].tolist(), n=v["n_centre"],
                                 run_id=run),
                 **_geometry_rows(v["geometry"], emotions, scope, run, cfg))
         if sae_part is not None:
-            _write_sae_results(db, run, cfg, corpus_id, model_id, emotions, sae_part, sae, model, rule, skipped or {})
+            _write_sae_results(db, run, cfg, corpus_id, model_id, emotions, sae_part, sae, model, skipped or {})
         if eval_part is not None:
             sae_id = sae_id_of(cfg.sae, cfg.sae_id) if sae_part is not None and cfg.sae else None
             W.replace_eval_probes(db, [_eval_probe_row(run, model_id, corpus_id, sae_id, eval_part, r)
@@ -114,7 +114,7 @@ def _lens_check_rows(check: dict | None, scope: dict, run: str, features: list[i
 
 
 def _write_sae_results(db: Database, run: str, cfg: RankConfig, corpus_id: str, model_id: str, emotions, sae_part,
-                       sae, model, rule: TokenRule, skipped: dict[int, str]) -> None:
+                       sae, model, skipped: dict[int, str]) -> None:
     """The SAE's rows (its features, their statistics, examples, alignments and probe)."""
     from saekit.sae import d_in_of, d_sae_of
 
@@ -127,11 +127,10 @@ def _write_sae_results(db: Database, run: str, cfg: RankConfig, corpus_id: str, 
     stats = {"sae_id": [sae_id] * (E * F), "corpus_id": [corpus_id] * (E * F), "feature": f_idx.tolist(),
              "emotion": [emotions[i] for i in e_idx.tolist()], "run_id": [run] * (E * F)} | St.stat_rows(sae_part)
     n_tok = max(enc.n_tokens, 1)
-    rule_json = rule.to_json()
     feature_cols = {"sae_id": [sae_id] * F, "feature": list(range(F)),
                     "firing_rate": (enc.fire_F / n_tok).tolist(), "mean_activation": (enc.sum_F / n_tok).tolist(),
                     "max_activation": enc.peak_F.tolist(), "hist_counts": enc.hist_FB.tolist(),
-                    "token_rule": [rule_json] * F, "run_id": [run] * F}
+                    "run_id": [run] * F}
     if sae_part["lens"] is not None:
         feature_cols.update(_lens_columns(sae_part["lens"], model))
     alignment = []
@@ -141,7 +140,7 @@ def _write_sae_results(db: Database, run: str, cfg: RankConfig, corpus_id: str, 
                       for r, f in enumerate(order)]
     sae_row = dict(_sae_quality(cfg), sae_id=sae_id, model_id=model_id, hook=hook, layer=hook_layer(hook),
                    architecture=sae.cfg.architecture(), d_in=d_in_of(sae), d_sae=d_sae_of(sae), path=cfg.sae,
-                   run_id=run, token_rule=rule_json, counted_tokens=enc.n_tokens,
+                   run_id=run, counted_tokens=enc.n_tokens,
                    dropped_tokens=enc.n_dropped_first + enc.n_dropped_norm,
                    skipped_texts=json.dumps(sorted(skipped.values())))
     check_scope = {"model_id": model_id, "corpus_id": corpus_id, "hook": hook, "direction": "sae_top_feature",
