@@ -67,7 +67,8 @@ def test_examples_logit_lens_vectors_and_probes_are_stored(ranked):
     feats = read_only_query("SELECT count(*) AS n, min(len(promoted_tokens)) AS k, min(len(promoted_logits)) AS kv, "
                             "bool_and(promoted_logits[1] >= promoted_logits[10]) AS ordered, "
                             "bool_and(list_sum(hist_counts) = round(firing_rate * (SELECT counted_tokens FROM saes))) "
-                            "AS hist_ok, min(token_rule->>'$.skip_first') AS skip FROM features JOIN runs USING (run_id)", cfg.db).to_pylist()[0]
+                            "AS hist_ok, min(token_rule->>'$.skip_first') AS skip FROM features JOIN runs USING (run_id)",
+                            cfg.db).to_pylist()[0]
     assert feats == {"n": 128, "k": 10, "kv": 10, "ordered": True, "hist_ok": True, "skip": "1"}
     sae_row = read_only_query("SELECT token_rule, counted_tokens, dropped_tokens FROM saes JOIN runs USING (run_id)",
                               cfg.db).to_pylist()[0]
