@@ -300,7 +300,7 @@ def check_database(db_path, corpus_id: str, report: StyleReport, ratings: dict[s
 
     from saekit.db import Database
     from saekit.db import ranking as W
-    from saekit.db import report as DR
+    from saekit.db import summaries as DR
 
     with Database(db_path, read_only=True) as db:   # a missing database is refused by its path check
         stored = DR.stored_vectors(db, model_id, corpus_id)

@@ -13,7 +13,7 @@ from saekit import study_report as SR
 from saekit.cli import app
 from saekit.corpus import load_corpus
 from saekit.db import Database, read_only_query
-from saekit.db import report as DR
+from saekit.db import summaries as DR
 from saekit.harvest import Activations, HarvestConfig, harvest
 from saekit.sae import build_training_sae, load_sae, save_sae
 

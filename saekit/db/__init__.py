@@ -5,14 +5,16 @@
     ids.py         the one rule naming an SAE (sae_id_of) and a corpus (corpus_id_of)
     ranking.py     the writes of a ranking (saekit rank), table by table, scope by scope
     features.py    typed reads of features, their statistics, emotion vectors and the stored geometry
-    report.py      the study report's reads
+    summaries.py   reads that summarise a ranking across tables (lens checks, probes, geometry) for the write-up
     browse.py      the browser's reads, one function per page fact
     frames.py      the notebook handle's questions (saekit.open_db), answered as DataFrames
     experiments.py an experiment and its results
     schema.sql     every table and view, documented in analysis/SCHEMA.md
 
 A new table: its CREATE in schema.sql, its section in analysis/SCHEMA.md, and its reads and
-writes as functions in the module of the stage that owns it.
+writes as functions in the module of the stage that owns it. A new feature x emotion statistic is
+not a schema edit: it is declared in saekit/stats.py, and schema_sql() writes its column in.
+A run's token rule is stored once, in runs.token_rule; rows refer to it by run_id.
 """
 
 from saekit.db.connection import (  # noqa: F401

@@ -232,8 +232,8 @@ class Database:
         """Older databases stored the token rule on every row (saes, features, story_means, experiments):
         each run's rule moves to its runs row, and those columns go."""
         for table in TOKEN_RULE_TABLES:
-            if self.con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = ? "
-                                "AND column_name = 'token_rule'", [table]).fetchone()[0]:
+            if self.scalar("SELECT count(*) FROM information_schema.columns WHERE table_name = ? "
+                           "AND column_name = 'token_rule'", [table]):
                 self._exec(f"UPDATE runs SET token_rule = t.token_rule FROM (SELECT run_id, any_value(token_rule) "
                            f"AS token_rule FROM {table} WHERE token_rule IS NOT NULL GROUP BY run_id) t "
                            "WHERE runs.run_id = t.run_id AND runs.token_rule IS NULL")

@@ -1,4 +1,5 @@
-"""The study report's reads that summarise across tables: the logit-lens check and the latest probes."""
+"""Reads that summarise a ranking across tables (the logit-lens check, the latest and eval probes, the stored
+geometry), for the study's write-up and the corpus check."""
 
 from __future__ import annotations
 
