@@ -1,4 +1,14 @@
-"""The `saekit` command line: thin wiring of the library's stages, nothing computed here."""
+"""The `saekit` command line: thin wiring of the library's stages, nothing computed here.
+
+    cli.py          the root group (one error handler), the stages, the database, browse, experiments, study
+    cli_config.py   options generated from a stage's config dataclass, and --set
+    cli_inputs.py   corpus and model commands
+    cli_exports.py  export commands
+    cli_console.py  consoles, progress bars, summary tables
+
+A stage's options are its config's fields: a new field is a new option (and a --set key) with no
+edit here.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +25,7 @@ from typer.core import TyperGroup
 
 from saekit import cli_config as C
 from saekit.cli_console import console, fmt, out_console, print_summary, progress_bar
+from saekit.cli_exports import export_app
 from saekit.cli_inputs import corpus_app, model_app
 from saekit.errors import SaekitError
 
@@ -40,6 +51,7 @@ app = typer.Typer(cls=_Commands, no_args_is_help=True, add_completion=False, pre
                   help="Find, rank and intervene on the SAE features of a language model that represent emotions.")
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(model_app, name="model")
+app.add_typer(export_app, name="export")
 SET = Annotated[Optional[list[str]], typer.Option("--set", help=C.SET_HELP)]
 
 
@@ -379,49 +391,6 @@ def compare(
         out_console.print(f"note: {note}", markup=False)
     out_console.print(f"comparison {result.comparison_id}; wrote {', '.join(map(str, files.values()))}",
                       markup=False, soft_wrap=True)
-
-
-# ---------------------------------------------------------------------------- exports
-
-
-export_app = typer.Typer(help="Write emotion vectors and features in the formats other tools read.", no_args_is_help=True)
-app.add_typer(export_app, name="export")
-
-
-@export_app.command("vectors")
-def export_vectors(
-    out: Annotated[Path, typer.Argument(help="A .safetensors file (safetensors), or a folder (gguf, steering-vectors).")],
-    format: Annotated[str, typer.Option("--format", help="safetensors (+ JSON index), gguf (llama.cpp --control-vector, "
-                                                         "repeng) or steering-vectors.")] = "safetensors",
-    emotion: Annotated[Optional[list[str]], typer.Option(help="Emotion to export (repeatable; default all).")] = None,
-    hook: Annotated[Optional[list[str]], typer.Option(help="Hook to export (repeatable; default all).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model id, when the database holds several.")] = None,
-    corpus: Annotated[Optional[str], typer.Option(help="Corpus id, when the database holds several.")] = None,
-    db: Annotated[Optional[Path], typer.Option(help="Database file (default artifacts/saekit.duckdb).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace files that exist.")] = False,
-) -> None:
-    """Export the paper's emotion vectors (neutral PCs removed) from the database."""
-    from saekit.export import export_vectors as run
-
-    written = run(out, format, db, emotion or [], hook or [], model, corpus, force)
-    out_console.print(f"wrote {len(written)} file(s): {', '.join(map(str, written))}", markup=False, soft_wrap=True)
-
-
-@export_app.command("features")
-def export_features(
-    out: Annotated[Path, typer.Argument(help="Folder for batch-0.json (Neuronpedia / SAE-Dashboard) and saekit_features.json.")],
-    feature: Annotated[Optional[list[int]], typer.Option(help="Feature index (repeatable; default the top ones per emotion).")] = None,
-    emotion: Annotated[Optional[list[str]], typer.Option(help="Emotion whose top features to export (repeatable; default all).")] = None,
-    top: Annotated[int, typer.Option(help="Features per emotion when none are named.")] = 5,
-    sae: Annotated[Optional[str], typer.Option(help="SAE id, when the database holds several.")] = None,
-    db: Annotated[Optional[Path], typer.Option(help="Database file (default artifacts/saekit.duckdb).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace files that exist.")] = False,
-) -> None:
-    """Export SAE features as the dashboard JSON that Neuronpedia's uploader and SAE-Dashboard read."""
-    from saekit.export import export_features as run
-
-    written = run(out, db, feature or [], emotion or [], top, sae, force)
-    out_console.print(f"wrote {', '.join(map(str, written))}", markup=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------- study (the main job)
