@@ -8,10 +8,10 @@ from typer.testing import CliRunner
 from saekit import experiments as X
 from saekit.cli import app
 from saekit.config import ConfigError
-from saekit.experiments.base import Target, result_rows
 from saekit.experiments.batches import run_logits
 from saekit.experiments.kinds import KINDS, InterventionKind
-from saekit.experiments.report import report
+from saekit.experiments.summary import report
+from saekit.experiments.targets import Target, result_rows
 from saekit.experiments.tasks import TASKS, InterventionTask
 from saekit.interventions import Zero, patched
 

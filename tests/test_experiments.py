@@ -325,7 +325,7 @@ def test_shipped_specs_load():
 
 def test_a_chat_experiment_on_a_base_model_is_labelled_without_losing_its_finding(ranked, tiny_model, monkeypatch):
     from saekit import model as M
-    from saekit.experiments.report import format_report, report, sentence
+    from saekit.experiments.summary import format_report, report, sentence
 
     s = spec(ranked, task="side_effects", strengths=[2.0], controls=1, prompts={"limit": 2, "max_tokens": 12},
              conditions=[{"name": "desperate_up", "kind": "steer", "emotion": "desperate"}])
