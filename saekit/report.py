@@ -1,4 +1,4 @@
-"""Experiment reports: moved to saekit.experiments.report (the table and plots of each task live
+"""Experiment reports: moved to saekit.experiments.summary (the table and plots of each task live
 in its module under saekit.experiments.tasks); these names stay importable from here."""
 
 from saekit.experiments.spec import ExperimentError
