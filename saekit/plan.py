@@ -7,8 +7,8 @@ never the weights. Formulas (T tokens, d = d_model, F = SAE latents, k = active 
   other architectures: 12·d·F·T (encoder and decoder dense); then its evaluation: 2·d·F per held-out
   token, and with lm_metrics 3 full forwards (clean, SAE spliced, ablated) of eval_docs texts;
 - ranking: 2·d·F·T (encoding every harvested token);
-- experiments: 2 x (all parameters) x T over every setting's prompts (prompt lengths per task are
-  assumptions, stated in each step's note: the rough part of the plan).
+- experiments: 2 x (all parameters) x T over every setting's prompts, as each task counts them
+  (Task.cost; prompt lengths are assumptions, stated in each step's note: the rough part of the plan).
 Time = FLOPs / a rate measured by timed matmuls on this device (one of the model's shape and dtype,
 one of the SAE's), or a stated device profile.
 """
@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from saekit.config import ConfigError, load_toml
+from saekit.config import ConfigError
 from saekit.model import DEFAULT_MODEL, GEMMA_MODEL, TINY_MODEL, parse_dtype
 
 SMOLLM2_135M = {"num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
@@ -48,8 +48,6 @@ DEVICE_PROFILES = {
     "h200": {"gflops": 400_000.0, "memory_gb": 141},
     "a100": {"gflops": 125_000.0, "memory_gb": 80},
 }
-# assumed tokens per prompt and prompts per task when a spec does not bound them (the rough part)
-TASK_PROMPTS = {"probes": (40, 30), "impossible_task": (900, 12), "trace": (600, 20), "side_effects": (48, 24)}
 HEADER_BYTES = 4096
 """Allowance per safetensors file for its JSON header."""
 
@@ -343,19 +341,18 @@ def _rank_step(shape: ModelShape, F: int, T: int, docs: int, n_emotions: int, mb
 
 
 def _experiment_step(spec_path: str, shape: ModelShape, mbytes: int, rate: float) -> StepPlan:
-    spec = load_toml(spec_path)
-    per_prompt, default_n = TASK_PROMPTS.get(spec.get("task", ""), (200, 10))
-    prompts = spec.get("prompts", {})
-    n = prompts.get("limit") or len(prompts.get("ids") or []) or default_n
-    if spec.get("task") == "side_effects":
-        per_prompt = prompts.get("max_tokens", per_prompt)
-    settings = 1 + sum(len(c.get("strengths", spec.get("strengths", [0.1]))) * (1 + spec.get("controls", 1))
-                       for c in spec.get("conditions", []))
-    T = settings * n * per_prompt
+    """The spec's own task says how many settings, prompts and tokens a run takes (Task.cost)."""
+    from saekit.experiments.load import load_spec
+    from saekit.experiments.tasks import TASKS
+
+    spec = load_spec(spec_path)
+    cost = TASKS[spec.task].cost(spec)
+    T = cost.tokens
     flops = 2.0 * shape.params() * T
-    memory = shape.params() * 4 + 8 * per_prompt * shape.vocab * 4
+    memory = shape.params() * 4 + 8 * cost.tokens_per_prompt * shape.vocab * 4
     return StepPlan(f"experiment {Path(spec_path).stem}", T, flops, flops / rate / 1e9, memory, 0,
-                    f"rough: {settings} settings x {n} prompts x ~{per_prompt} tokens (assumed), full model")
+                    f"rough: {cost.settings} settings x {cost.prompts} prompts x ~{cost.tokens_per_prompt} tokens "
+                    "(assumed), full model")
 
 
 # ---------------------------------------------------------------------------- printing

@@ -1,8 +1,8 @@
-"""Experiment reports: moved to saekit.experiments.report (the table and plots of each task live
+"""Experiment reports: moved to saekit.experiments.summary (the table and plots of each task live
 in its module under saekit.experiments.tasks); these names stay importable from here."""
 
-from saekit.experiments.base import ExperimentError
-from saekit.experiments.report import format_report, load_experiment, report, sentence, summarize
+from saekit.experiments.spec import ExperimentError
+from saekit.experiments.summary import format_report, load_experiment, report, sentence, summarize
 from saekit.experiments.tasks.intervention import EFFECT_COLUMNS as COLUMNS
 from saekit.experiments.tasks.intervention import MIN_PROMPTS_FOR_VERDICT, effect_table, plot_effects
 from saekit.experiments.tasks.intervention import effects as _effects
@@ -16,7 +16,7 @@ __all__ = ["COLUMNS", "MIN_PROMPTS_FOR_VERDICT", "TRACE_COLUMNS", "effect_table"
 
 def effects(exp: dict, data: list[dict]) -> list[dict]:
     """One row per condition x strength of an intervening experiment, as its task computes them."""
-    from saekit.experiments.report import task_of
+    from saekit.experiments.summary import task_of
     from saekit.experiments.tasks import InterventionTask
 
     task = task_of(exp)

@@ -211,7 +211,7 @@ class StudyRun:
         from saekit.config import load_toml
         from saekit.db import corpus_id_of
         from saekit.experiments import run_experiment
-        from saekit.experiments.report import report
+        from saekit.experiments.summary import report
         from saekit.model import load_model
 
         spec = load_toml(spec_path)
@@ -292,7 +292,7 @@ class StudyRun:
 
 def experiment_sentence(summary: dict[str, Any]) -> str:
     """One sentence from an experiment report's numbers, worded by the experiment's task."""
-    from saekit.experiments.report import sentence
+    from saekit.experiments.summary import sentence
 
     return sentence(summary)
 

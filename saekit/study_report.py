@@ -25,7 +25,7 @@ from saekit.db import Database, corpus_id_of, sae_id_of  # noqa: E402
 from saekit.db import features as DF  # noqa: E402
 from saekit.db import summaries as DR  # noqa: E402
 from saekit.experiments.tasks import TASKS  # noqa: E402
-from saekit.experiments.tasks.base import base_model_label  # noqa: E402
+from saekit.experiments.tasks.task import base_model_label  # noqa: E402
 from saekit.rank import read_ratings  # noqa: E402
 
 

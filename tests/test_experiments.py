@@ -64,6 +64,28 @@ def test_bad_specs_fail_before_any_forward_pass(ranked, tiny_model, no_forward, 
     assert no_forward == []
 
 
+@pytest.mark.parametrize("data, message", [
+    # an older layout: the feature count was a top-level field shared by every task
+    ({"task": "dose_response", "trace_features": 3}, r"trace_features moved: it is the reading tasks' own field now: "
+                                                    r"write `top_features = 3` under \[prompts\]"),
+    # a task no longer reads another task's fields
+    ({"task": "dose_response", "prompts": {"per_group": 2}},
+     r"unknown field\(s\) \['per_group'\] for task 'dose_response'.*per_group belongs to task trace, live_dialogue"),
+    ({"task": "probes", "prompts": {"top_features": 2}, "conditions": [{"name": "c", "kind": "steer", "emotion": "calm"}]},
+     r"top_features belongs to task trace, dose_response, implicit"),
+])
+def test_an_old_layout_or_another_tasks_field_is_named_with_its_place(data, message):
+    with pytest.raises(ConfigError, match=message):
+        X.load_spec(dict({"name": "x", "model": "tiny"}, **data))
+
+
+def test_each_task_reads_its_own_table():
+    s = X.load_spec({"name": "x", "task": "dose_response", "prompts": {"emotions": ["calm"], "top_features": 2}})
+    assert type(s.prompts).__name__ == "DosePrompts" and s.prompts.top_features == 2 and s.prompts.drugs is None
+    assert X.load_spec({"name": "x", "task": "live_dialogue"}).prompts.per_group == 2
+    assert not hasattr(X.load_spec({"name": "x", "task": "implicit"}).prompts, "per_group")
+
+
 def test_an_sae_whose_hook_the_model_lacks_fails_before_any_forward_pass(ranked, tiny_model, no_forward, tmp_path):
     torch.manual_seed(0)
     sae = build_training_sae("topk", 64, 128, k=8, metadata={"hook_name": "blocks.9.hook_resid_post"})
@@ -325,7 +347,7 @@ def test_shipped_specs_load():
 
 def test_a_chat_experiment_on_a_base_model_is_labelled_without_losing_its_finding(ranked, tiny_model, monkeypatch):
     from saekit import model as M
-    from saekit.experiments.report import format_report, report, sentence
+    from saekit.experiments.summary import format_report, report, sentence
 
     s = spec(ranked, task="side_effects", strengths=[2.0], controls=1, prompts={"limit": 2, "max_tokens": 12},
              conditions=[{"name": "desperate_up", "kind": "steer", "emotion": "desperate"}])

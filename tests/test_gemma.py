@@ -241,7 +241,7 @@ def test_gemma_chats_in_its_own_format_with_one_bos(gemma):
 
 def test_chat_tasks_on_a_base_model_carry_the_label():
     from saekit.experiments.tasks import TASKS
-    from saekit.experiments.tasks.base import base_model_label
+    from saekit.experiments.tasks.task import base_model_label
 
     chat = {name for name, task in TASKS.items() if task.chat}
     assert chat == {"impossible_task", "live_dialogue", "side_effects", "trace", "dose_response"}

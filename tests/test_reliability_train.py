@@ -452,7 +452,7 @@ def test_bad_spec_values_fail_at_the_spec_check(tmp_path, monkeypatch, task, str
 
 def test_a_prompt_beyond_the_models_context_is_refused_before_any_forward_pass(tiny_model, monkeypatch):
     """Within the word bound but past the tiny model's 1,024-token context (with the new tokens)."""
-    from saekit.experiments.base import ExperimentError
+    from saekit.experiments.spec import ExperimentError
     from saekit.experiments.tasks.side_effects import SideEffectsTask
 
     spec = load_spec({"name": "t", "task": "side_effects", "model": "tiny", "conditions": [

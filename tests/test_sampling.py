@@ -5,11 +5,11 @@ import pytest
 import torch
 from test_experiments import HOOK, ranked, spec  # noqa: F401
 
-from saekit.experiments.base import Setting, baseline_setting
 from saekit.experiments.batches import run_logits
+from saekit.experiments.load import load_spec
 from saekit.experiments.resolve import resolve
 from saekit.experiments.sampling import Stream, sample_columns
-from saekit.experiments.spec import load_spec
+from saekit.experiments.targets import Setting, baseline_setting
 from saekit.interventions import mean_resid_norm
 
 

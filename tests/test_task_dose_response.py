@@ -12,8 +12,8 @@ from saekit import experiments as X
 from saekit.config import ConfigError
 from saekit.corpus import load_scenario
 from saekit.db import Database
-from saekit.experiments.report import report
 from saekit.experiments.stats import spearman_bootstrap_ci, spearman_permutation
+from saekit.experiments.summary import report
 from saekit.experiments.tasks.dose_response import dose_sentence, dose_stats
 
 DRUGS = load_scenario("dose_response")["drugs"]

@@ -11,7 +11,7 @@ from saekit import experiments as X
 from saekit.corpus import load_scenario
 from saekit.db import Database, read_only_query
 from saekit.experiments.batches import read_acts
-from saekit.experiments.report import report, sentence
+from saekit.experiments.summary import report, sentence
 from saekit.experiments.tasks.implicit import implicit_stats
 
 HOOK = "blocks.2.hook_resid_post"

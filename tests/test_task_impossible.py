@@ -8,7 +8,7 @@ from test_experiments import ranked, results, spec  # noqa: F401  (ranked is a f
 
 from saekit import experiments as X
 from saekit.config import ConfigError
-from saekit.experiments.report import report, sentence
+from saekit.experiments.summary import report, sentence
 from saekit.experiments.tasks.impossible_task import ImpossibleTask, reading_trends
 from saekit.interventions import Steer, patched
 from saekit.model import hf_model_of, plain_model, score_continuations

@@ -12,7 +12,7 @@ from saekit import experiments as X
 from saekit.corpus import load_scenario
 from saekit.db import read_only_query
 from saekit.experiments.batches import chat_ids, read_acts
-from saekit.experiments.report import report, sentence
+from saekit.experiments.summary import report, sentence
 from saekit.experiments.tasks.live_dialogue import LiveDialogueTask
 
 HOOK = "blocks.2.hook_resid_post"

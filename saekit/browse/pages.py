@@ -317,47 +317,15 @@ def _pca_plot(vectors: list[dict]) -> dict[str, Any] | None:
 
 
 def _experiment(r: B.Reader, spec_row: dict[str, Any]) -> dict[str, Any]:
-    """One experiment's table as its task summarises it (the report's own), and its generations.
+    """One experiment as its task presents it: the report's own table, the task's interactive figures
+    (with the browser's house layout), and its generations."""
+    from saekit.experiments import summary as S
 
-    A task whose statistics hold effect-vs-strength rows (its own `effect_rows`) also gets the
-    interactive plot of them.
-    """
-    from saekit.experiments import report as R
-
-    exp, data = R.load_experiment(spec_row["experiment_id"], r.db)
-    task = R.task_of(exp)
+    exp, data = S.load_experiment(spec_row["experiment_id"], r.db)
+    task = S.task_of(exp)
     columns, rows, _notes, stats = task.summarize(exp, data)
-    effects = task.effect_rows(stats)
-    plot = _effect_plot(effects, exp["name"]) if effects else None
+    figures = [_plot(f["data"], **f.get("layout", {})) for f in task.figures(exp, stats)]
     gfile = exp["spec"].get("generations_file")
     gens = [json.loads(line) for line in Path(gfile).read_text().splitlines() if line.strip()] \
         if gfile and Path(gfile).is_file() else []
-    return dict(exp, task=task.name, columns=columns, rows=rows, plot=plot, generations=gens)
-
-
-def _effect_plot(eff: list[dict], name: str) -> dict[str, Any] | None:
-    """Effect vs strength per condition with its 95% interval, the random control dashed beside it."""
-    traces = []
-    for i, cond in enumerate(dict.fromkeys(e["condition"] for e in eff)):
-        rs = sorted((e for e in eff if e["condition"] == cond), key=lambda e: e["strength"] or 0.0)
-        xs = [e["strength"] or 0.0 for e in rs]
-        color = f"hsl({(i * 67) % 360}, 60%, 45%)"
-        for key, dash, label in (("", "solid", cond), ("control", "dash", f"{cond} (control)")):
-            mid = [_finite(e[key or "effect"]) for e in rs]
-            if all(m is None for m in mid):
-                continue
-            lo = [_finite(e[f"{key}_lo" if key else "lo"]) for e in rs]
-            hi = [_finite(e[f"{key}_hi" if key else "hi"]) for e in rs]
-            traces.append({"type": "scatter", "mode": "lines+markers", "name": label, "x": xs, "y": mid,
-                           "line": {"dash": dash, "color": color}, "marker": {"symbol": "x" if key else "circle"},
-                           "error_y": {"type": "data", "symmetric": False,
-                                       "array": [None if h is None or m is None else h - m for h, m in zip(hi, mid)],
-                                       "arrayminus": [None if l_ is None or m is None else m - l_
-                                                      for l_, m in zip(lo, mid)]}})
-    return _plot(traces, title={"text": f"{name}: effect vs strength (95% bootstrap intervals)"}, height=380,
-                 xaxis={"title": {"text": "strength"}}, yaxis={"title": {"text": "effect vs no intervention"}},
-                 margin={"l": 50, "r": 10, "t": 30, "b": 40}) if traces else None
-
-
-def _finite(x: float | None) -> float | None:
-    return None if x is None or math.isnan(x) else float(x)
+    return dict(exp, task=task.name, columns=columns, rows=rows, figures=figures, generations=gens)

@@ -98,7 +98,7 @@ class Playground:
     def spec(self, req: Request) -> ExperimentSpec:
         """The experiment spec that this request is, checked as `saekit experiment run` checks it, plus the
         page's own limits."""
-        from saekit.experiments.spec import load_spec
+        from saekit.experiments.load import load_spec
         if req.kind not in KINDS_ON_PAGE:
             raise SteerError(f"intervention {req.kind!r} is not one of {list(KINDS_ON_PAGE)}")
         if not req.prompt.strip():
@@ -160,10 +160,10 @@ class Playground:
             self.lock.release()
 
     def _stream(self, spec: ExperimentSpec) -> Iterator[dict[str, Any]]:
-        from saekit.experiments.base import ExperimentError
         from saekit.experiments.resolve import resolve
         from saekit.experiments.runner import check_model, neutral_ids, scale_hooks
         from saekit.experiments.sampling import sample_columns
+        from saekit.experiments.spec import ExperimentError
         from saekit.experiments.tasks.side_effects import generate_ids, generation_columns, strongest
         from saekit.interventions import mean_resid_norm
 

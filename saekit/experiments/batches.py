@@ -6,8 +6,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from saekit.experiments.base import ExperimentError, Resolved, Setting
 from saekit.experiments.kinds import make_edits
+from saekit.experiments.spec import ExperimentError
+from saekit.experiments.targets import Resolved, Setting
 from saekit.interventions import patched
 from saekit.metrics import kl_per_token
 from saekit.model import capture, format_chat, model_device, pad_batch

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from saekit.experiments.base import ExperimentError
+from saekit.experiments.spec import ExperimentError
 
 
 def matched_features(stats: dict[int, tuple[float, float]], targets: Sequence[int], n_draws: int,

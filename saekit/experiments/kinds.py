@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import torch
 
-from saekit.experiments.base import BASELINE, ExperimentError, Resolved, Setting, Target
 from saekit.experiments.controls import control_direction
+from saekit.experiments.spec import ConditionSpec, ExperimentError, ExperimentSpec
+from saekit.experiments.targets import BASELINE, Resolved, Setting, Target
 from saekit.interventions import Ablate, Clamp, Edit, FeatureEdit, Scale, Splice, Steer
 
 if TYPE_CHECKING:
-    from saekit.experiments.resolve import Resolver
-    from saekit.experiments.spec import ConditionSpec, ExperimentSpec
+    from saekit.experiments.lookup import Lookup
 
 
 class InterventionKind:
@@ -32,10 +32,10 @@ class InterventionKind:
     def check(self, spec: ExperimentSpec, c: ConditionSpec) -> None:
         """Raise ValueError for a condition that cannot run; no database yet."""
 
-    def prepare(self, ctx: Resolver, conditions: Sequence[ConditionSpec]) -> None:
-        """Look up what all this kind's conditions need at once, before any is resolved."""
+    def prepare(self, look: Lookup, conditions: Sequence[ConditionSpec]) -> None:
+        """Check what all this kind's conditions need at once, before any is resolved."""
 
-    def resolve(self, ctx: Resolver, c: ConditionSpec) -> tuple[Target, list[Target] | None]:
+    def resolve(self, look: Lookup, c: ConditionSpec) -> tuple[Target, list[Target] | None]:
         """The condition's target and its random controls (None: the spec asks for none)."""
         raise NotImplementedError
 
@@ -64,13 +64,13 @@ class SteerKind(InterventionKind):
         if not c.emotion:
             raise ValueError(f"condition {c.name!r}: steering needs an emotion")
 
-    def prepare(self, ctx, conditions):
-        hooks = ctx.spec.steer_hooks or [ctx.spec.hook]
-        ctx.steer_vectors = ctx.load_vectors(hooks, sorted({c.emotion for c in conditions}))
+    def prepare(self, look, conditions):
+        look.vectors(look.spec.steer_hooks or [look.spec.hook], sorted({c.emotion for c in conditions}))
 
-    def resolve(self, ctx, c):
-        spec, vecs = ctx.spec, ctx.steer_vectors
+    def resolve(self, look, c):
+        spec = look.spec
         hooks = spec.steer_hooks or [spec.hook]
+        vecs = look.vectors(hooks, [c.emotion])
         target = Target(f"vector:{c.emotion}", vectors={h: vecs[h][c.emotion].tolist() for h in hooks})
         controls = [Target(f"random_direction:{k}",
                            vectors={h: control_direction(vecs[h][c.emotion].numel(), spec.seed, k).tolist() for h in hooks})
@@ -102,15 +102,15 @@ class SteerFeatureKind(InterventionKind):
     def check(self, spec, c):
         check_features(spec, c)
 
-    def resolve(self, ctx, c):
+    def resolve(self, look, c):
         from saekit.sae import decoder_FD, hook_of
 
-        feats = ctx.condition_features(c)
-        hook = hook_of(ctx.res.sae) or ctx.spec.hook
-        direction = decoder_FD(ctx.res.sae)[feats].float().sum(0).detach().cpu()
+        feats = look.condition_features(c)
+        hook = hook_of(look.sae) or look.spec.hook
+        direction = decoder_FD(look.sae)[feats].float().sum(0).detach().cpu()
         target = Target(f"decoder:{','.join(map(str, feats))}", features=feats, vectors={hook: direction.tolist()})
-        controls = [Target(f"random_direction:{k}", vectors={hook: control_direction(direction.numel(), ctx.spec.seed, k).tolist()})
-                    for k in range(ctx.spec.controls)]
+        controls = [Target(f"random_direction:{k}", vectors={hook: control_direction(direction.numel(), look.spec.seed, k).tolist()})
+                    for k in range(look.spec.controls)]
         return target, controls
 
     def scale_hooks(self, spec):
@@ -139,25 +139,25 @@ class FeatureKind(InterventionKind):
     def check(self, spec, c):
         check_features(spec, c)
 
-    def resolve(self, ctx, c):
-        feats = ctx.condition_features(c)
+    def resolve(self, look, c):
+        feats = look.condition_features(c)
         t = Target(f"features:{','.join(map(str, feats))}", features=feats)
-        stats = ctx.stats
+        stats = look.stats
         if stats:
             t.max_activation = [stats.get(f, (0.0, 0.0))[0] for f in feats]
             t.firing_rate = [stats.get(f, (0.0, 0.0))[1] for f in feats]
-        self.check_stats(ctx, c)
-        if not ctx.spec.controls:
+        self.check_stats(look, c)
+        if not look.spec.controls:
             return t, None
         if not stats:
             raise ExperimentError(f"condition {c.name!r}: matched random-feature controls need feature statistics "
-                                  f"in the database (`saekit rank --sae {ctx.spec.sae}`), or set controls = 0")
+                                  f"in the database (`saekit rank --sae {look.spec.sae}`), or set controls = 0")
         controls = [Target(f"random_features:{','.join(map(str, draw))}", features=draw,
                            max_activation=[stats[f][0] for f in draw], firing_rate=[stats[f][1] for f in draw])
-                    for draw in ctx.matched_controls(feats)]
+                    for draw in look.matched_controls(feats)]
         return t, controls
 
-    def check_stats(self, ctx: Resolver, c: ConditionSpec) -> None:
+    def check_stats(self, look: Lookup, c: ConditionSpec) -> None:
         """Raise when the kind's values need feature statistics the database lacks."""
 
     def edits(self, res, setting, c, positions, rule):
@@ -187,10 +187,10 @@ class ClampKind(FeatureKind):
     name = "clamp"
     signed = True
 
-    def check_stats(self, ctx, c):
-        if c.clamp_to == "max_multiple" and not ctx.stats:
+    def check_stats(self, look, c):
+        if c.clamp_to == "max_multiple" and not look.stats:
             raise ExperimentError(f"condition {c.name!r}: clamping to a multiple of the max activation needs "
-                                  f"features.max_activation for SAE {ctx.spec.sae!r} in the database (`saekit rank --sae`)")
+                                  f"features.max_activation for SAE {look.spec.sae!r} in the database (`saekit rank --sae`)")
 
     def feature_edit(self, setting, c):
         t = setting.target

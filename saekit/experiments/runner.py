@@ -14,10 +14,11 @@ from typing import Callable
 from saekit.corpus import NEUTRAL, load_corpus
 from saekit.db import Database
 from saekit.db import experiments as dbx
-from saekit.experiments.base import BASELINE, ExperimentError, Resolved, Row
 from saekit.experiments.kinds import KINDS
+from saekit.experiments.load import load_spec
 from saekit.experiments.resolve import resolve, resolved_dict
-from saekit.experiments.spec import ExperimentSpec, load_spec
+from saekit.experiments.spec import ExperimentError, ExperimentSpec
+from saekit.experiments.targets import BASELINE, Resolved, Row
 from saekit.experiments.tasks import TASKS
 from saekit.harvest import compute_dtype, dtype_name
 from saekit.interventions import mean_resid_norm

@@ -17,9 +17,9 @@ from typing import Iterator, Sequence
 
 import torch
 
-from saekit.experiments.base import BASELINE, Resolved, Setting, baseline_setting
 from saekit.experiments.batches import positions_mask
 from saekit.experiments.kinds import make_edits
+from saekit.experiments.targets import BASELINE, Resolved, Setting, baseline_setting
 from saekit.model import block_hooks, cache_kwargs, model_device, new_cache, plain_model, stop_token_ids
 
 

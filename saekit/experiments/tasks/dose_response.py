@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from saekit.corpus import corpus_root, load_scenario
-from saekit.experiments.base import ExperimentError, Setting, Target, result_rows
 from saekit.experiments.batches import chat_ids, pad_id_of
 from saekit.experiments.controls import control_direction
 from saekit.experiments.render import fmt, pyplot, save_figure
+from saekit.experiments.spec import ExperimentError
 from saekit.experiments.stats import spearman, spearman_bootstrap_ci, spearman_permutation
-from saekit.experiments.tasks.base import Task
+from saekit.experiments.targets import Setting, Target, result_rows
+from saekit.experiments.tasks.reading import ReadingPrompts, ReadingTask
 from saekit.model import capture, format_chat, model_device, pad_batch
 
 SCENARIO = "dose_response"
@@ -51,30 +52,28 @@ def scenario_file() -> Path:
 
 
 @dataclass
-class DosePrompts:
+class DosePrompts(ReadingPrompts):
+    drugs: list[str] | None = None
+    """The drugs read (default all); prompts.emotions (default afraid and calm) chooses the emotions."""
     dose_read_at: Literal["assistant_start", "user_end"] = "assistant_start"
-    """dose_response: where the reading is taken: assistant_start (the last prompt token, after the
-    assistant's turn header; the paper's position) or user_end (the last token of the user's message).
-    prompts.drugs (default all) and prompts.emotions (default afraid and calm) choose what is read."""
+    """Where the reading is taken: assistant_start (the last prompt token, after the assistant's turn
+    header; the paper's position) or user_end (the last token of the user's message)."""
     dose_permutations: int = 10_000
-    """dose_response: seeded permutations behind each p-value (exact enumeration when n! is fewer)."""
+    """Seeded permutations behind each p-value (exact enumeration when n! is fewer)."""
 
 
-class DoseResponseTask(Task):
+class DoseResponseTask(ReadingTask):
     """Readings of a few emotions against the dose of each drug, with trend tests and random controls."""
     name = "dose_response"
     chat = True
-    metrics = ("vector", "feature")
     Prompts = DosePrompts
-    takes_conditions = False
 
     # ------------------------------------------------------------------ before any forward pass
 
     @classmethod
     def check(cls, spec):
         p = spec.prompts
-        if spec.conditions:
-            raise ValueError("dose_response reads the clean model: it takes no conditions")
+        super().check(spec)
         if p.ids is not None or p.limit:
             raise ValueError("dose_response chooses its prompts with prompts.drugs, not prompts.ids or prompts.limit")
         if p.dose_read_at not in POSITIONS:
@@ -91,29 +90,15 @@ class DoseResponseTask(Task):
             raise ValueError("prompts.drugs is empty: name at least one drug or leave it out for all")
 
     @classmethod
-    def resolve(cls, ctx):
-        spec, res = ctx.spec, ctx.res
+    def emotion_vectors(cls, spec, look, found):
+        """prompts.emotions (default afraid and calm), each named in the error when it has no vector."""
         emotions = list(spec.prompts.emotions or DEFAULT_EMOTIONS)
-        table = ctx.load_vectors([spec.hook], None)[spec.hook]
+        table = look.vectors([spec.hook], None)[spec.hook]
         unknown = [e for e in emotions if e not in table]
         if unknown:
             raise ExperimentError(f"prompts.emotions {unknown}: no emotion vector for model {spec.model!r} at "
-                                  f"{spec.hook} in {ctx.db.path}; it has {sorted(table)}")
-        res.vectors = {spec.hook: {e: table[e] for e in emotions}}
-        if spec.sae and spec.wants("feature"):
-            n = max(spec.trace_features, 1)
-            for e in emotions:
-                res.emotion_features[e] = ctx.top_features(f"{SCENARIO}:{e}", f"top {n} selective for {e}", e, n)
-            if spec.controls:
-                gen = torch.Generator().manual_seed(spec.seed + 1)
-                for e, fs in res.emotion_features.items():
-                    res.controls[f"{SCENARIO}:{e}"] = [
-                        Target(f"random_features:{','.join(map(str, d))}", features=d)
-                        for d in ctx.matched_controls(fs, gen)]
-
-    @classmethod
-    def settings(cls, res):
-        return [Setting(SCENARIO, "none", Target("none"), None, False)]
+                                  f"{spec.hook} in {look.db_path}; it has {sorted(table)}")
+        return {e: table[e] for e in emotions}
 
     def __init__(self, model, res):
         super().__init__(model, res)

@@ -20,13 +20,13 @@ from typing import Any, Literal
 import torch
 
 from saekit.corpus import load_scenario
-from saekit.db import experiments as dbx
-from saekit.experiments.base import ExperimentError, Setting, Target, result_rows, select_items
 from saekit.experiments.batches import read_acts
 from saekit.experiments.controls import random_direction
 from saekit.experiments.render import pyplot, save_figure
+from saekit.experiments.spec import ExperimentError
 from saekit.experiments.stats import bootstrap_ci
-from saekit.experiments.tasks.base import Task
+from saekit.experiments.targets import Setting, Target, result_rows, select_items
+from saekit.experiments.tasks.reading import ReadingPrompts, ReadingTask
 from saekit.harvest import pool_start
 
 FILE = "saekit/corpus/scenarios/implicit.jsonl"
@@ -38,10 +38,10 @@ COLUMNS = ["reading", "argmax over", "accuracy", "95% CI", "chance", "random con
 
 
 @dataclass
-class ImplicitPrompts:
+class ImplicitPrompts(ReadingPrompts):
     implicit_reading: Literal["pooled", "last"] = "pooled"
-    """implicit: 'pooled' = mean over the tokens from harvest's pooling start that the token rule
-    counts (as the vectors' stories were pooled); 'last' = the last token."""
+    """'pooled' = mean over the tokens from harvest's pooling start that the token rule counts (as the
+    vectors' stories were pooled); 'last' = the last token."""
 
 
 def implicit_items(spec) -> list[dict]:
@@ -52,47 +52,33 @@ def implicit_items(spec) -> list[dict]:
         raise ExperimentError(f"{FILE}: {e}") from None
 
 
-class ImplicitTask(Task):
+class ImplicitTask(ReadingTask):
     """Readings of each emotion on prompts that imply one; accuracy of their argmax, next to random directions."""
     name = "implicit"
-    metrics = ("vector", "feature")
     Prompts = ImplicitPrompts
-    takes_conditions = False
 
     @classmethod
-    def check(cls, spec):
-        if spec.conditions:
-            raise ValueError("implicit reads the clean model: it takes no conditions")
-
-    @classmethod
-    def resolve(cls, ctx):
-        spec, res = ctx.spec, ctx.res
+    def emotion_vectors(cls, spec, look, found):
+        """prompts.emotions (default all); every chosen prompt's emotion must be among them."""
         items = implicit_items(spec)
-        res.vectors = ctx.load_vectors([spec.hook], spec.prompts.emotions)
-        known = res.vectors[spec.hook]
+        known = look.vectors([spec.hook], spec.prompts.emotions)[spec.hook]
         unknown = {it["id"]: it["emotion"] for it in items if it["emotion"] not in known}
         if unknown:
             where = "prompts.emotions" if spec.prompts.emotions else f"the database's vectors at {spec.hook}"
             raise ExperimentError(f"{FILE}: field 'emotion' of {sorted(unknown)} names "
                                   f"{sorted(set(unknown.values()))}, not among the emotions read ({where}: "
                                   f"{sorted(known)}); choose prompts.ids whose emotions are known")
-        if spec.sae and spec.wants("feature"):
-            n = max(spec.trace_features, 1)
-            for e in known:
-                res.emotion_features[e] = ctx.top_features(f"implicit:{e}", f"top {n} selective for {e}", e, n)
-            if spec.controls:
-                gen = torch.Generator().manual_seed(spec.seed + 1)
-                for e, fs in res.emotion_features.items():
-                    res.controls[f"implicit:{e}"] = [Target(f"random_features:{','.join(map(str, d))}", features=d)
-                                                     for d in ctx.matched_controls(fs, gen)]
-        stored = dbx.story_mean(ctx.db, spec.model, spec.corpus_id, spec.hook) if ctx.db is not None else None
-        if stored is not None:
-            res.lookups["centre"] = torch.tensor(stored[0], dtype=torch.float32)
-            res.lookups["centre_n"] = stored[1]
+        return known
 
     @classmethod
-    def settings(cls, res):
-        return [Setting("implicit", "none", Target("none"), None, False)]
+    def resolve(cls, spec, look):
+        """The readings' inputs, and the training stories' mean activation (the centre), when stored."""
+        found = super().resolve(spec, look)
+        stored = look.story_mean(spec.hook)
+        if stored is not None:
+            found.lookups["centre"] = torch.tensor(stored[0], dtype=torch.float32)
+            found.lookups["centre_n"] = stored[1]
+        return found
 
     def __init__(self, model, res):
         super().__init__(model, res)

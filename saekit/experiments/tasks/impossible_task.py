@@ -26,13 +26,15 @@ from pathlib import Path
 import torch
 
 from saekit.corpus import corpus_root, load_scenario
-from saekit.experiments.base import BASELINE, ExperimentError, result_rows, select_items
 from saekit.experiments.batches import chat_ids, positions_mask, read_acts, run_logits
 from saekit.experiments.controls import control_direction
 from saekit.experiments.kinds import make_edits
 from saekit.experiments.render import fmt, pyplot, save_figure
+from saekit.experiments.spec import ExperimentError, Prompts
 from saekit.experiments.stats import spearman_permutation
+from saekit.experiments.targets import BASELINE, TaskInputs, result_rows, select_items
 from saekit.experiments.tasks.intervention import InterventionTask, plot_effects
+from saekit.experiments.tasks.task import Cost, chosen_prompts, condition_settings
 from saekit.model import cacheable_hook, score_continuations
 
 SCENARIO = "impossible_task"
@@ -47,11 +49,11 @@ def scenario_file() -> Path:
 
 
 @dataclass
-class ImpossiblePrompts:
+class ImpossiblePrompts(Prompts):
     attempts: list[int] | None = None
-    """impossible_task: the failed attempts to score (default all)."""
+    """The failed attempts to score (default all)."""
     readings: list[str] = field(default_factory=lambda: ["desperate", "calm"])
-    """impossible_task: emotions read along the attempts on the clean model ([] = none)."""
+    """Emotions read along the attempts on the clean model ([] = none)."""
 
 
 @dataclass
@@ -96,10 +98,15 @@ class ImpossibleTask(InterventionTask):
                              f"attempts {attempts}")
 
     @classmethod
-    def resolve(cls, ctx):
-        spec = ctx.spec
+    def resolve(cls, spec, look):
         if spec.wants("reading") and spec.prompts.readings:
-            ctx.res.vectors = ctx.load_vectors([spec.hook], spec.prompts.readings)
+            return TaskInputs(vectors=look.vectors([spec.hook], spec.prompts.readings))
+        return TaskInputs()
+
+    @classmethod
+    def cost(cls, spec):
+        """Every setting over the conversations (12 assumed), about 900 tokens each."""
+        return Cost(condition_settings(spec), chosen_prompts(spec, 12), 900)
 
     def __init__(self, model, res):
         super().__init__(model, res)

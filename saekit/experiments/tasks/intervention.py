@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from saekit.experiments.render import ci, fmt, pyplot, save_figure
 from saekit.experiments.stats import bootstrap_ci
-from saekit.experiments.tasks.base import Task
+from saekit.experiments.tasks.task import Task
 
 # A bootstrap over fewer prompts than this says little about the population of prompts.
 MIN_PROMPTS_FOR_VERDICT = 5
@@ -54,8 +54,14 @@ class InterventionTask(Task):
         return [plot_effects(cls.effect_rows(stats), title, out / "effect_vs_strength.png")]
 
     @classmethod
-    def effect_rows(cls, stats):
+    def effect_rows(cls, stats) -> list[dict[str, Any]]:
+        """The effect-vs-strength rows in `stats` (summarize's); a subclass with richer stats picks them out."""
         return stats
+
+    @classmethod
+    def figures(cls, exp, stats):
+        fig = effect_figure(cls.effect_rows(stats), exp["name"])
+        return [fig] if fig else []
 
     @classmethod
     def sentence(cls, summary):
@@ -148,3 +154,34 @@ def plot_effects(rows: list[dict], title: str, path: Path) -> Path:
     ax.set_title(title)
     ax.legend(fontsize=7)
     return save_figure(fig, path)
+
+
+def effect_figure(eff: list[dict], name: str) -> dict[str, Any] | None:
+    """Effect vs strength per condition with its 95% interval, the random control dashed beside it (plotly data)."""
+    traces = []
+    for i, cond in enumerate(dict.fromkeys(e["condition"] for e in eff)):
+        rs = sorted((e for e in eff if e["condition"] == cond), key=lambda e: e["strength"] or 0.0)
+        xs = [e["strength"] or 0.0 for e in rs]
+        color = f"hsl({(i * 67) % 360}, 60%, 45%)"
+        for key, dash, label in (("", "solid", cond), ("control", "dash", f"{cond} (control)")):
+            mid = [_finite(e[key or "effect"]) for e in rs]
+            if all(m is None for m in mid):
+                continue
+            lo = [_finite(e[f"{key}_lo" if key else "lo"]) for e in rs]
+            hi = [_finite(e[f"{key}_hi" if key else "hi"]) for e in rs]
+            traces.append({"type": "scatter", "mode": "lines+markers", "name": label, "x": xs, "y": mid,
+                           "line": {"dash": dash, "color": color}, "marker": {"symbol": "x" if key else "circle"},
+                           "error_y": {"type": "data", "symmetric": False,
+                                       "array": [None if h is None or m is None else h - m for h, m in zip(hi, mid)],
+                                       "arrayminus": [None if l_ is None or m is None else m - l_
+                                                      for l_, m in zip(lo, mid)]}})
+    if not traces:
+        return None
+    return {"data": traces, "layout": {"title": {"text": f"{name}: effect vs strength (95% bootstrap intervals)"},
+                                       "height": 380, "xaxis": {"title": {"text": "strength"}},
+                                       "yaxis": {"title": {"text": "effect vs no intervention"}},
+                                       "margin": {"l": 50, "r": 10, "t": 30, "b": 40}}}
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else float(x)

@@ -21,12 +21,13 @@ from typing import Any
 import torch
 
 from saekit.corpus import load_scenario
-from saekit.experiments.base import ExperimentError, Setting, Target, result_rows, select_items
 from saekit.experiments.batches import chat_ids, read_acts
 from saekit.experiments.controls import control_direction
 from saekit.experiments.render import fmt, pyplot, save_figure
+from saekit.experiments.spec import ExperimentError, Prompts
 from saekit.experiments.stats import bootstrap_ci, bootstrap_corr, bootstrap_corr_diff
-from saekit.experiments.tasks.base import Task
+from saekit.experiments.targets import Setting, Target, result_rows, select_items
+from saekit.experiments.tasks.reading import ReadingTask
 from saekit.model import format_chat, model_device, plain_model
 
 FILE = "saekit/corpus/scenarios/live_dialogue.jsonl"
@@ -37,16 +38,20 @@ COLUMNS = ["emotion", "r user end [95% CI]", "r assistant start [95% CI]", "diff
 
 
 @dataclass
-class LiveDialoguePrompts:
+class LiveDialoguePrompts(Prompts):
+    emotions: list[str] | None = None
+    """The emotions to read (default: those the chosen items name that have a vector)."""
+    per_group: int = 2
+    """At most this many user messages per user emotion (0 = all)."""
     reply_tokens: int = 24
-    """live_dialogue: new tokens of the greedy reply whose mean reading is the outcome."""
+    """New tokens of the greedy reply whose mean reading is the outcome."""
 
 
 def dialogue_items(spec) -> list[dict]:
     """The chosen user messages: prompts.ids (or all), at most prompts.per_group per user emotion, then limit."""
     rows = load_scenario("live_dialogue")
     try:
-        rows = select_items(rows, type(spec.prompts)(ids=spec.prompts.ids))
+        rows = select_items(rows, Prompts(ids=spec.prompts.ids))
     except ExperimentError as e:
         raise ExperimentError(f"{FILE}: {e}") from None
     seen: collections.Counter = collections.Counter()
@@ -64,43 +69,36 @@ def scenario_emotions(items: list[dict]) -> list[str]:
     return list(dict.fromkeys(e for it in items for e in (it["user_emotion"], it["expected_reply_emotion"])))
 
 
-class LiveDialogueTask(Task):
+class LiveDialogueTask(ReadingTask):
     """Readings at the user's last token and at the assistant turn's start, against the reply's reading."""
     name = "live_dialogue"
     chat = True
     metrics = ("vector",)
     Prompts = LiveDialoguePrompts
-    takes_conditions = False
 
     @classmethod
     def check(cls, spec):
-        if spec.conditions:
-            raise ValueError("live_dialogue reads the clean model: it takes no conditions")
+        super().check(spec)
         if spec.prompts.reply_tokens < 1:
             raise ValueError("prompts.reply_tokens must be at least 1")
 
     @classmethod
-    def resolve(cls, ctx):
-        spec, res = ctx.spec, ctx.res
+    def emotion_vectors(cls, spec, look, found):
+        """prompts.emotions, else the emotions the chosen items name that have a vector (the others noted)."""
         items = dialogue_items(spec)
         if len(items) < 3:
             raise ExperimentError(f"{FILE}: prompts.ids / per_group / limit select {len(items)} messages; "
                                   "a correlation across prompts needs at least 3")
         if spec.prompts.emotions:
-            res.vectors = ctx.load_vectors([spec.hook], spec.prompts.emotions)
-            return
+            return look.vectors([spec.hook], spec.prompts.emotions)[spec.hook]
         named = scenario_emotions(items)
-        have = set(ctx.load_vectors([spec.hook], None)[spec.hook])
+        have = set(look.vectors([spec.hook], None)[spec.hook])
         read = [e for e in named if e in have]
         if not read:
             raise ExperimentError(f"{FILE}: fields 'user_emotion' and 'expected_reply_emotion' name {named}, none "
                                   f"of which has a vector at {spec.hook} (it has {sorted(have)}); give prompts.emotions")
-        res.vectors = ctx.load_vectors([spec.hook], read)
-        res.lookups["not_read"] = [e for e in named if e not in have]
-
-    @classmethod
-    def settings(cls, res):
-        return [Setting("live_dialogue", "none", Target("none"), None, False)]
+        found.lookups["not_read"] = [e for e in named if e not in have]
+        return look.vectors([spec.hook], read)[spec.hook]
 
     def __init__(self, model, res):
         super().__init__(model, res)

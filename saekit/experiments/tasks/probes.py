@@ -5,15 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from saekit.corpus import load_scenario
-from saekit.experiments.base import ExperimentError, condition_emotion, result_rows, select_items
 from saekit.experiments.batches import run_logits, word_token
+from saekit.experiments.spec import ExperimentError, Prompts, condition_emotion
+from saekit.experiments.targets import TaskInputs, result_rows, select_items
 from saekit.experiments.tasks.intervention import InterventionTask
+from saekit.experiments.tasks.task import Cost, chosen_prompts, condition_settings
 
 
 @dataclass
-class ProbesPrompts:
+class ProbesPrompts(Prompts):
     words: list[str] | None = None
-    """probes: emotion words to read (default: the conditions' emotions)."""
+    """Emotion words to read (default: the conditions' emotions)."""
 
 
 def probe_words(spec) -> list[str]:
@@ -29,9 +31,15 @@ class ProbesTask(InterventionTask):
                    "'How does he feel? He feels' prompts, versus no intervention.")
 
     @classmethod
-    def resolve(cls, ctx):
-        if not probe_words(ctx.spec):
+    def resolve(cls, spec, look):
+        if not probe_words(spec):
             raise ExperimentError("probes: give prompts.words or conditions with emotions")
+        return TaskInputs()
+
+    @classmethod
+    def cost(cls, spec):
+        """Every setting over the probe prompts (30 assumed), about 40 tokens each."""
+        return Cost(condition_settings(spec), chosen_prompts(spec, 30), 40)
 
     @classmethod
     def primary_metric(cls, condition, words):

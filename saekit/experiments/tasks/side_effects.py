@@ -1,4 +1,4 @@
-"""side_effects: KL from the clean model on neutral text, and sampled generations."""
+"""KL from the clean model on neutral text, and sampled generations."""
 
 from __future__ import annotations
 
@@ -7,25 +7,27 @@ import json
 from dataclasses import dataclass, field
 
 from saekit.corpus import NEUTRAL, load_corpus
-from saekit.experiments.base import BASELINE, Row, Setting, baseline_setting, result_rows, select_items
 from saekit.experiments.batches import chat_ids, kl_per_text, positions_mask, run_logits
 from saekit.experiments.kinds import KINDS
 from saekit.experiments.sampling import sample_columns
+from saekit.experiments.spec import Prompts
+from saekit.experiments.targets import BASELINE, Row, Setting, baseline_setting, result_rows, select_items
 from saekit.experiments.tasks.intervention import InterventionTask
+from saekit.experiments.tasks.task import Cost, chosen_prompts, condition_settings
 
 
 @dataclass
-class SideEffectsPrompts:
+class SideEffectsPrompts(Prompts):
     max_tokens: int = 48
-    """side_effects: neutral texts are cut to this many tokens."""
+    """neutral texts are cut to this many tokens."""
     generate: list[str] = field(default_factory=list)
-    """side_effects: user messages to sample replies to under each condition's strongest setting."""
+    """user messages to sample replies to under each condition's strongest setting."""
     max_new_tokens: int = 20
     temperature: float = 0.7
     max_prompt_tokens: int = 512
-    """side_effects: a generate message longer than this is refused."""
+    """a generate message longer than this is refused."""
     generate_chat: bool = True
-    """side_effects: each generate message is a user turn in the model's chat format (False: plain text to continue)."""
+    """each generate message is a user turn in the model's chat format (False: plain text to continue)."""
 
 
 def strongest(res, name: str) -> float | None:
@@ -71,6 +73,11 @@ class SideEffectsTask(InterventionTask):
             if len(msg.split()) > p.max_prompt_tokens:   # every word is at least one token
                 raise ValueError(f"prompts.generate[{i}] has {len(msg.split())} words, more than prompts.max_prompt_tokens "
                                  f"= {p.max_prompt_tokens} tokens")
+
+    @classmethod
+    def cost(cls, spec):
+        """Every setting over the neutral texts (24 assumed), each cut to prompts.max_tokens."""
+        return Cost(condition_settings(spec), chosen_prompts(spec, 24), spec.prompts.max_tokens)
 
     def __init__(self, model, res):
         super().__init__(model, res)

@@ -19,12 +19,13 @@ from typing import Any
 import torch
 
 from saekit.corpus import load_scenario
-from saekit.experiments.base import ExperimentError, Setting, Target, result_rows
 from saekit.experiments.batches import chat_ids, read_acts
 from saekit.experiments.controls import control_direction
 from saekit.experiments.render import fmt, pyplot, save_figure
+from saekit.experiments.spec import ExperimentError
 from saekit.experiments.stats import spearman
-from saekit.experiments.tasks.base import Task
+from saekit.experiments.targets import Setting, Target, result_rows
+from saekit.experiments.tasks.reading import ReadingPrompts, ReadingTask
 
 SCENARIOS = ("impossible_task", "live_dialogue", "dose_response")
 COLUMNS = ["scenario", "emotion", "statistic", "value", "control", "control range", "n", "verdict"]
@@ -33,51 +34,29 @@ NOTE = ("Control: projections on random unit directions (vec) or matched random 
 
 
 @dataclass
-class TracePrompts:
+class TracePrompts(ReadingPrompts):
     scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
-    """trace: which scenarios to read along."""
-    emotions: list[str] | None = None
-    """trace: the emotions to read (default: every emotion with a vector)."""
+    """Which scenarios to read along."""
     per_group: int = 2
-    """trace: live-dialogue items per user emotion."""
+    """Live-dialogue items per user emotion."""
     drugs: list[str] | None = None
-    """trace: dose-response drugs (default all)."""
+    """Dose-response drugs (default all)."""
 
 
-class TraceTask(Task):
+class TraceTask(ReadingTask):
     """Readings of each emotion (vector projection; SAE feature activation) on the clean model."""
     name = "trace"
     chat = True
-    metrics = ("vector", "feature")
     Prompts = TracePrompts
-    takes_conditions = False
+    subject = "a trace"
+    assumed = (20, 600)
 
     @classmethod
     def check(cls, spec):
-        if spec.conditions:
-            raise ValueError("a trace reads the clean model: it takes no conditions")
+        super().check(spec)
         bad = [s for s in spec.prompts.scenarios if s not in SCENARIOS]
         if bad:
             raise ValueError(f"prompts.scenarios {bad} unknown; choose from {list(SCENARIOS)}")
-
-    @classmethod
-    def resolve(cls, ctx):
-        spec, res = ctx.spec, ctx.res
-        res.vectors = ctx.load_vectors([spec.hook], spec.prompts.emotions)
-        if spec.sae and spec.wants("feature"):
-            n = max(spec.trace_features, 1)
-            for e in res.vectors[spec.hook]:
-                what = f"top {n} selective for {e}"
-                res.emotion_features[e] = ctx.top_features(f"trace:{e}", what, e, n)
-        if res.emotion_features and spec.controls:
-            gen = torch.Generator().manual_seed(spec.seed + 1)
-            for e, fs in res.emotion_features.items():
-                res.controls[f"trace:{e}"] = [Target(f"random_features:{','.join(map(str, d))}", features=d)
-                                              for d in ctx.matched_controls(fs, gen)]
-
-    @classmethod
-    def settings(cls, res):
-        return [Setting("trace", "none", Target("none"), None, False)]
 
     def __init__(self, model, res):
         super().__init__(model, res)

@@ -1,4 +1,4 @@
-"""What every part of an experiment shares: its error, targets and settings, and result rows.
+"""What a spec resolves to: targets, the settings measured, and the rows they store.
 
 A condition resolves to a `Target` (features with their statistics, or directions at hooks) and
 random controls of the same shape; a `Setting` is one condition at one strength (or the clean
@@ -7,34 +7,15 @@ model), and a task turns each setting into rows of measurements.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from saekit.errors import SaekitError
+from saekit.experiments.spec import ConditionSpec, ExperimentError, ExperimentSpec, Prompts
 from saekit.tokens import TokenRule
 
-if TYPE_CHECKING:
-    from saekit.experiments.spec import ConditionSpec, ExperimentSpec, PromptSpec
-
-TOP_RE = re.compile(r"^\s*top\s+(\d+)\s+selective\s+for\s+(\S+)\s*$", re.IGNORECASE)
-"""A condition's features as "top N selective for <emotion>"."""
-
 Row = dict[str, Any]
-
-
-class ExperimentError(SaekitError, ValueError):
-    """A spec cannot run: the message names the field, emotion, feature or hook at fault."""
-
-
-def condition_emotion(c: ConditionSpec) -> str | None:
-    """The emotion a condition is about: its emotion field, or the one in 'top N selective for <emotion>'."""
-    if c.emotion:
-        return c.emotion
-    m = TOP_RE.match(c.features) if isinstance(c.features, str) else None
-    return m.group(2) if m else None
 
 
 @dataclass
@@ -71,6 +52,19 @@ def baseline_setting(strength: float | None = 0.0) -> Setting:
 
 
 @dataclass
+class TaskInputs:
+    """What a task looked up for itself while the spec resolved (Task.resolve returns it)."""
+    vectors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    """hook -> emotion -> vector, for readings."""
+    emotion_features: dict[str, list[int]] = field(default_factory=dict)
+    """emotion -> its top selective features (feature readings)."""
+    controls: dict[str, list[Target]] = field(default_factory=dict)
+    """"<task>:<emotion>" -> matched random feature sets, one per control draw."""
+    lookups: dict[str, Any] = field(default_factory=dict)
+    """Anything else (e.g. the training stories' mean activation)."""
+
+
+@dataclass
 class Resolved:
     """A spec with everything looked up in the database: targets, controls, vectors, values."""
     spec: ExperimentSpec
@@ -89,6 +83,14 @@ class Resolved:
     """The positions counted: the ranking's rule for the SAE (features.max_activation was measured on it)."""
     lookups: dict[str, Any] = field(default_factory=dict)
     """What a task looked up in the database for itself (e.g. the training stories' mean activation)."""
+
+    def add(self, found: TaskInputs) -> None:
+        """Take in what the task looked up (its controls beside the conditions')."""
+        if found.vectors:
+            self.vectors = found.vectors
+        self.emotion_features.update(found.emotion_features)
+        self.controls.update(found.controls)
+        self.lookups.update(found.lookups)
 
     def settings(self) -> list[Setting]:
         """Baseline first, then each condition over its strengths, then its controls."""
@@ -111,7 +113,7 @@ def result_rows(setting: Setting, prompt_id: str, metrics: dict[str, float]) -> 
             for m, v in metrics.items()]
 
 
-def select_items(items: list[dict], prompts: PromptSpec, key: str = "id") -> list[dict]:
+def select_items(items: list[dict], prompts: Prompts, key: str = "id") -> list[dict]:
     """The prompts' ids (in their order) or all items, then the first `limit`."""
     if prompts.ids is not None:
         by_id = {it[key]: it for it in items}

@@ -1,4 +1,4 @@
-"""Experiment reports: the task's summary table and PNG plots from the rows an experiment stored.
+"""The summary of a stored experiment: its task's table, notes and PNG plots, and summary.json.
 
 What the table holds and how it is drawn belongs to the experiment's task (experiments.tasks);
 this module reads the experiment back, hands its rows to the task, and writes summary.json.
@@ -12,9 +12,9 @@ from typing import Any
 
 from saekit.db import Database
 from saekit.db import experiments as dbx
-from saekit.experiments.base import ExperimentError
+from saekit.experiments.spec import ExperimentError
 from saekit.experiments.tasks import TASKS, Task
-from saekit.experiments.tasks.base import base_model_label
+from saekit.experiments.tasks.task import base_model_label
 
 LIST_HINT = ('list them with `saekit query "SELECT experiment_id, name, created_at FROM experiments '
              'ORDER BY created_at DESC"`')

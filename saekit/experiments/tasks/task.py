@@ -1,31 +1,57 @@
-"""The task interface: what an experiment measures, and how its report reads the measurements.
+"""The task interface: what an experiment measures, what it costs, and how its reports read it.
 
-A task class declares its name, the metrics a spec may ask for, its own [prompts] fields, and
-whether it takes conditions. An instance prepares its prompts once (checking them, no forward
-pass), then measures one setting at a time. Its class methods summarise and plot the stored rows
-for `saekit experiment report`, and word the study's one-sentence finding.
+A task class declares its name, the metrics a spec may ask for, its own [prompts] table (a
+dataclass subclassing spec.Prompts, parsed when the spec loads), whether it takes conditions, and
+what a run costs for `saekit study --plan`. Before any forward pass it checks the spec and looks
+up what it reads through a read-only `Lookup`; an instance prepares its prompts once, then
+measures one setting at a time. Its class methods summarise and plot the stored rows for
+`saekit experiment report`, give the browser its figures, and word the study's one-sentence finding.
 """
 
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from saekit.experiments.base import ExperimentError, Resolved, Row, Setting
+from saekit.experiments.spec import ExperimentError, ExperimentSpec, Prompts
+from saekit.experiments.targets import Resolved, Row, Setting, TaskInputs
 from saekit.model import context_length
 
 if TYPE_CHECKING:
-    from saekit.experiments.resolve import Resolver
-    from saekit.experiments.spec import ExperimentSpec
+    from saekit.experiments.lookup import Lookup
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A run's forward work as the plan counts it: settings x prompts x tokens per prompt, full model."""
+    settings: int
+    prompts: int
+    tokens_per_prompt: int
+    """Assumed where the spec does not bound it: the rough part of the plan."""
+
+    @property
+    def tokens(self) -> int:
+        return self.settings * self.prompts * self.tokens_per_prompt
+
+
+def condition_settings(spec: ExperimentSpec) -> int:
+    """The clean model plus every condition's strengths, each with its controls."""
+    return 1 + sum(len(c.strengths or spec.strengths) * (1 + spec.controls) for c in spec.conditions)
+
+
+def chosen_prompts(spec: ExperimentSpec, assumed: int) -> int:
+    """prompts.limit, else the number of prompts.ids, else the `assumed` count."""
+    return spec.prompts.limit or len(spec.prompts.ids or []) or assumed
 
 
 class Task(abc.ABC):
     name: ClassVar[str]
     metrics: ClassVar[tuple[str, ...]]
     """What `metrics = [...]` in a spec may name (default: all of them)."""
-    Prompts: ClassVar[type | None] = None
-    """A dataclass of this task's own [prompts] fields (beside the shared ids and limit)."""
+    Prompts: ClassVar[type[Prompts]] = Prompts
+    """This task's [prompts] table: a dataclass subclassing spec.Prompts (ids and limit) with its own fields."""
     takes_conditions: ClassVar[bool] = True
     chat: ClassVar[bool] = False
     """Whether its prompts are chat turns in the model's chat format: on a model that was not
@@ -41,13 +67,19 @@ class Task(abc.ABC):
         """Raise ValueError for a spec this task cannot run (no database yet)."""
 
     @classmethod
-    def resolve(cls, ctx: Resolver) -> None:
-        """Look up what the task reads beyond the conditions (vectors, features) into ctx.res."""
+    def resolve(cls, spec: ExperimentSpec, look: Lookup) -> TaskInputs:
+        """Look up what the task reads beyond the conditions (vectors, features, controls)."""
+        return TaskInputs()
 
     @classmethod
     def settings(cls, res: Resolved) -> list[Setting]:
         """The settings to measure, in order (the baseline first)."""
         return res.settings()
+
+    @classmethod
+    @abc.abstractmethod
+    def cost(cls, spec: ExperimentSpec) -> Cost:
+        """What a run of this spec costs, for `saekit study --plan`."""
 
     # ------------------------------------------------------------------ running
 
@@ -83,9 +115,9 @@ class Task(abc.ABC):
         return []
 
     @classmethod
-    def effect_rows(cls, stats: Any) -> list[dict[str, Any]]:
-        """The effect-vs-strength rows (condition, strength, effect, lo, hi, control...) in `stats`, for the
-        browser's interactive plot; empty for a task that has none. Each task knows its own stats' shape."""
+    def figures(cls, exp: dict[str, Any], stats: Any) -> list[dict[str, Any]]:
+        """The browser's interactive figures from `stats` (summarize's), as plotly figure data
+        ({"data": traces, "layout": ...}; the browser adds its house layout and draws them)."""
         return []
 
     @classmethod
