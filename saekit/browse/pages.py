@@ -19,7 +19,7 @@ from urllib.parse import quote
 import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from saekit import stats as St
+from saekit import feature_stats as St
 from saekit.browse import queries as Q
 from saekit.db import browse as B
 from saekit.evidence import hist_edges

@@ -13,7 +13,7 @@
 
 A new table: its CREATE in schema.sql, its section in analysis/SCHEMA.md, and its reads and
 writes as functions in the module of the stage that owns it. A new feature x emotion statistic is
-not a schema edit: it is declared in saekit/stats.py, and schema_sql() writes its column in.
+not a schema edit: it is declared in saekit/feature_stats.py, and schema_sql() writes its column in.
 A run's token rule is stored once, in runs.token_rule; rows refer to it by run_id.
 """
 

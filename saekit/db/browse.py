@@ -56,7 +56,7 @@ def emotions(r: Reader) -> list[dict[str, Any]]:
 def top_features(r: Reader, sae_id: str, n: int, emotion: str | None = None) -> list[dict[str, Any]]:
     """The n most selective features of each emotion (or of one), best first."""
     where = "AND emotion = ?" if emotion else ""
-    # every column: the statistics declared in saekit.stats, which a database made before one was declared lacks
+    # every column: the statistics declared in saekit.feature_stats, which a database made before one was declared lacks
     return r.rows("SELECT * FROM feature_emotion_stats WHERE sae_id = ? AND selectivity_rank <= ? "
                   f"{where} ORDER BY emotion, selectivity_rank", [sae_id, n] + ([emotion] if emotion else []))
 

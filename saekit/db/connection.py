@@ -26,7 +26,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import duckdb
 
-from saekit import stats
+from saekit import feature_stats as stats
 from saekit.artifacts import artifacts_dir, package_versions
 from saekit.errors import SaekitError
 
@@ -62,9 +62,9 @@ def default_path() -> Path:
 
 
 def schema_sql() -> str:
-    """schema.sql with the statistics declared in saekit.stats written in (columns, upgrades, view)."""
+    """schema.sql with the statistics declared in saekit.feature_stats written in (columns, upgrades, view)."""
     text = (resources.files("saekit.db") / "schema.sql").read_text()
-    return (text.replace("/*statistic columns: one per declaration in saekit/stats.py*/\n", stats.column_sql())
+    return (text.replace("/*statistic columns: one per declaration in saekit/feature_stats.py*/\n", stats.column_sql())
             .replace("/*statistic upgrades*/\n", stats.upgrade_sql())
             .replace("/*statistics shown*/", stats.view_sql("s")))
 

@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS feature_emotion_stats (
     corpus_id       VARCHAR NOT NULL,
     feature         INTEGER NOT NULL,
     emotion         VARCHAR NOT NULL,
-/*statistic columns: one per declaration in saekit/stats.py*/
+/*statistic columns: one per declaration in saekit/feature_stats.py*/
     run_id          VARCHAR,
     PRIMARY KEY (sae_id, corpus_id, feature, emotion)
 );

@@ -5,7 +5,7 @@
     eval_corpus.py  probes scored beyond the corpus (--eval-corpus)
     rows.py         the rows every table gets, written in one transaction
 
-The feature x emotion statistics themselves are declared in saekit/stats.py.
+The feature x emotion statistics themselves are declared in saekit/feature_stats.py.
 """
 
 from saekit.rank.config import SAE_METRICS_FILE, SAE_TRAIN_RECORD, RankConfig, RankError, read_ratings  # noqa: F401

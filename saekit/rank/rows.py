@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from saekit import evidence as Ev
+from saekit import feature_stats as St
 from saekit import features as Fe
-from saekit import stats as St
 from saekit.artifacts import fault_point, story_of
 from saekit.config import to_dict
 from saekit.corpus import emotion_table

@@ -2,7 +2,7 @@
 
 Everything else follows from these declarations: the columns of `feature_emotion_stats` (and of the
 `top_features` view), the rows `saekit rank` writes, the table's entries in analysis/SCHEMA.md
-(`python -m saekit.stats` rewrites them) and the columns of the browser's emotion page.
+(`python -m saekit.feature_stats` rewrites them) and the columns of the browser's emotion page.
 
 A new statistic is one declaration (a `Statistic` in its own file or below) and one `register` line
 at the bottom of this module. Its `compute` receives the SAE evidence of a ranking (the dict
@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
+from saekit.errors import SaekitError
+
 SQL_TYPES = ("DOUBLE", "INTEGER", "BIGINT", "BOOLEAN")
+
+
+class StatisticError(SaekitError, ValueError):
+    """A declaration cannot be registered (a name taken), or SCHEMA.md lacks a generated block."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ KEY_COLUMNS = ("sae_id", "corpus_id", "feature", "emotion")
 
 def register(stat: Statistic) -> Statistic:
     if stat.name in STATISTICS or stat.name in KEY_COLUMNS + ("run_id",):
-        raise ValueError(f"a statistic or column named {stat.name!r} exists already")
+        raise StatisticError(f"a statistic or column named {stat.name!r} exists already")
     STATISTICS[stat.name] = stat
     return stat
 
@@ -120,7 +126,7 @@ def render_schema_doc(text: str) -> str:
         pattern = re.compile(rf"(<!-- {re.escape(name)}: generated[^\n]*-->\n)(.*?)(<!-- end {re.escape(name)} -->)",
                              re.S)
         if not pattern.search(text):
-            raise ValueError(f"SCHEMA.md has no generated block {name!r}")
+            raise StatisticError(f"SCHEMA.md has no generated block {name!r}")
         text = pattern.sub(lambda m: m.group(1) + schema_doc_rows(view) + m.group(3), text)
     return text
 
@@ -155,6 +161,6 @@ register(Statistic("p_value", "DOUBLE", "two-sided Mann-Whitney U, normal approx
                    _sel("p_value")))
 
 
-if __name__ == "__main__":   # python -m saekit.stats [SCHEMA.md]: rewrite the generated blocks
+if __name__ == "__main__":   # python -m saekit.feature_stats [SCHEMA.md]: rewrite the generated blocks
     doc = Path(sys.argv[1] if len(sys.argv) > 1 else "analysis/SCHEMA.md")
     doc.write_text(render_schema_doc(doc.read_text()))

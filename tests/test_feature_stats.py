@@ -1,4 +1,4 @@
-"""Statistics are declared once (saekit/stats.py): a new one reaches the table, rank's rows, SCHEMA.md and the browser."""
+"""Statistics are declared once (saekit/feature_stats.py): a new one reaches the table, rank's rows, SCHEMA.md and the browser."""
 
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import pytest
 from conftest import rank_tiny
 from starlette.testclient import TestClient
 
-from saekit import stats as St
+from saekit import feature_stats as St
 from saekit.browse import create_app
 from saekit.db import read_only_query
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_schema_md_statistics_are_generated_from_the_declarations():
     text = (ROOT / "analysis" / "SCHEMA.md").read_text()
-    assert St.render_schema_doc(text) == text, "run `python -m saekit.stats` to regenerate analysis/SCHEMA.md"
+    assert St.render_schema_doc(text) == text, "run `python -m saekit.feature_stats` to regenerate analysis/SCHEMA.md"
 
 
 def test_a_declaration_is_checked():
