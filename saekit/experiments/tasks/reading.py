@@ -30,7 +30,7 @@ class ReadingPrompts(Prompts):
 
 class ReadingTask(Task):
     """Readings of emotions on the clean model, with random directions and matched random features as controls."""
-    Prompts = ReadingPrompts
+    Prompts: ClassVar[type[Prompts]] = ReadingPrompts
     takes_conditions = False
     metrics: ClassVar[tuple[str, ...]] = ("vector", "feature")
     subject: ClassVar[str] = ""
