@@ -17,7 +17,7 @@ import time
 import torch
 
 from saekit import train as T
-from saekit.harvest import Activations
+from saekit.activations import Activations
 
 
 def synthetic(n: int, d: int, seed: int = 0) -> torch.Tensor:

@@ -22,8 +22,8 @@ _EXPORTS = {
     "CorpusError": "saekit.corpus",
     "HarvestConfig": "saekit.harvest",
     "harvest": "saekit.harvest",
-    "Activations": "saekit.harvest",
-    "HarvestError": "saekit.harvest",
+    "Activations": "saekit.activations",
+    "HarvestError": "saekit.activations",
     "open_db": "saekit.handle",
 }
 

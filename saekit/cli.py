@@ -75,7 +75,8 @@ def harvest(
     set_: SET = None,
 ) -> None:
     """Record residual-stream activations over a corpus into sharded safetensors (resumable)."""
-    from saekit.harvest import HarvestConfig, summarize
+    from saekit.activations import summarize
+    from saekit.harvest import HarvestConfig
     from saekit.harvest import harvest as run_harvest
 
     cfg = C.load(ctx, HarvestConfig, config, set_)
@@ -177,8 +178,8 @@ def rank(
 
 
 def _rank(cfg, Database, run_rank):
+    from saekit.activations import Activations
     from saekit.db import check_database_path
-    from saekit.harvest import Activations
     from saekit.model import load_model
 
     check_database_path(cfg.db)  # a wrong --db is refused before the model loads

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from saekit.harvest import Activations, pool_start
+from saekit.activations import Activations, pool_start
 from saekit.tokens import TokenRule
 
 HIST_LOG2_MIN, HIST_LOG2_MAX = -8, 16

@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from saekit.artifacts import atomic_write_json, content_hash
 from saekit.config import to_dict
 from saekit.corpus import (
@@ -46,7 +44,7 @@ from saekit.corpus import (
     write_jsonl,
 )
 from saekit.errors import SaekitError
-from saekit.model import DEFAULT_MODEL, format_chat, hf_model_of, load_hf, stop_token_ids
+from saekit.model import DEFAULT_MODEL, LM, load_hf
 
 PROMPT_VERSION = 1
 REJECT_REASONS = ("empty", "too_short", "too_long", "truncated", "forbidden_word", "duplicate", "near_duplicate")
@@ -172,34 +170,11 @@ def job_person(job: Job) -> str:
 # ---------------------------------------------------------------------------- sampling
 
 
-def sample_replies(model, tokenizer, prompts: list[str], cfg: GenerateConfig, seed: int,
-                   use_cache: bool) -> list[tuple[str, bool]]:
+def sample_replies(model, tokenizer, prompts: list[str], cfg: GenerateConfig, seed: int) -> list[tuple[str, bool]]:
     """One sampled reply per user prompt, as (text, finished): finished is False when the
-    reply ran into max_new_tokens. `use_cache` must be False for a TransformerBridge."""
-    hf = hf_model_of(model)
-    texts = [format_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(hf.device)
-    finally:
-        tokenizer.padding_side = side
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        out = hf.generate(**enc, max_new_tokens=cfg.max_new_tokens, do_sample=True,
-                          temperature=cfg.temperature, top_p=cfg.top_p,
-                          repetition_penalty=cfg.repetition_penalty, use_cache=use_cache,
-                          pad_token_id=pad)
-    new = out[:, enc["input_ids"].shape[1]:]
-    stops = stop_token_ids(tokenizer, hf)
-    replies = []
-    for row in new.tolist():
-        finished = any(t in stops for t in row)
-        if finished:
-            row = row[: next(i for i, t in enumerate(row) if t in stops)]
-        replies.append((tokenizer.decode(row, skip_special_tokens=True), finished))
-    return replies
+    reply ran into max_new_tokens."""
+    return LM.of(model, tokenizer).sample_chat(prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                               cfg.repetition_penalty, seed)
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -483,15 +458,14 @@ def generate_corpus(cfg: GenerateConfig, model=None, tokenizer=None,
     if pending:
         if model is None:
             model, tokenizer = load_hf(cfg.model, dtype=cfg.dtype, device=cfg.device)
-        tokenizer = tokenizer if tokenizer is not None else model.tokenizer
-        use_cache = hf_model_of(model) is model  # a bridge's cached generation degenerates
+        lm = LM.of(model, tokenizer)
         replies_path.parent.mkdir(parents=True, exist_ok=True)
         with open(replies_path, "a", encoding="utf-8") as f:
             for b in range(0, len(pending), cfg.batch_size):
                 batch = pending[b: b + cfg.batch_size]
                 prompts = [build_prompt(j.emotion, j.topic, cfg.stories_per_call, job_person(j)) for j in batch]
                 seed = int(content_hash([cfg.seed, [j.key for j in batch]], 8), 16)
-                for job, (reply, finished) in zip(batch, sample_replies(model, tokenizer, prompts, cfg, seed, use_cache)):
+                for job, (reply, finished) in zip(batch, sample_replies(lm, None, prompts, cfg, seed)):
                     row = {"identity": identity, "emotion": job.emotion, "topic": job.topic, "call": job.call,
                            "person": job_person(job), "reply": reply, "finished": finished}
                     done[job.key] = row

@@ -253,7 +253,7 @@ def check_plan_hooks(hooks: list[str], n_layers: int, model: str) -> None:
 def plan_study(config: str | Path, profile: str = "", gpus: int = 1, overrides: dict | None = None) -> StudyPlan:
     """The plan of a study config (with command-line `overrides`); `profile` names a DEVICE_PROFILES entry
     instead of measuring."""
-    from saekit.harvest import harvest_records, tokenize
+    from saekit.activations import harvest_records, tokenize
     from saekit.model import hook_layer
     from saekit.study import StudyRun, load_study_config
 

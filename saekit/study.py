@@ -163,7 +163,8 @@ class StudyRun:
     # ------------------------------------------------------------------ step bodies
 
     def _harvest(self, hcfg, tick) -> dict[str, Any]:
-        from saekit.harvest import harvest, summarize
+        from saekit.activations import summarize
+        from saekit.harvest import harvest
 
         harvest(hcfg, progress=lambda docs, total, tokens: tick(docs / max(total, 1), f"{tokens:,} tokens"))
         return summarize(Path(hcfg.out))
@@ -189,8 +190,8 @@ class StudyRun:
         return {"sae": str(out), "explained_variance": act.get("explained_variance"), "l0": act.get("l0")}
 
     def _rank(self, rcfg, tick) -> dict[str, Any]:
+        from saekit.activations import Activations
         from saekit.db import Database
-        from saekit.harvest import Activations
         from saekit.model import load_model
         from saekit.rank import run_rank
         from saekit.sae import load_sae

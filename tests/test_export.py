@@ -11,10 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from saekit.activations import Activations
 from saekit.cli import app
 from saekit.db import Database, read_only_query
 from saekit.export import BATCH_FILE, FEATURES_INDEX, ExportError, block_output_layer, export_features, export_vectors
-from saekit.harvest import Activations
 from saekit.model import DEFAULT_MODEL, EMBEDDED_HF_ID, hf_model_id, load_model, model_alias
 
 runner = CliRunner()

@@ -118,7 +118,7 @@ def test_a_failed_conversion_leaves_no_half_converted_folder(tmp_path, monkeypat
         (own_cache / "models").mkdir(parents=True, exist_ok=True)
         raise RuntimeError("the GGUF reader stopped half-way")
 
-    monkeypatch.setattr(M, "load_gguf_model", broken)
+    monkeypatch.setattr(M.gguf, "load_gguf_model", broken)
     with pytest.raises(RuntimeError, match="half-way"):
         M.embedded_model_folder(M.GEMMA_MODEL)
     assert list((own_cache / "models").iterdir()) == []
@@ -132,7 +132,7 @@ def test_an_interrupted_save_leaves_no_folder(tmp_path, monkeypatch):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        M._save_folder(tmp_path / "m", Breaks(), None, source="test")
+        M.gguf._save_folder(tmp_path / "m", Breaks(), None, source="test")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -207,9 +207,9 @@ def test_tiny_model_sampling_is_seeded(tmp_path, tiny_model, one_thread):
     cfg = cfg_for(tmp_path, max_new_tokens=12)
     tok = tiny_model.tokenizer
     prompts = [G.build_prompt("afraid", TOPIC, 2), G.build_prompt("calm", TOPIC, 2)]
-    first = G.sample_replies(tiny_model, tok, prompts, cfg, seed=5, use_cache=False)
-    assert first == G.sample_replies(tiny_model, tok, prompts, cfg, seed=5, use_cache=False)
-    assert first != G.sample_replies(tiny_model, tok, prompts, cfg, seed=6, use_cache=False)
+    first = G.sample_replies(tiny_model, tok, prompts, cfg, seed=5)
+    assert first == G.sample_replies(tiny_model, tok, prompts, cfg, seed=5)
+    assert first != G.sample_replies(tiny_model, tok, prompts, cfg, seed=6)
     assert all(isinstance(t, str) and f is False for t, f in first)  # 12 tokens never reach EOS here
 
 

@@ -1,4 +1,7 @@
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -30,13 +33,13 @@ def test_offline_hub_name_fails_at_once_and_names_local_alternative(monkeypatch)
 
 def test_unreachable_hub_fails_with_clear_message(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(M, "HUB_HOST", ("hub.invalid", 443))
+    monkeypatch.setattr(M.catalogue, "HUB_HOST", ("hub.invalid", 443))
     with pytest.raises(M.ModelLoadError, match="unreachable.*local Hugging Face folder"):
         M.resolve_model("someone/some-model")
 
 
 def test_reachable_hub_name_is_passed_through(monkeypatch):
-    monkeypatch.setattr(M, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(M.loading, "hub_reachable", lambda timeout=3.0: True)
     assert M.resolve_model("someone/some-model") == "someone/some-model"
 
 
@@ -77,3 +80,46 @@ def test_bridge_tokenises_like_the_models_own_tokenizer(tiny_model):
     assert tiny_model.tokenizer(text).input_ids == tok(text).input_ids
     assert tiny_model.tokenizer(text).input_ids[0] == tok.convert_tokens_to_ids("<|im_start|>")
     assert tiny_model.tokenizer(text).input_ids[1] != tok.convert_tokens_to_ids("<|im_start|>")
+
+
+# ---------------------------------------------------------------------------- one model object
+
+
+def test_lm_reads_and_edits_a_bridge_and_a_plain_model_alike(tiny_model):
+    hf, tok = M.load_hf("tiny")
+    bridge, plain = M.LM.of(tiny_model), M.LM.of(hf, tok)
+    assert M.LM.of(bridge) is bridge
+    assert (plain.n_layers, plain.d_model, plain.dtype) == (bridge.n_layers, bridge.d_model, bridge.dtype)
+    assert set(plain.hook_names()) <= set(bridge.hook_names())
+    assert plain.tokenizer is tok
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"]
+    seqs = [tok("I lost my dog today.").input_ids, tok("hello").input_ids]
+    for lm in (bridge, plain):
+        acts, mask_BT = lm.capture_padded(seqs, hooks, M.pad_token_id(tok))
+        want, _ = bridge.capture_padded(seqs, hooks, M.pad_token_id(tok))
+        for h in hooks:
+            torch.testing.assert_close(acts[h][mask_BT], want[h][mask_BT], atol=1e-4, rtol=1e-4)
+        with lm.hooks([("blocks.0.hook_resid_post", lambda act, hook: act * 0)]):
+            edited, _ = lm.capture_padded(seqs, ["blocks.1.hook_resid_pre"], 0)
+        assert not edited["blocks.1.hook_resid_pre"].any()
+        again, _ = lm.capture_padded(seqs, ["blocks.1.hook_resid_pre"], 0)
+        assert again["blocks.1.hook_resid_pre"].any()   # the edit is gone with its scope
+    assert bridge.unknown_hooks(hooks) is None
+    assert "blocks.9.hook_resid_post" in bridge.unknown_hooks(["blocks.9.hook_resid_post"])
+    assert "need a model from saekit.load_model" in plain.unknown_hooks(["hook_embed"])
+
+
+def test_no_module_outside_the_model_package_asks_which_kind_of_model_it_holds():
+    root = Path(M.__file__).parent.parent
+    asks = re.compile(r"\b(is_bridge|hf_model_of|plain_model)\b|\.original_model\b|\.hook_dict\b")
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if "model" not in p.relative_to(root).parts[:1] and asks.search(p.read_text())]
+    assert offenders == []
+
+
+def test_no_saekit_module_is_over_500_lines():
+    root = Path(M.__file__).parent.parent
+    long = {str(p.relative_to(root)): n for p in root.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 500}
+    owned = {"model", "harvest.py", "activations.py", "generate.py", "tokens.py"}
+    assert {k: v for k, v in long.items() if k.split("/")[0] in owned or k == "train/sources.py"} == {}

