@@ -110,14 +110,6 @@ def test_no_import_circle_in_saekit():
     assert not found, f"import circles: {found}"
 
 
-def test_experiments_modules_stay_under_500_lines():
-    long = {m: n for m, p in modules().items() if m.startswith("saekit.experiments")
-            and (n := len(p.read_text().splitlines())) > MAX_LINES}
-    assert not long, f"modules over {MAX_LINES} lines: {long}"
-
-
-def test_report_long_modules_elsewhere(capsys):
-    """Not yet enforced beyond experiments (other parts of the package are being split): prints what is left."""
+def test_no_saekit_module_is_over_500_lines():
     long = {m: n for m, p in modules().items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
-    with capsys.disabled():
-        print(f"\nmodules over {MAX_LINES} lines: {long}")
+    assert not long, f"modules over {MAX_LINES} lines: {long}"

@@ -115,11 +115,3 @@ def test_no_module_outside_the_model_package_asks_which_kind_of_model_it_holds()
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
                  if "model" not in p.relative_to(root).parts[:1] and asks.search(p.read_text())]
     assert offenders == []
-
-
-def test_no_saekit_module_is_over_500_lines():
-    root = Path(M.__file__).parent.parent
-    long = {str(p.relative_to(root)): n for p in root.rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > 500}
-    owned = {"model", "harvest.py", "activations.py", "generate.py", "tokens.py"}
-    assert {k: v for k, v in long.items() if k.split("/")[0] in owned or k == "train/sources.py"} == {}

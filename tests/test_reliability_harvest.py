@@ -11,8 +11,8 @@ import pytest
 from safetensors.torch import save
 from typer.testing import CliRunner
 
-from saekit import activations as A
 from saekit import harvest as H
+from saekit.activations import store as A
 from saekit.artifacts import atomic_write_bytes, file_sha256
 from saekit.cli import app
 

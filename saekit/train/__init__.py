@@ -14,6 +14,16 @@ never the model. Output folder (cfg.out):
     checkpoints/step-00000200/{state.safetensors,state.json}     resumable training state
 """
 
+from saekit.activations.sources import (  # noqa: F401
+                                      HELD_OUT_SPLITS,
+                                      ActivationSource,
+                                      HarvestSource,
+                                      StreamSource,
+                                      TensorSource,
+                                      first_rows,
+                                      held_out_documents,
+                                      shuffled_batches,
+)
 from saekit.train.checkpoints import (  # noqa: F401
                                       CHECKPOINTS,
                                       CKPT_STATE,
@@ -43,14 +53,4 @@ from saekit.train.loop import (  # noqa: F401
                                       train_sae,
                                       train_step,
 )
-from saekit.train.sources import (  # noqa: F401
-                                      HELD_OUT_SPLITS,
-                                      ActivationSource,
-                                      HarvestSource,
-                                      StreamSource,
-                                      TensorSource,
-                                      first_rows,
-                                      held_out_documents,
-                                      open_source,
-                                      shuffled_batches,
-)
+from saekit.train.sources import open_source  # noqa: F401

@@ -20,13 +20,14 @@ import torch
 
 from saekit import distributed as D
 from saekit import sae as S
+from saekit.activations import ActivationSource, StreamSource
 from saekit.artifacts import atomic_write_json, package_versions
 from saekit.config import check_config, to_dict
 from saekit.model import load_model, parse_dtype
 from saekit.train.checkpoints import CHECKPOINTS, TrainState, list_checkpoints, resume_from_latest, save_checkpoint
 from saekit.train.config import TrainConfig, sae_metadata, token_rule
 from saekit.train.errors import TrainError, TrainingDiverged
-from saekit.train.sources import ActivationSource, StreamSource, open_source
+from saekit.train.sources import open_source
 
 METRICS_FILE = "metrics.json"
 TRAIN_RECORD = "saekit_train.json"

@@ -10,7 +10,7 @@ Layout of a harvest folder:
 Every file is written under a temporary name and renamed when complete (saekit.artifacts), and
 records its sha256 in the manifest: readers refuse a file whose bytes differ (hashed on first
 read) and any value training could not use. saekit.harvest writes folders; `Activations` reads
-them for training (saekit.train.sources), ranking, evidence and the experiments.
+them for training (saekit.activations.sources), ranking, evidence and the experiments.
 """
 
 from __future__ import annotations

@@ -1,0 +1,81 @@
+"""The activation store: one place for what a harvest writes and everything that reads it.
+
+store: the harvest folder's format (manifest, shards, pooled means, hashes), tokenising texts into
+it, and the `Activations` reader that ranking, evidence and the experiments use; sources: the
+activation sources training draws batches from (in-memory tensors, a harvest folder, or
+activations streamed from the model). saekit.harvest writes folders; nothing else knows the format.
+"""
+
+from saekit.activations.sources import (
+    HELD_OUT_SPLITS,
+    ActivationSource,
+    HarvestSource,
+    SourceError,
+    StreamSource,
+    TensorSource,
+    first_rows,
+    held_out_documents,
+    shuffled_batches,
+)
+from saekit.activations.store import (
+    HARVEST_FILE,
+    LEFTOVER_FILE,
+    MANIFEST_KEYS,
+    PART_FILE,
+    VALUE_LIMIT,
+    Activations,
+    HarvestError,
+    Piece,
+    check_hooks,
+    dataset_options,
+    dataset_provenance,
+    documents_hash,
+    harvest_prepends_bos,
+    harvest_records,
+    is_finished,
+    load_shard,
+    on_disk,
+    out_of_range,
+    pool_start,
+    read_json,
+    read_manifest,
+    summarize,
+    tokenize,
+    write_tensors,
+)
+
+__all__ = [
+    "ActivationSource",
+    "Activations",
+    "HARVEST_FILE",
+    "HELD_OUT_SPLITS",
+    "HarvestError",
+    "HarvestSource",
+    "LEFTOVER_FILE",
+    "MANIFEST_KEYS",
+    "PART_FILE",
+    "Piece",
+    "SourceError",
+    "StreamSource",
+    "TensorSource",
+    "VALUE_LIMIT",
+    "check_hooks",
+    "dataset_options",
+    "dataset_provenance",
+    "documents_hash",
+    "first_rows",
+    "harvest_prepends_bos",
+    "harvest_records",
+    "held_out_documents",
+    "is_finished",
+    "load_shard",
+    "on_disk",
+    "out_of_range",
+    "pool_start",
+    "read_json",
+    "read_manifest",
+    "shuffled_batches",
+    "summarize",
+    "tokenize",
+    "write_tensors",
+]
