@@ -337,7 +337,7 @@ def experiment_report(
     out: Annotated[Optional[Path], typer.Option(help="Folder for the PNG plots and summary.json.")] = None,
 ) -> None:
     """Print an experiment's effects with intervals and controls, and save its plots as PNG."""
-    from saekit.report import report
+    from saekit.experiments.summary import report
 
     summary = report(experiment, db_path=db, out_dir=out)
     table = Table(title=summary["title"])
@@ -370,7 +370,7 @@ def compare(
 ) -> None:
     """Compare two models, layers or SAEs on one corpus, beside a corpus-only lexical baseline; recorded in the database."""
     from saekit.compare import compare as run
-    from saekit.compare_report import check_out, default_out, pair_rows, side_rows, write_report
+    from saekit.compare_page import check_out, default_out, pair_rows, side_rows, write_report
 
     folder = out or default_out(a, b)
     check_out(folder)

@@ -233,7 +233,7 @@ class StudyRun:
         return {"experiment_id": exp_id, "finding": experiment_sentence(summary)}
 
     def _report(self, tick) -> dict[str, Any]:
-        from saekit.study_report import write_report
+        from saekit.study_page import write_report
 
         paths = write_report(self.cfg, self.out, progress=tick)
         return {"report": str(paths["html"]), "figures": len(paths["png"])}

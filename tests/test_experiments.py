@@ -299,7 +299,7 @@ def test_side_effects_kl_and_generations(ranked, tiny_model):
 
 
 def test_report_prints_effects_next_to_controls_and_saves_plots(ranked, tiny_model, tmp_path):
-    from saekit.report import format_report, report
+    from saekit.experiments.summary import format_report, report
 
     s = spec(ranked, name="probe-report", strengths=[1.0, 4.0], prompts={"limit": 4})
     exp = X.run_experiment(s, model=tiny_model)
@@ -323,7 +323,7 @@ def test_report_prints_effects_next_to_controls_and_saves_plots(ranked, tiny_mod
 
 
 def test_trace_report_has_dose_and_turn_statistics(ranked, tiny_model, tmp_path):
-    from saekit.report import report
+    from saekit.experiments.summary import report
 
     s = spec(ranked, task="trace", conditions=[], controls=2,
              prompts={"ids": ["sum-latency"], "per_group": 1, "drugs": ["Tylenol", "aspirin"], "emotions": ["afraid", "calm"]})

@@ -256,7 +256,7 @@ def test_the_study_report_labels_chat_experiments_of_a_base_model(tiny_study, tm
     import json
     import shutil
 
-    from saekit import study_report
+    from saekit import study_page
     from saekit.study import load_study_config
 
     # the copy reads the study's own SAE rows (an SAE's id is its folder)
@@ -266,9 +266,9 @@ def test_the_study_report_labels_chat_experiments_of_a_base_model(tiny_study, tm
     (out / "experiments" / "trace_copy.json").write_text(json.dumps(
         {"experiment_id": "x", "task": "trace", "figures": [], "sentences": {}, "table_html": "<table></table>"}))
     monkeypatch.setattr(M, "is_instruction_tuned", lambda name: False)
-    page = study_report.write_report(cfg, out)["html"].read_text()
+    page = study_page.write_report(cfg, out)["html"].read_text()
     assert "Experiment trace_copy (base model)" in page and "was not instruction-tuned" in page
     assert "Experiment tiny_probes (base model)" not in page and "Experiment tiny_probes" in page
     monkeypatch.setattr(M, "is_instruction_tuned", lambda name: None)
-    page = study_report.write_report(cfg, out)["html"].read_text()
+    page = study_page.write_report(cfg, out)["html"].read_text()
     assert "(base model)" not in page and "Experiment trace_copy" in page

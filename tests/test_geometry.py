@@ -5,7 +5,7 @@ import torch
 
 from saekit import features as Fe
 from saekit import rank as R
-from saekit import study_report as SR
+from saekit import study_page as SR
 from saekit.corpus import load_corpus
 from saekit.db import Database, read_only_query
 from saekit.harvest import HarvestConfig, harvest

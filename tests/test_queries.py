@@ -98,7 +98,7 @@ def test_threshold_queries_find_planted_features(db, tmp_path):
 
 
 def test_experiment_effects_view_has_the_report_effects(db):
-    from saekit.report import effects, load_experiment
+    from saekit.experiments.summary import effects, load_experiment
 
     with Database(db, read_only=True) as d:
         exp, data = load_experiment("tiny_probes", d)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from saekit import features as Fe
 from saekit import rank as R
-from saekit import study_report as SR
+from saekit import study_page as SR
 from saekit.cli import app
 from saekit.corpus import load_corpus
 from saekit.db import Database, read_only_query

@@ -13,7 +13,8 @@ from typing import Any
 from saekit.db import Database
 from saekit.db import experiments as dbx
 from saekit.experiments.spec import ExperimentError
-from saekit.experiments.tasks import TASKS, Task
+from saekit.experiments.tasks import TASKS, InterventionTask, Task
+from saekit.experiments.tasks.intervention import effects as task_effects
 from saekit.experiments.tasks.task import base_model_label
 
 LIST_HINT = ('list them with `saekit query "SELECT experiment_id, name, created_at FROM experiments '
@@ -38,6 +39,14 @@ def task_of(exp: dict[str, Any]) -> type[Task]:
         raise ExperimentError(f"experiment {exp['experiment_id']!r} was run by task {name!r}, which this saekit "
                               f"does not have (tasks: {list(TASKS)})")
     return TASKS[name]
+
+
+def effects(exp: dict[str, Any], data: list[dict]) -> list[dict]:
+    """One row per condition x strength of an intervening experiment, as its task computes them."""
+    task = task_of(exp)
+    if not issubclass(task, InterventionTask):
+        raise ExperimentError(f"experiment {exp['experiment_id']!r} ({task.name}) intervenes on nothing: it has no effects")
+    return task_effects(exp, data, task)
 
 
 def summarize(exp: dict[str, Any], data: list[dict]) -> tuple[list[str], list[list[str]], list[str], Any]:
