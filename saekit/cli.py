@@ -319,13 +319,21 @@ app.add_typer(experiment_app, name="experiment")
 def experiment_run(
     spec: Annotated[Path, typer.Argument(help="Experiment spec, e.g. analysis/experiments/emotion_word_probes.toml.")],
     db: Annotated[Optional[Path], typer.Option(help="Database file (default: the spec's, else artifacts/saekit.duckdb).")] = None,
+    set_: SET = None,
 ) -> None:
     """Run an experiment spec and store every measurement in the feature database."""
-    from saekit.experiments import run_experiment
+    from saekit.experiments import ExperimentSpec, run_experiment
 
+    chosen: Path | dict = spec
+    if set_:  # the file's table with the assignments on top; the spec's own checks then name any bad value
+        from saekit.config import load_toml, set_key
+
+        chosen = load_toml(spec)
+        for key, value in C.assignments(ExperimentSpec, set_).items():
+            set_key(chosen, key, value)
     with progress_bar() as bar:
         task = bar.add_task("experiment", total=None, rate="")
-        exp_id = run_experiment(spec, db_path=db, progress=lambda done, total, what: bar.update(
+        exp_id = run_experiment(chosen, db_path=db, progress=lambda done, total, what: bar.update(
             task, completed=done, total=total, rate=what))
     out_console.print(f"experiment {exp_id} stored in {db or 'the database'}; next: saekit experiment report {exp_id}")
 

@@ -94,6 +94,20 @@ def test_top_zero_features_is_refused_not_called_an_unknown_emotion(tmp_path):
     assert "unknown emotion" not in result.output
 
 
+def test_experiment_run_takes_set_and_names_a_bad_key(tmp_path):
+    """`--set` on `experiment run` reaches the spec's own checks; an unknown key is named before any work."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text('name = "x"\ntask = "probes"\nmodel = "tiny"\nhook = "blocks.1.hook_resid_post"\nsae = "s"\n'
+                    '[[conditions]]\nname = "afraid_off"\nkind = "ablate"\nfeatures = "top 1 selective for afraid"\n')
+    db = tmp_path / "f.duckdb"
+    result = runner.invoke(app, ["experiment", "run", str(spec), "--db", str(db), "--set", "nosuch=1"])
+    assert result.exit_code == 2 and "--set nosuch" in result.output and "ExperimentSpec has no field" in result.output
+    result = runner.invoke(app, ["experiment", "run", str(spec), "--db", str(db), "--set",
+                                 'conditions=[{name = "afraid_off", kind = "ablate", features = "top 0 selective for afraid"}]'])
+    assert result.exit_code == 2 and "selects no features; N must be at least 1" in result.output
+    assert not db.exists()
+
+
 # ---------------------------------------------------------------------------- options from the config dataclasses
 
 
