@@ -1,11 +1,13 @@
 """Do two feature databases hold the same results? (a refactor's before/after check)
 
     python analysis/compare_databases.py BEFORE.duckdb AFTER.duckdb [--rtol 1e-4] [--atol 1e-5]
+                                         [--ignore TABLE.COLUMN ...]
 
 Compares every table the two files share, row for row, leaving out what differs between any two
 runs by design (run ids, timestamps, process ids, package versions, experiment ids). Numbers,
 and lists of numbers, are compared with a tolerance for float noise; everything else exactly.
-Tables only one file has are listed. Exit code 1 when a shared table differs.
+Tables only one file has are listed. `--ignore TABLE.COLUMN` leaves out a column a change meant to
+alter (each is printed). Exit code 1 when a shared table differs.
 """
 
 from __future__ import annotations
@@ -75,9 +77,11 @@ def _close(a, b, rtol: float, atol: float) -> bool:
     return a == b
 
 
-def compare_table(before, after, table: str, rtol: float, atol: float) -> str | None:
-    """None when the table agrees, else a one-line reason."""
+def compare_table(before, after, table: str, rtol: float, atol: float, ignore: frozenset[str] = frozenset()) -> str | None:
+    """None when the table agrees, else a one-line reason; `ignore` holds "table.column" names left out."""
     a, b = (_cells(db.sql(f'SELECT * FROM "{table}"')) for db in (before, after))
+    a = a[[c for c in a.columns if f"{table}.{c}" not in ignore]]
+    b = b[[c for c in b.columns if f"{table}.{c}" not in ignore]]
     columns = [c for c in a.columns if c in set(b.columns) and c not in VOLATILE]
     if set(a.columns) - set(b.columns):
         return f"columns only before: {sorted(set(a.columns) - set(b.columns))}"
@@ -98,12 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("after")
     parser.add_argument("--rtol", type=float, default=1e-4)
     parser.add_argument("--atol", type=float, default=1e-5)
+    parser.add_argument("--ignore", action="append", default=[], metavar="TABLE.COLUMN",
+                        help="leave out a column a change meant to alter (repeatable)")
     args = parser.parse_args(argv)
+    ignore = frozenset(args.ignore)
+    for name in sorted(ignore):
+        print(f"not compared: {name}")
     with saekit.open_db(args.before) as before, saekit.open_db(args.after) as after:
         ta, tb = _tables(before), _tables(after)
         different = 0
         for table in sorted(set(ta) & set(tb)):
-            reason = compare_table(before, after, table, args.rtol, args.atol)
+            reason = compare_table(before, after, table, args.rtol, args.atol, ignore)
             n = len(before.sql(f'SELECT 1 FROM "{table}"'))
             added = sorted(set(after.sql(f'SELECT * FROM "{table}" LIMIT 0').columns)
                            - set(before.sql(f'SELECT * FROM "{table}" LIMIT 0').columns))

@@ -26,8 +26,8 @@ def make(path: Path, valence: float, metrics: dict, extra_story: bool = False) -
     return path
 
 
-def compare(a: Path, b: Path, capsys) -> tuple[int, str]:
-    sys.argv = [str(SCRIPT), str(a), str(b)]
+def compare(a: Path, b: Path, capsys, *options: str) -> tuple[int, str]:
+    sys.argv = [str(SCRIPT), str(a), str(b), *options]
     with pytest.raises(SystemExit) as done:
         runpy.run_path(str(SCRIPT), run_name="__main__")
     return done.value.code, capsys.readouterr().out
@@ -48,3 +48,12 @@ def test_a_changed_value_or_a_missing_row_differs(tmp_path, capsys):
     assert code == 1 and "column metrics" in out
     code, out = compare(a, make(tmp_path / "d.duckdb", 0.6, {"ev": 0.8}, extra_story=True), capsys)
     assert code == 1 and "2 rows before, 3 after" in out
+
+
+def test_an_ignored_column_is_left_out_and_said(tmp_path, capsys):
+    a = make(tmp_path / "a.duckdb", 0.6, {"ev": 0.8})
+    b = make(tmp_path / "b.duckdb", 0.5, {"ev": 0.8})
+    code, out = compare(a, b, capsys, "--ignore", "emotions.valence")
+    assert code == 0 and "not compared: emotions.valence" in out
+    code, out = compare(a, b, capsys, "--ignore", "saes.valence")   # another table's column of that name counts
+    assert code == 1 and "column valence" in out
