@@ -40,10 +40,12 @@ from saekit.activations import (  # noqa: F401  (the reader, check_hooks and poo
     read_json,
     read_manifest,
     summarize,
+    token_ids,
     tokenize,
     write_tensors,
 )
 from saekit.artifacts import MANIFEST, POOLED, SHARD_PATTERN, atomic_write_json, story_of
+from saekit.broad import is_broad, load_broad, source_counts, within_budget
 from saekit.config import to_dict
 from saekit.corpus import CorpusError, Record
 from saekit.model import (
@@ -95,6 +97,9 @@ class HarvestConfig:
     device: str = "cpu"
     limit: int = 0
     """Harvest only the first N documents (0 = all), for quick looks."""
+    max_total_tokens: int = 0
+    """Harvest documents in the corpus's order until they hold this many tokens (0 = all): how much of a
+    broad corpus ("chitchat", "wiki", "broad") to read."""
 
     def validate(self) -> None:
         if not self.hooks:
@@ -106,6 +111,8 @@ class HarvestConfig:
             raise ValueError(f"pool_offset must be >= 0, got {self.pool_offset}")
         if self.limit < 0:
             raise ValueError(f"limit must be 0 (all) or a number of documents, got {self.limit}")
+        if self.max_total_tokens < 0:
+            raise ValueError(f"max_total_tokens must be 0 (all) or a number of tokens, got {self.max_total_tokens}")
         parse_dtype(self.dtype), parse_dtype(self.store_dtype)
         extra = set(self.token_hooks or []) - set(self.hooks)
         if extra:
@@ -158,7 +165,11 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
     if out.exists() and not out.is_dir():
         raise HarvestError(f"out {out} exists and is not a folder; name a folder for the harvest")
     D.setup(cfg.device)  # before the model loads: on CUDA it picks this rank's GPU
-    if records is None:
+    skipped: dict[str, int] = {}
+    if records is None and is_broad(cfg.corpus):
+        loaded = load_broad(cfg.corpus)
+        records, skipped = loaded.records, dict(loaded.skipped)
+    elif records is None:
         records = harvest_records(to_dict(cfg))
     if cfg.limit:
         records = records[: cfg.limit]
@@ -174,12 +185,15 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
     if tok is None:
         raise HarvestError("a plain transformers model needs its tokenizer: harvest(cfg, model, tokenizer=...)")
     check_hooks(model, cfg.hooks)
+    if cfg.max_total_tokens:
+        records = within_budget(records, lambda chunk: [min(len(ids), cfg.max_tokens) for ids in token_ids(tok, chunk)],
+                                cfg.max_total_tokens)
     pieces = tokenize(tok, records, cfg.max_tokens, cfg.overflow)
     by_id = {r.id: r for r in records}
 
     identity = {"model": cfg.model, "hooks": cfg.hooks, "corpus": cfg.corpus, "max_tokens": cfg.max_tokens,
                 "overflow": cfg.overflow, "token_hooks": cfg.stored_token_hooks, "docs_per_shard": cfg.docs_per_shard,
-                "pool_offset": cfg.pool_offset,
+                "pool_offset": cfg.pool_offset, "max_total_tokens": cfg.max_total_tokens,
                 "dtype": cfg.dtype, "store_dtype": cfg.store_dtype, "limit": cfg.limit,
                 "documents": documents_hash(pieces)}
     rank, world = D.rank(), D.world()
@@ -208,6 +222,9 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
                            "token_offset": offsets[i], "shard": i // cfg.docs_per_shard}
                           for i, p in enumerate(pieces)],
             "shards": {}, "complete": False,
+            # what was read: documents, tokens and share per source and format, and the rows left out
+            "sources": source_counts([by_id[story_of(p.doc_id)] for p in pieces], [len(p.token_ids) for p in pieces]),
+            "skipped_rows": skipped,
         }
     # Until rank 0 finishes, manifest.json may not exist (several processes) or be incomplete: the
     # folder reads as an unfinished harvest either way (Activations.open).

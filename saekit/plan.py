@@ -21,7 +21,7 @@ import re
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from saekit.config import ConfigError
@@ -288,11 +288,30 @@ def plan_study(config: str | Path, profile: str = "", gpus: int = 1, overrides: 
                     f"{sae_rate:,.0f} GFLOP/s {shape.d_model}x{F} (SAE)")
     mbytes = parse_dtype(cfg.dtype).itemsize
     steps = [_harvest_step(shape, hcfg, doc_tokens, stop, mbytes, rate, gpus, tok_note)]
+    broad_tokens: list[int] = []
+    if cfg.broad_corpus:
+        from saekit.activations import token_ids
+        from saekit.broad import load_broad, within_budget
+
+        bcfg = run.broad_config()
+        chosen = within_budget(load_broad(bcfg.corpus).records, lambda c: [len(t) for t in token_ids(tok, c)],
+                               bcfg.max_total_tokens)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            broad_tokens = [len(p.token_ids) for p in tokenize(tok, chosen, bcfg.max_tokens, bcfg.overflow)]
+        step = _harvest_step(shape, bcfg, broad_tokens, hook_layer(cfg.hook) + 1, mbytes, rate, gpus, tok_note)
+        steps.append(replace(step, name="harvest broad text"))
     if tcfg:
         eval_flops = _train_eval_flops(tcfg, shape, F, sum(doc_tokens) / len(doc_tokens))
         steps.append(_train_step(tcfg, shape.d_model, F, sae_rate, gpus, eval_flops / rate / 1e9))
     n_emotions = len({r.emotion for r in records if r.emotion})
     steps.append(_rank_step(shape, F, T, len(doc_tokens), n_emotions, mbytes, rate))
+    if broad_tokens:   # the held-out seventh, encoded twice (peaks, then the chosen windows)
+        T_out = sum(broad_tokens) // 7
+        flops = 2 * 2.0 * shape.d_model * F * T_out
+        steps.append(StepPlan("outside examples", T_out, flops, flops / rate / 1e9,
+                              sae_bytes(shape.d_model, F) + len(broad_tokens) // 7 * F * 8, 0,
+                              "per feature, the top windows of the held-out broad text"))
     steps += [_experiment_step(spec, shape, mbytes, rate) for spec in cfg.experiments]
     return StudyPlan(model=cfg.model, shape=shape, device=cfg.device, rate_gflops=rate, sae_rate_gflops=sae_rate,
                      rate_source=rate_src,

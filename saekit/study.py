@@ -35,6 +35,15 @@ class StudyConfig:
     vector_hooks: list[str] = field(default_factory=lambda: ["blocks.10.hook_resid_post", "blocks.15.hook_resid_post"])
     """Extra layers for emotion vectors (pooled vectors only; per-token activations are kept at `hook`)."""
     corpus: str = "shipped"
+    """The labelled stories: what features are ranked on and vectors built from."""
+    broad_corpus: str = ""
+    """Broad text the SAE also trains on ("broad", "chitchat", "wiki": saekit.broad; analysis/study.toml
+    uses "broad"); its held-out part gives each feature's outside examples. Never ranked. Empty: the SAE
+    trains on the stories alone."""
+    broad_tokens: int = 150_000
+    """Tokens of broad text harvested (about one document in seven held out)."""
+    broad_share: float = 0.6
+    """The broad text's share of every training batch (the stories give the rest)."""
     out: str = "artifacts/study"
     db: str = "artifacts/saekit.duckdb"
     train_config: str = "train/smollm2-135m-l20-topk.toml"
@@ -67,6 +76,14 @@ class StudyConfig:
         for name in ("limit", "train_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.broad_corpus:
+            from saekit.broad import NAMES
+
+            if self.broad_corpus not in NAMES:
+                raise ValueError(f"broad_corpus {self.broad_corpus!r} is not one of {NAMES} (or \"\" for none)")
+            if self.broad_tokens < 1 or not 0 < self.broad_share < 1:
+                raise ValueError(f"broad_tokens must be at least 1 and broad_share between 0 and 1, got "
+                                 f"{self.broad_tokens} and {self.broad_share}")
         if self.hook in self.vector_hooks:
             raise ValueError(f"vector_hooks repeats the SAE hook {self.hook}")
         if not self.sae and not Path(self.train_config).is_file():
@@ -112,11 +129,23 @@ class StudyRun:
                              out=str(self.out / "activations"), batch_size=c.batch_size, max_tokens=c.max_tokens,
                              dtype=c.dtype, device=c.device, limit=c.limit)
 
+    def broad_config(self):
+        """The broad-text harvest: the SAE hook only, in the study's dtype, stored in bfloat16 (it feeds the
+        SAE and its outside examples, never the ranking)."""
+        from saekit.harvest import HarvestConfig
+
+        c = self.cfg
+        return HarvestConfig(model=c.model, hooks=[c.hook], corpus=c.broad_corpus, out=str(self.out / "broad"),
+                             batch_size=c.batch_size, max_tokens=c.max_tokens, dtype=c.dtype, store_dtype="bfloat16",
+                             device=c.device, max_total_tokens=c.broad_tokens)
+
     def train_config(self):
         from saekit.train import load_train_config
 
         overrides = {"model": self.cfg.model, "hook": self.cfg.hook, "activations": str(self.out / "activations"),
                      "out": str(self.out / "sae"), "seed": self.cfg.seed, "device": self.cfg.device}
+        if self.cfg.broad_corpus:
+            overrides |= {"mix": [self.broad_config().out], "mix_shares": [self.cfg.broad_share]}
         if self.cfg.train_tokens:
             overrides["training_tokens"] = self.cfg.train_tokens
         return load_train_config(self.cfg.train_config, overrides)
@@ -128,12 +157,14 @@ class StudyRun:
         c = self.cfg
         hcfg = self.harvest_config()
         k_harvest = content_hash(["harvest", to_dict(hcfg), _corpus_fingerprint(c.corpus)])
+        bcfg = self.broad_config() if c.broad_corpus else None
+        k_broad = content_hash(["harvest broad", to_dict(bcfg), _corpus_fingerprint(c.broad_corpus)]) if bcfg else ""
         if c.sae:
             sae_path, k_sae = c.sae, content_hash(["sae", c.sae, c.sae_id])
             train_step = None
         else:
             tcfg = self.train_config()
-            k_sae = content_hash(["train", to_dict(tcfg), k_harvest])
+            k_sae = content_hash(["train", to_dict(tcfg), k_harvest] + ([k_broad] if k_broad else []))
             sae_path = tcfg.out
             train_step = Step("train SAE", k_sae, lambda tick: self._train(tcfg, k_sae, tick), [Path(tcfg.out)],
                               parallel=True)
@@ -144,11 +175,22 @@ class StudyRun:
                               + ([_corpus_fingerprint(c.eval_corpus)] if c.eval_corpus else []))
         steps = [Step("harvest activations", k_harvest, lambda tick: self._harvest(hcfg, tick), [Path(hcfg.out)],
                       parallel=True)]
+        if bcfg:
+            steps.append(Step("harvest broad text", k_broad, lambda tick: self._harvest(bcfg, tick), [Path(bcfg.out)],
+                              parallel=True))
         if train_step:
             steps.append(train_step)
         steps.append(Step("rank features and vectors", k_rank, lambda tick: self._rank(rcfg, tick),
                           [self.out / "rank_summary.json"]))
         keys = [k_rank]
+        if bcfg:
+            from saekit.outside import OutsideConfig
+
+            ocfg = OutsideConfig(activations=bcfg.out, sae=sae_path, sae_id=c.sae_id, db=c.db)
+            k_outside = content_hash(["outside", to_dict(ocfg), k_broad, k_rank])
+            keys.append(k_outside)
+            steps.append(Step("outside examples", k_outside, lambda tick: self._outside(ocfg, tick),
+                              [self.out / "outside_summary.json"]))
         for spec in c.experiments:
             k_exp = content_hash(["experiment", Path(spec).read_text(), k_rank, c.model, c.hook]
                                  + ([c.dtype] if c.dtype != "float32" else []))  # float32 keys stay as they were
@@ -205,6 +247,19 @@ class StudyRun:
             result = run_rank(rcfg, sae=sae, model=model, tokenizer=model.tokenizer, db=db)
         summary = result["summary"]
         atomic_write_json(self.out / "rank_summary.json", summary)
+        return summary
+
+    def _outside(self, ocfg, tick) -> dict[str, Any]:
+        from saekit.db import Database
+        from saekit.model import load_tokenizer
+        from saekit.outside import run_outside
+        from saekit.sae import load_sae
+
+        tick(0.1, "encoding held-out broad text")
+        sae = load_sae(ocfg.sae, ocfg.sae_id or None).sae
+        with Database(ocfg.db) as db:
+            summary = run_outside(ocfg, sae, load_tokenizer(self.cfg.model), db)
+        atomic_write_json(self.out / "outside_summary.json", summary)
         return summary
 
     def _experiment(self, spec_path: str, key: str, sae_path: str, tick) -> dict[str, Any]:
@@ -310,8 +365,12 @@ def _table_html(summary: dict[str, Any]) -> str:
 def _corpus_fingerprint(corpus: str) -> str:
     """Content hash of the corpus files, so editing the corpus reruns the harvest."""
     from saekit.artifacts import file_sha256
+    from saekit.broad import SOURCES, data_file, is_broad
     from saekit.corpus import corpus_root
 
+    if is_broad(corpus):   # the installed data files it reads
+        names = list(SOURCES) if corpus == "broad" else [corpus]
+        return content_hash([file_sha256(data_file(SOURCES[n])) for n in names])
     if corpus == "shipped":
         root = corpus_root()
         files = sorted((root / "stories").glob("*.jsonl")) + [root / "neutral.jsonl"]

@@ -10,6 +10,7 @@ from saekit.activations.sources import (
     HELD_OUT_SPLITS,
     ActivationSource,
     HarvestSource,
+    MixedSource,
     SourceError,
     StreamSource,
     TensorSource,
@@ -40,6 +41,7 @@ from saekit.activations.store import (
     read_json,
     read_manifest,
     summarize,
+    token_ids,
     tokenize,
     write_tensors,
 )
@@ -51,6 +53,7 @@ __all__ = [
     "HELD_OUT_SPLITS",
     "HarvestError",
     "HarvestSource",
+    "MixedSource",
     "LEFTOVER_FILE",
     "MANIFEST_KEYS",
     "PART_FILE",
@@ -76,6 +79,7 @@ __all__ = [
     "read_manifest",
     "shuffled_batches",
     "summarize",
+    "token_ids",
     "tokenize",
     "write_tensors",
 ]

@@ -146,6 +146,8 @@ class HarvestSource:
         self.provenance = dict(dataset_provenance(config), context_size=config.get("max_tokens"),
                                saekit_corpus_hash=acts.manifest.get("identity", {}).get("documents"),
                                prepend_bos=harvest_prepends_bos(acts.manifest))
+        if acts.manifest.get("sources"):   # what a harvest read, per source and format (saekit.broad)
+            self.provenance["saekit_source_counts"] = acts.manifest["sources"]
 
     def _rows(self, docs_T, pos_T, x_TD, held: bool) -> torch.Tensor:
         return (self.is_held_F[docs_T] == held) & self.rule.keep(pos_T, x_TD)
@@ -221,3 +223,48 @@ class StreamSource:
 
     def held_out_texts(self, max_docs: int) -> list[str]:
         return self.held_texts[:max_docs]
+
+
+class MixedSource:
+    """Several sources in fixed shares of every batch (the stories and broad text, say); each keeps its
+    own held-out documents, and the held-out set mixes them in the same shares."""
+
+    def __init__(self, parts: dict[str, ActivationSource], shares: dict[str, float]):
+        if set(parts) != set(shares) or abs(sum(shares.values()) - 1) > 1e-6 or min(shares.values()) <= 0:
+            raise SourceError(f"mixed source: shares {shares} must be positive, name every part {sorted(parts)} "
+                              "and add up to 1")
+        widths = {name: p.d_in for name, p in parts.items()}
+        if len(set(widths.values())) != 1:
+            raise SourceError(f"mixed source: the parts have different widths {widths}")
+        self.parts, self.shares = parts, shares
+        self.d_in = next(iter(widths.values()))
+        first = next(iter(parts.values()))
+        self.rule = getattr(first, "rule", TokenRule())   # every part keeps the same positions (one config)
+        self.provenance = dict(getattr(first, "provenance", {}) or {}, saekit_sources=[
+            dict(getattr(p, "provenance", {}) or {}, name=name, share=shares[name]) for name, p in parts.items()])
+
+    def _sizes(self, n: int) -> dict[str, int]:
+        sizes = {name: int(round(n * s)) for name, s in self.shares.items()}
+        first = next(iter(sizes))
+        sizes[first] += n - sum(sizes.values())   # rounding goes to the first part
+        return sizes
+
+    def batches(self, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+        sizes = self._sizes(batch_size)
+        streams = {name: self.parts[name].batches(max(sizes[name], 1), seed + 101 * i)
+                   for i, name in enumerate(self.parts) if sizes[name] > 0}
+        gen = torch.Generator().manual_seed(seed)
+        while True:
+            batch = torch.cat([next(stream) for stream in streams.values()])
+            yield batch[torch.randperm(batch.shape[0], generator=gen)]
+
+    def held_out(self, max_tokens: int) -> torch.Tensor:
+        return torch.cat([self.parts[name].held_out(n) for name, n in self._sizes(max_tokens).items() if n > 0])
+
+    def held_out_by_part(self, max_tokens: int) -> dict[str, torch.Tensor]:
+        """Each part's own held-out activations (up to max_tokens each), for metrics per source."""
+        return {name: p.held_out(max_tokens) for name, p in self.parts.items()}
+
+    def held_out_texts(self, max_docs: int) -> list[str]:
+        return next(iter(self.parts.values())).held_out_texts(max_docs)
+

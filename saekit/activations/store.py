@@ -32,7 +32,7 @@ from safetensors.torch import save as save_safetensors
 from saekit.artifacts import MANIFEST, POOLED, atomic_write_bytes, content_hash, file_sha256, window_id
 from saekit.corpus import DatasetOptions, Record, load_corpus
 from saekit.errors import SaekitError
-from saekit.model import LM, load_tokenizer, prepends_bos
+from saekit.model import LM, chat_token_ids, load_tokenizer, prepends_bos
 
 
 class HarvestError(SaekitError, RuntimeError):
@@ -94,9 +94,23 @@ def harvest_prepends_bos(manifest: dict) -> bool:
     return prepends_bos(load_tokenizer(manifest["model"]))
 
 
+def token_ids(tokenizer, records: list[Record]) -> list[list[int]]:
+    """Each record's tokens: its text as the tokenizer encodes it, or, for a record carrying a
+    conversation (meta["messages"]), that conversation in the model's chat format with one BOS."""
+    plain = [i for i, r in enumerate(records) if not r.meta.get("messages")]
+    out: list[list[int]] = [[] for _ in records]
+    if plain:
+        for i, ids in zip(plain, tokenizer([records[i].text for i in plain], add_special_tokens=True)["input_ids"]):
+            out[i] = list(ids)
+    for i, r in enumerate(records):
+        if r.meta.get("messages"):
+            out[i] = chat_token_ids(tokenizer, r.meta["messages"])
+    return out
+
+
 def tokenize(tokenizer, records: list[Record], max_tokens: int, overflow: str) -> list[Piece]:
     pieces, too_long = [], 0
-    ids_list = tokenizer([r.text for r in records], add_special_tokens=True)["input_ids"]
+    ids_list = token_ids(tokenizer, records)
     for rec, ids in zip(records, ids_list):
         if len(ids) <= max_tokens:
             pieces.append(Piece(rec.id, ids))

@@ -64,6 +64,7 @@ from saekit.model.gguf import (
 from saekit.model.lm import LM, add_hooks, capture, capture_padded, compute_dtype, generate, hook_names
 from saekit.model.loading import (
     cached_config_path,
+    chat_token_ids,
     format_chat,
     load_hf,
     load_model,
@@ -97,7 +98,7 @@ __all__ = [
     "EmbeddedModel", "HooksFor", "ModelLoadError", "add_hooks", "architecture_hint", "block_hooks", "cache_kwargs",
     "cacheable_hook", "cached_config_path", "capture", "capture_padded", "compute_dtype", "context_length",
     "converted_folder", "d_model", "d_vocab", "decoder_layers", "dtype_name", "embedded", "embedded_gguf",
-    "embedded_model_folder", "format_chat", "generate", "hf_model_id", "hf_model_of", "hook_layer", "hook_names",
+    "chat_token_ids", "embedded_model_folder", "format_chat", "generate", "hf_model_id", "hf_model_of", "hook_layer", "hook_names",
     "hub_offline", "hub_reachable", "is_bridge", "is_instruction_tuned", "known_names", "load_gguf_model", "load_hf",
     "load_model", "load_tokenizer", "local_tokenizer", "model_alias", "model_device", "n_layers", "new_cache",
     "pad_batch", "pad_token_id", "parse_dtype", "plain_model", "prepends_bos", "residual_capture",

@@ -145,3 +145,17 @@ def format_chat(tokenizer, messages: list[dict[str, str]], add_generation_prompt
         messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
     )
 
+
+def chat_token_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
+    """A conversation in the model's own chat format, as token ids starting with exactly one BOS when the
+    model's texts start with one (a template that writes BOS keeps it; a tokenizer that adds BOS to plain
+    text gets it here too; never two)."""
+    text = format_chat(tokenizer, messages, add_generation_prompt=add_generation_prompt)
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos = tokenizer.bos_token_id
+    if bos is not None and prepends_bos(tokenizer) and ids[:1] != [bos]:
+        ids = [bos] + ids
+    while bos is not None and ids[:2] == [bos, bos]:
+        ids = ids[1:]
+    return ids
+

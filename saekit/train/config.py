@@ -35,6 +35,11 @@ class TrainConfig:
     """TransformerLens hook whose activations the SAE reconstructs."""
     activations: str = ""
     """Harvest folder (`saekit harvest --out`); empty: stream activations from the model over `corpus`."""
+    mix: list[str] = field(default_factory=list)
+    """More harvest folders to train on beside `activations` (broad text, say): each gives its
+    `mix_shares` share of every batch, `activations` the rest; each keeps its own held-out documents."""
+    mix_shares: list[float] = field(default_factory=list)
+    """The share of every batch each `mix` folder gives (together below 1)."""
     corpus: str = "shipped"
     """Corpus for streaming (ignored with `activations`): "shipped" or a file / dataset, as for harvest."""
     out: str = "artifacts/saes/default"
@@ -122,6 +127,13 @@ class TrainConfig:
         for name in ("eval_docs", "eval_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if len(self.mix) != len(self.mix_shares):
+            raise ValueError(f"mix names {len(self.mix)} folders but mix_shares gives {len(self.mix_shares)} shares")
+        if self.mix and not self.activations:
+            raise ValueError("mix needs activations: the harvest folder that gives the rest of every batch")
+        if self.mix and (min(self.mix_shares) <= 0 or sum(self.mix_shares) >= 1):
+            raise ValueError(f"mix_shares {self.mix_shares} must each be above 0 and together below 1 "
+                             "(activations gives the rest)")
         self.sae.check_training(self.normalize_activations, self.dead_feature_handling)
         if not (0 < self.dense_threshold < 1):
             raise ValueError("dense_threshold must be between 0 and 1")
