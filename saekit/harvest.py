@@ -193,9 +193,11 @@ def harvest(cfg: HarvestConfig, model=None, records: list[Record] | None = None,
 
     identity = {"model": cfg.model, "hooks": cfg.hooks, "corpus": cfg.corpus, "max_tokens": cfg.max_tokens,
                 "overflow": cfg.overflow, "token_hooks": cfg.stored_token_hooks, "docs_per_shard": cfg.docs_per_shard,
-                "pool_offset": cfg.pool_offset, "max_total_tokens": cfg.max_total_tokens,
+                "pool_offset": cfg.pool_offset,
                 "dtype": cfg.dtype, "store_dtype": cfg.store_dtype, "limit": cfg.limit,
                 "documents": documents_hash(pieces)}
+    if cfg.max_total_tokens:   # only when set: folders harvested before the field existed keep their identity
+        identity["max_total_tokens"] = cfg.max_total_tokens
     rank, world = D.rank(), D.world()
     manifest = read_manifest(out)
     if manifest is not None and manifest.get("identity") != identity:

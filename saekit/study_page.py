@@ -101,13 +101,17 @@ def top_feature_table(db: Database, sae_id: str, corpus_id: str, best: list[DF.F
         examples = "<br>".join(f"<b>{html.escape(e['story_id'])}</b> [{html.escape(e['emotion'] or '')}] "
                                f"(mean {e['activation']:.2f}): {highlight(e['tokens'], e['token_activations'])}"
                                for e in ex[:2])
+        outside = "<br>".join(f"<b>{html.escape(e['story_id'])}</b> (peak {e['activation']:.2f}): "
+                              f"{highlight(e['tokens'], e['token_activations'])}"
+                              for e in DF.outside_examples(db, sae_id, f)[:2]) or "<i>none</i>"
         rows.append(f"<tr><td>{html.escape(b['emotion'])}</td><td>{f}</td><td>{b['auroc']:.3f}</td>"
                     f"<td>{b['cohens_d']:.2f}</td><td>{b['q_value']:.2g}</td><td>{p:.0%} of {len(ex)}</td>"
-                    f"<td>{html.escape(promoted)}</td><td>{examples}</td></tr>")
+                    f"<td>{html.escape(promoted)}</td><td>{examples}</td><td>{outside}</td></tr>")
     table = ("<table><tr><th>emotion</th><th>feature</th><th>AUROC</th><th>d</th><th>q</th>"
              "<th>top stories from the emotion</th><th>logit lens: promotes (logit)</th>"
              "<th>top stories by pooled mean (window around the peak; shade = activation, hover for the value)</th>"
-             "</tr>" + "".join(rows) + "</table>")
+             "<th>top passages from outside text (held-out chats and Wikipedia openings the SAE never trained on; "
+             "window around the peak)</th></tr>" + "".join(rows) + "</table>")
     good = sum(p >= 0.6 for p in precisions)
     median = float(torch.tensor(precisions).nanmedian()) if precisions else float("nan")
     sentence = (f"Examples are the stories with the highest pooled activation, the statistic selectivity is ranked "

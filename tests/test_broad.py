@@ -205,3 +205,21 @@ def test_broad_text_reaches_training_and_outside_examples_but_never_the_ranking(
         assert max(r["token_activations"]) == pytest.approx(r["activation"], rel=1e-4)
     rule = rows("SELECT token_rule FROM runs WHERE kind = 'outside_examples'")
     assert json.loads(rule[0]["token_rule"])["skip_first"] == 1
+
+    # shown where a person looks: the feature page, the report and the Neuronpedia export
+    from starlette.testclient import TestClient
+
+    from saekit.browse.server import create_app
+    from saekit.export import BATCH_FILE, export_features
+
+    best = max(outside, key=lambda r: r["activation"])
+    f = best["feature"]
+    client = TestClient(create_app(str(db)), base_url="http://127.0.0.1:8765")
+    page = client.get(f"/feature/sae/{f}.html").text   # the study's SAE folder is named "sae"
+    assert "Top passages from outside text" in page and best["story_id"] in page
+    assert 'data-kind="outside"' in page
+    report = (out / "report.html").read_text()
+    assert "top passages from outside text" in report
+    export_features(tmp_path / "np", str(db), features=[f])
+    acts = json.loads((tmp_path / "np" / BATCH_FILE).read_text())["features"][0]["activations"]
+    assert [round(v, 3) for v in best["token_activations"]] in [a["values"] for a in acts]

@@ -95,6 +95,12 @@ def feature_lens(db: Database, sae_id: str, feature: int) -> dict[str, Any] | No
     return rows[0] if rows else None
 
 
+def outside_examples(db: Database, sae_id: str, feature: int) -> list[dict[str, Any]]:
+    """A feature's top passages from outside text (held-out broad text), best first."""
+    return fetch_dicts(db, "SELECT story_id, tokens, token_activations, activation FROM feature_examples "
+                           "WHERE sae_id = ? AND feature = ? AND kind = 'outside' ORDER BY example_rank", [sae_id, feature])
+
+
 def story_examples(db: Database, sae_id: str, corpus_id: str, feature: int) -> list[dict[str, Any]]:
     """A feature's story examples (story_id, emotion, tokens, token_activations, activation), best first."""
     return fetch_dicts(db, "SELECT story_id, emotion, tokens, token_activations, activation FROM feature_examples "
@@ -164,7 +170,7 @@ def feature_rows(db: Database, sae_id: str, features: Sequence[int]) -> list[dic
 
 
 def example_rows(db: Database, sae_id: str, features: Sequence[int]) -> list[dict[str, Any]]:
-    """The `feature_examples` rows of the given features: by feature, windows before stories, by rank."""
+    """The `feature_examples` rows of the given features: by feature, windows, stories, then outside passages, by rank."""
     return fetch_dicts(db, "SELECT * FROM feature_examples WHERE sae_id = ? AND list_contains(?, feature) "
                            "ORDER BY feature, kind DESC, example_rank", [sae_id, list(features)])
 
