@@ -10,7 +10,8 @@ console = Console(stderr=True)
 """Messages, warnings and progress: stderr."""
 out_console = Console()
 """Results: stdout."""
-MODEL_HELP = "Model folder, hub name, or an embedded name: 'smollm2-135m-instruct' (default), 'gemma3-270m' (saekit[gemma]), 'tiny'."
+MODEL_HELP = ("Model folder, hub name, or an embedded name: 'smollm2-135m-instruct' (default), 'gemma3-270m' (saekit[gemma]), "
+              "'qwen2.5-coder-1.5b-instruct' (saekit[qwen]), 'tiny'.")
 
 
 def progress_bar() -> Progress:

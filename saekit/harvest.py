@@ -66,7 +66,8 @@ from saekit.tokens import DEFAULT as DEFAULT_RULE
 @dataclass
 class HarvestConfig:
     model: str = DEFAULT_MODEL
-    """Model folder, hub name, "smollm2-135m-instruct" (embedded default), "gemma3-270m" (saekit[gemma]) or "tiny"."""
+    """Model folder, hub name, "smollm2-135m-instruct" (embedded default), "gemma3-270m" (saekit[gemma]),
+    "qwen2.5-coder-1.5b-instruct" (saekit[qwen]) or "tiny"."""
     hooks: list[str] = field(default_factory=lambda: ["blocks.20.hook_resid_post"])
     """TransformerLens hook names to record."""
     corpus: str = "shipped"

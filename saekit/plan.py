@@ -25,15 +25,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from saekit.config import ConfigError
-from saekit.model import DEFAULT_MODEL, GEMMA_MODEL, TINY_MODEL, parse_dtype
+from saekit.model import DEFAULT_MODEL, EMBEDDED, GEMMA_MODEL, QWEN_MODEL, TINY_MODEL, parse_dtype
 
 SMOLLM2_135M = {"num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
                 "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}
 GEMMA3_270M = {"num_hidden_layers": 18, "hidden_size": 640, "intermediate_size": 2048, "num_attention_heads": 4,
                "num_key_value_heads": 1, "vocab_size": 262144, "tie_word_embeddings": True}
+# the embedded Qwen2.5-Coder-1.5B-Instruct: its GGUF's sizes; untied (the GGUF has its own output matrix)
+QWEN25_CODER_15B = {"num_hidden_layers": 28, "hidden_size": 1536, "intermediate_size": 8960, "num_attention_heads": 12,
+                    "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": False}
 KNOWN_CONFIGS = {
     DEFAULT_MODEL: SMOLLM2_135M,
     GEMMA_MODEL: GEMMA3_270M,
+    QWEN_MODEL: QWEN25_CODER_15B,
     # published config.json values, so the shipped GPU config plans without a download
     "Qwen/Qwen2.5-1.5B-Instruct": {"num_hidden_layers": 28, "hidden_size": 1536, "intermediate_size": 8960,
                                    "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
@@ -170,10 +174,10 @@ def plan_tokenizer(model: str):
 
     if model.lower() in (DEFAULT_MODEL, "default", TINY_MODEL):
         return local_tokenizer(tokenizer_folder()), "SmolLM2's tokenizer"
-    if model.lower() == GEMMA_MODEL:  # its tokenizer is on disk once the model was converted
+    if model.lower() in EMBEDDED:  # gemma3-270m, qwen2.5-coder-1.5b-instruct: on disk once converted
         from saekit.model import converted_folder
 
-        model = str(converted_folder(GEMMA_MODEL))
+        model = str(converted_folder(model.lower()))
     try:
         return local_tokenizer(model), f"{model}'s tokenizer"
     except (OSError, ValueError):

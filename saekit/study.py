@@ -29,7 +29,8 @@ STEPS_FILE = "steps.json"
 @dataclass
 class StudyConfig:
     model: str = DEFAULT_MODEL
-    """Model folder, hub name, "smollm2-135m-instruct" (embedded default), "gemma3-270m" (saekit[gemma]) or "tiny"."""
+    """Model folder, hub name, "smollm2-135m-instruct" (embedded default), "gemma3-270m" (saekit[gemma]),
+    "qwen2.5-coder-1.5b-instruct" (saekit[qwen]) or "tiny"."""
     hook: str = "blocks.20.hook_resid_post"
     """Where the SAE reads and the experiments intervene."""
     vector_hooks: list[str] = field(default_factory=lambda: ["blocks.10.hook_resid_post", "blocks.15.hook_resid_post"])

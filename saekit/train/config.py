@@ -30,7 +30,8 @@ from saekit.tokens import TokenRule
 @dataclass
 class TrainConfig:
     model: str = DEFAULT_MODEL
-    """Model folder, hub name, "smollm2-135m-instruct" (embedded default), "gemma3-270m" (saekit[gemma]) or "tiny"."""
+    """Model folder, hub name, "smollm2-135m-instruct" (embedded default), "gemma3-270m" (saekit[gemma]),
+    "qwen2.5-coder-1.5b-instruct" (saekit[qwen]) or "tiny"."""
     hook: str = "blocks.20.hook_resid_post"
     """TransformerLens hook whose activations the SAE reconstructs."""
     activations: str = ""
