@@ -15,9 +15,8 @@ import json
 import re
 from pathlib import Path
 
-import duckdb
-
 from saekit.activations import Activations, HarvestSource
+from saekit.handle import open_db
 from saekit.metrics import activation_metrics
 from saekit.sae import hook_of, load_sae
 from saekit.tokens import TokenRule
@@ -39,8 +38,8 @@ def sae_health(sae_folder: Path, stories: Path, broad: Path) -> dict:
 
 
 def database_numbers(db: Path, sae_id: str) -> dict:
-    con = duckdb.connect(str(db), read_only=True)
-    q = lambda sql, p=(): con.execute(sql, list(p)).fetchall()   # noqa: E731
+    con = open_db(db)
+    q = lambda sql, p=(): [tuple(r) for r in con.sql(sql, list(p)).itertuples(index=False)]   # noqa: E731
     trace = {}
     for scenario, is_control, fired, n, mean in q(
             """SELECT r.condition, r.is_control, count(DISTINCT r.metric) FILTER (WHERE r.value > 1e-6),

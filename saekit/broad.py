@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from saekit.corpus import CorpusError, Record
+from saekit.corpus import CorpusError, Record, load_corpus
 
 HELD_OUT_EVERY = 7
 """One document in this many (by hash) is held out: never trained on, the outside examples' source."""
@@ -69,11 +70,25 @@ NAMES = (*SOURCES, "broad")
 class Loaded:
     records: list[Record]
     skipped: Counter = field(default_factory=Counter)
-    """Why rows were left out ("empty", "not valid Unicode", "too long"), counted per source: "chitchat: empty"."""
+    """Rows left out and why, counted: "chitchat: empty message", "chitchat: conversation with one speaker",
+    "wiki: too long article" (empty, not valid Unicode, too long)."""
 
 
 def is_broad(corpus: str | Path | None) -> bool:
     return str(corpus) in NAMES
+
+
+def corpus_records(source: str | Path | None, **options) -> list[Record]:
+    """Records of any corpus: a broad one by name (the rows it skipped said in a warning, never silently),
+    else `saekit.corpus.load_corpus(source, **options)`."""
+    if not is_broad(source):
+        return load_corpus(source, **options)
+    loaded = load_broad(str(source))
+    if loaded.skipped:
+        warnings.warn(f"corpus {source}: skipped {sum(loaded.skipped.values())} rows "
+                      f"({', '.join(f'{k}: {v}' for k, v in sorted(loaded.skipped.items()))})", stacklevel=2)
+    limit = options.get("limit") or 0
+    return loaded.records[:limit] if limit else loaded.records
 
 
 def data_file(source: Source) -> Path:
@@ -142,7 +157,7 @@ def _chitchat(data: dict) -> Loaded:
                 text = msg.get("text") if isinstance(msg, dict) else None
                 why = _problem(text, MAX_MESSAGE_CHARS)
                 if why:
-                    skipped[f"chitchat: {why}"] += 1
+                    skipped[f"chitchat: {why} message"] += 1
                     continue
                 sender = str(msg.get("sender", ""))
                 if turns and turns[-1][0] == sender:
@@ -150,7 +165,7 @@ def _chitchat(data: dict) -> Loaded:
                 else:
                     turns.append((sender, text.strip()))
         if len(turns) < 2:
-            skipped["chitchat: " + ("empty" if not turns else "one speaker only")] += 1
+            skipped["chitchat: conversation " + ("with no message left" if not turns else "with one speaker")] += 1
             continue
         split = "test" if held_out(f"chitchat:{conv_id}") else "train"
         first = turns[0][0]
@@ -187,7 +202,7 @@ def _wiki(data: dict) -> Loaded:
         text = row.get("extract") if isinstance(row, dict) else row
         why = _problem(text, MAX_ARTICLE_CHARS)
         if why:
-            skipped[f"wiki: {why}"] += 1
+            skipped[f"wiki: {why} article"] += 1
             continue
         rid = f"wiki:{title}"
         records.append(Record(id=rid, text=text.strip(), split="test" if held_out(rid) else "train",

@@ -85,8 +85,6 @@ def load_corpus(source: str | Path | None = None, *, text_column: str = "text", 
                           f"folder or hub name), not to corpus {source or 'shipped'}")
     if source is None or str(source) == "shipped":
         records = _shipped_records(include_neutral)
-    elif _is_broad(source):
-        records = _broad_records(str(source))
     else:
         records = _external_records(source, text_column, label_column, id_column, dataset, limit)
     records = records[:limit] if limit else records
@@ -118,25 +116,6 @@ def _shipped_records(include_neutral: bool) -> list[Record]:
     for path in files:
         out.extend(_record_from_row(row, path, i, "text", "emotion", "id") for i, row in _read_jsonl(path))
     return out
-
-
-def _is_broad(source) -> bool:
-    from saekit.broad import is_broad
-
-    return is_broad(source)
-
-
-def _broad_records(name: str) -> list[Record]:
-    """A packaged broad corpus (saekit.broad); the rows it skipped are said, never silently."""
-    import warnings
-
-    from saekit.broad import load_broad
-
-    loaded = load_broad(name)
-    if loaded.skipped:
-        warnings.warn(f"corpus {name}: skipped {sum(loaded.skipped.values())} rows "
-                      f"({', '.join(f'{k}: {v}' for k, v in sorted(loaded.skipped.items()))})", stacklevel=3)
-    return loaded.records
 
 
 def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:

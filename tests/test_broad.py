@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from saekit import broad
-from saekit.activations import Activations, MixedSource, TensorSource
+from saekit.activations import MixedSource, TensorSource
 from saekit.corpus import CorpusError, Record
 
 
@@ -47,8 +47,8 @@ def fake_sources(tmp_path, monkeypatch):
 def test_bad_rows_are_skipped_and_counted(fake_sources):
     chat = broad.load_broad("chitchat")
     wiki = broad.load_broad("wiki")
-    assert chat.skipped == {"chitchat: one speaker only": 1, "chitchat: empty": 1}
-    assert wiki.skipped == {"wiki: empty": 1, "wiki: too long": 1, "wiki: not valid Unicode": 1}
+    assert chat.skipped == {"chitchat: conversation with one speaker": 1, "chitchat: empty message": 1}
+    assert wiki.skipped == {"wiki: empty article": 1, "wiki: too long article": 1, "wiki: not valid Unicode article": 1}
     assert len(wiki.records) == 28 and not any(r.id in ("wiki:Empty", "wiki:Huge", "wiki:Broken") for r in wiki.records)
     mixed = broad.load_broad("broad")
     assert mixed.skipped == chat.skipped + wiki.skipped
@@ -56,10 +56,8 @@ def test_bad_rows_are_skipped_and_counted(fake_sources):
 
 
 def test_a_corpus_named_broad_warns_with_its_skipped_rows(fake_sources):
-    from saekit.corpus import load_corpus
-
-    with pytest.warns(UserWarning, match=r"skipped 3 rows \(wiki: empty: 1, wiki: not valid Unicode: 1, wiki: too long: 1\)"):
-        records = load_corpus("wiki")
+    with pytest.warns(UserWarning, match=r"skipped 3 rows \(wiki: empty article: 1, wiki: not valid Unicode article: 1, wiki: too long article: 1\)"):
+        records = broad.corpus_records("wiki")
     assert all(r.emotion == "" for r in records)
 
 
@@ -146,8 +144,9 @@ def test_the_manifest_names_what_was_read(fake_sources, tiny_model, tmp_path):
     assert {k: {"documents": v["documents"], "tokens": v["tokens"]} for k, v in manifest["sources"].items()} == read
     assert abs(sum(v["share"] for v in manifest["sources"].values()) - 1) < 1e-3
     assert 2_000 <= manifest["total_tokens"] < 2_000 + 64
-    assert manifest["skipped_rows"] == {"chitchat: one speaker only": 1, "chitchat: empty": 1, "wiki: empty": 1,
-                                        "wiki: too long": 1, "wiki: not valid Unicode": 1}
+    assert manifest["skipped_rows"] == {"chitchat: conversation with one speaker": 1, "chitchat: empty message": 1,
+                                        "wiki: empty article": 1, "wiki: too long article": 1,
+                                        "wiki: not valid Unicode article": 1}
 
 
 def test_a_mixed_source_gives_each_part_its_share_and_keeps_held_out_apart():
@@ -223,3 +222,17 @@ def test_broad_text_reaches_training_and_outside_examples_but_never_the_ranking(
     export_features(tmp_path / "np", str(db), features=[f])
     acts = json.loads((tmp_path / "np" / BATCH_FILE).read_text())["features"][0]["activations"]
     assert [round(v, 3) for v in best["token_activations"]] in [a["values"] for a in acts]
+
+
+def test_the_installed_sources_load_with_their_bad_rows_counted():
+    """The real packaged files (installed by `make setup`): every conversation and article is either a
+    record or a counted skip, and about one in seven is held out."""
+    chat, wiki = broad.load_broad("chitchat"), broad.load_broad("wiki")
+    conversations = {r.id.rsplit(":", 1)[0] for r in chat.records}
+    assert len(conversations) + sum(n for why, n in chat.skipped.items() if "conversation" in why) == 7_168
+    assert len(wiki.records) + sum(wiki.skipped.values()) == 10_033
+    for loaded in (chat, wiki):
+        share = sum(r.split == "test" for r in loaded.records) / len(loaded.records)
+        assert 0.10 < share < 0.19
+    formats = {r.meta["format"] for r in chat.records}
+    assert formats == {"chat", "plain"}

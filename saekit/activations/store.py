@@ -30,7 +30,8 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
 from saekit.artifacts import MANIFEST, POOLED, atomic_write_bytes, content_hash, file_sha256, window_id
-from saekit.corpus import DatasetOptions, Record, load_corpus
+from saekit.broad import corpus_records
+from saekit.corpus import DatasetOptions, Record
 from saekit.errors import SaekitError
 from saekit.model import LM, chat_token_ids, load_tokenizer, prepends_bos
 
@@ -70,7 +71,7 @@ def dataset_options(config: dict) -> DatasetOptions:
 def harvest_records(config: dict) -> list[Record]:
     """The records a harvest reads, from its config's dict form (as stored in the manifest): the same
     corpus, columns, dataset configuration and split, so later stages see the harvested texts."""
-    return load_corpus(config.get("corpus", "shipped"), text_column=config.get("text_column", "text"),
+    return corpus_records(config.get("corpus", "shipped"), text_column=config.get("text_column", "text"),
                        label_column=config.get("label_column", "emotion"), dataset=dataset_options(config),
                        limit=config.get("limit", 0))
 

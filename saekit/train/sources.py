@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from saekit.activations import Activations, ActivationSource, HarvestSource, MixedSource, StreamSource
-from saekit.corpus import load_corpus
+from saekit.broad import corpus_records
 from saekit.model import embedded, load_model
 from saekit.train.config import TrainConfig, token_rule
 from saekit.train.errors import TrainError
@@ -28,7 +28,7 @@ def open_source(cfg: TrainConfig, activations=None, model=None) -> ActivationSou
         shares = dict(zip(parts, [1 - sum(cfg.mix_shares), *cfg.mix_shares]))
         return MixedSource(parts, shares)
     model = model if model is not None else load_model(cfg.model, device=cfg.device)
-    return StreamSource(model, load_corpus(cfg.corpus), cfg.hook, cfg.max_tokens, cfg.stream_batch_size,
+    return StreamSource(model, corpus_records(cfg.corpus), cfg.hook, cfg.max_tokens, cfg.stream_batch_size,
                         token_rule(cfg), cfg.shuffle_buffer_tokens, corpus=cfg.corpus)
 
 
