@@ -29,6 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from saekit.corpus import CorpusError, Record, load_corpus
 
@@ -159,11 +160,11 @@ def _chitchat(data: dict) -> Loaded:
                 if why:
                     skipped[f"chitchat: {why} message"] += 1
                     continue
-                sender = str(msg.get("sender", ""))
+                sender, text = str(msg.get("sender", "")), str(text).strip()
                 if turns and turns[-1][0] == sender:
-                    turns[-1] = (sender, turns[-1][1] + " " + text.strip())
+                    turns[-1] = (sender, turns[-1][1] + " " + text)
                 else:
-                    turns.append((sender, text.strip()))
+                    turns.append((sender, text))
         if len(turns) < 2:
             skipped["chitchat: conversation " + ("with no message left" if not turns else "with one speaker")] += 1
             continue
@@ -174,7 +175,7 @@ def _chitchat(data: dict) -> Loaded:
             roles = ["user" if sender == first else "assistant" for sender, _ in seg]
             plain = "\n".join(f"{'A' if r == 'user' else 'B'}: {t}" for r, (_, t) in zip(roles, seg))
             as_chat = _hash(rid + ":format") % PLAIN_EVERY != 0
-            meta = {"source": "chitchat", "format": "chat" if as_chat else "plain"}
+            meta: dict[str, Any] = {"source": "chitchat", "format": "chat" if as_chat else "plain"}
             if as_chat:
                 meta["messages"] = [{"role": r, "content": t} for r, (_, t) in zip(roles, seg)]
             records.append(Record(id=rid, text=plain, split=split, meta=meta))
@@ -197,7 +198,8 @@ def _segments(turns: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
 
 
 def _wiki(data: dict) -> Loaded:
-    records, skipped = [], Counter()
+    records: list[Record] = []
+    skipped: Counter = Counter()
     for title, row in data.items():
         text = row.get("extract") if isinstance(row, dict) else row
         why = _problem(text, MAX_ARTICLE_CHARS)
@@ -205,7 +207,7 @@ def _wiki(data: dict) -> Loaded:
             skipped[f"wiki: {why} article"] += 1
             continue
         rid = f"wiki:{title}"
-        records.append(Record(id=rid, text=text.strip(), split="test" if held_out(rid) else "train",
+        records.append(Record(id=rid, text=str(text).strip(), split="test" if held_out(rid) else "train",
                               meta={"source": "wiki", "format": "plain"}))
     return Loaded(records, skipped)
 
@@ -228,7 +230,8 @@ def interleave(parts: dict[str, list[Record]], shares: dict[str, float]) -> list
 
 def within_budget(records: list[Record], count_tokens, budget: int) -> list[Record]:
     """The first records (in order) whose tokens add up to `budget`; `count_tokens(records)` -> [n, ...]."""
-    out, total, step = [], 0, 256
+    out: list[Record] = []
+    total, step = 0, 256
     for s in range(0, len(records), step):
         chunk = records[s:s + step]
         for rec, n in zip(chunk, count_tokens(chunk)):

@@ -303,7 +303,7 @@ def plan_study(config: str | Path, profile: str = "", gpus: int = 1, overrides: 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             broad_tokens = [len(p.token_ids) for p in tokenize(tok, chosen, bcfg.max_tokens, bcfg.overflow)]
-        step = _harvest_step(shape, bcfg, broad_tokens, hook_layer(cfg.hook) + 1, mbytes, rate, gpus, tok_note)
+        step = _harvest_step(shape, bcfg, broad_tokens, (hook_layer(cfg.hook) or 0) + 1, mbytes, rate, gpus, tok_note)
         steps.append(replace(step, name="harvest broad text"))
     if tcfg:
         eval_flops = _train_eval_flops(tcfg, shape, F, sum(doc_tokens) / len(doc_tokens))

@@ -56,7 +56,8 @@ def test_bad_rows_are_skipped_and_counted(fake_sources):
 
 
 def test_a_corpus_named_broad_warns_with_its_skipped_rows(fake_sources):
-    with pytest.warns(UserWarning, match=r"skipped 3 rows \(wiki: empty article: 1, wiki: not valid Unicode article: 1, wiki: too long article: 1\)"):
+    said = r"skipped 3 rows \(wiki: empty article: 1, wiki: not valid Unicode article: 1, wiki: too long article: 1\)"
+    with pytest.warns(UserWarning, match=said):
         records = broad.corpus_records("wiki")
     assert all(r.emotion == "" for r in records)
 

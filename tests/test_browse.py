@@ -46,10 +46,17 @@ def rows(db, sql):
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A finished tiny study (with two experiments, one the impossible task), one example token made hostile HTML."""
+    from test_broad import write_fake_sources
+
+    from saekit import broad
+
     tmp = tmp_path_factory.mktemp("browse")
-    cfg = write_config(tmp)
+    cfg = write_config(tmp, broad_corpus="broad", broad_tokens=3_000)   # with outside examples (tiny stand-in text)
     cfg.write_text(cfg.read_text().replace('experiments = ["', f'experiments = ["{write_impossible_spec(tmp)}", "'))
-    result = runner.invoke(app, ["study", str(cfg)])
+    sources = write_fake_sources(tmp)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(broad, "data_file", lambda source: sources[source.name])
+        result = runner.invoke(app, ["study", str(cfg)])
     assert result.exit_code == 0, result.output
     db = tmp / "study.duckdb"
     with Database(db) as d:
@@ -342,6 +349,22 @@ def test_home_to_emotion_to_feature_in_chromium(server, study, page):
     check_feature_page(page, db, n)
     assert HOSTILE in page.locator('.example[data-kind="story"][data-rank="1"] .tokens').text_content()
     shot(page, "feature")
+    # the top passages from outside text (held-out broad documents), each token shaded by its stored value,
+    # on the page of the feature with the strongest one
+    best = rows(db, "SELECT feature FROM feature_examples WHERE kind = 'outside' ORDER BY activation DESC, feature LIMIT 1")
+    f_out = best[0]["feature"]
+    outside = rows(db, f"SELECT story_id, token_activations FROM feature_examples WHERE kind = 'outside' "
+                       f"AND feature = {f_out} ORDER BY example_rank")
+    page.goto(urljoin(server, f"feature/sae/{f_out}.html"))
+    assert page.locator("h3", has_text="Top passages from outside text").is_visible()
+    first = page.locator('.example[data-kind="outside"][data-rank="1"]')
+    head = first.locator(".example-head").text_content()
+    assert outside[0]["story_id"] in head and "None" not in head and "peak" in head
+    shown = [float(t) for t in first.locator(".tok").evaluate_all("els => els.map(e => e.dataset.act)")]
+    assert shown == pytest.approx(outside[0]["token_activations"], rel=1e-4, abs=1e-6)
+    first.scroll_into_view_if_needed()
+    shot(page, "feature-outside")
+    page.goto(urljoin(server, f"feature/sae/{n}.html"))
     page.click("#next")
     page.wait_for_url(f"**/feature/sae/{n + 1}.html")
     page.fill("#jump input", "0")
@@ -508,6 +531,8 @@ def test_study_report_renders_in_chromium(study, page):
     assert spans.count() > 0
     shade = [float(s.get_attribute("title")) for s in spans.all()[:20]]
     assert all(v >= 0 for v in shade) and max(shade) > 0
+    head = page.locator("h2", has_text="Top feature per emotion").locator("xpath=following-sibling::table[1] >> tr").first
+    assert "top passages from outside text" in head.inner_text()
     images = page.locator("img")
     assert images.count() >= 4
     assert all(w > 100 for w in images.evaluate_all("els => els.map(e => e.naturalWidth)"))

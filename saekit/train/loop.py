@@ -294,7 +294,7 @@ def finish(state: TrainState, cfg: TrainConfig, source: ActivationSource, out: P
     if hasattr(source, "held_out_by_part"):   # a mix: the same metrics on each source's own held-out tokens
         metrics["by_source"] = {name: M.activation_metrics(loaded.sae, x, dense_threshold=cfg.dense_threshold)
                                 for name, x in source.held_out_by_part(cfg.eval_tokens).items() if x.shape[0]}
-        metrics["shares"] = dict(source.shares)
+        metrics["shares"] = dict(getattr(source, "shares"))
     if cfg.lm_metrics:
         texts = source.held_out_texts(cfg.eval_docs)
         if texts:

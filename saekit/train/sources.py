@@ -21,7 +21,7 @@ def open_source(cfg: TrainConfig, activations=None, model=None) -> ActivationSou
         main = _harvest_source(cfg, folder)
         if not cfg.mix:
             return main
-        parts = {_name(main): main}
+        parts: dict[str, ActivationSource] = {_name(main): main}
         for path in cfg.mix:
             part = _harvest_source(cfg, path)
             parts[_name(part, taken=parts)] = part
