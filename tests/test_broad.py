@@ -206,6 +206,18 @@ def test_broad_text_reaches_training_and_outside_examples_but_never_the_ranking(
     rule = rows("SELECT token_rule FROM runs WHERE kind = 'outside_examples'")
     assert json.loads(rule[0]["token_rule"])["skip_first"] == 1
 
+    # analysis/broad_sae.py (the README's before/after table) reads the same files and tables
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
+    import broad_sae
+
+    measured = broad_sae.measure(out, db, out / "activations", out / "broad", str(out / "sae"))
+    assert measured["sae"]["broad"]["explained_variance"] == pytest.approx(
+        metrics["by_source"]["broad"]["explained_variance"], abs=1e-6)
+    assert measured["training"] == {"shipped": 0.4, "broad": 0.6}
+    assert "| SAE explained variance, held-out broad tokens |" in broad_sae.table(measured, measured)
+
     # shown where a person looks: the feature page, the report and the Neuronpedia export
     from starlette.testclient import TestClient
 
