@@ -16,10 +16,15 @@ from typing import Any, Callable
 import torch
 
 from saekit.activations import Activations, held_out_documents
+from saekit.errors import SaekitError
 from saekit.evidence import _window
 from saekit.tokens import TokenRule
 
 KIND = "outside"
+
+
+class OutsideError(SaekitError, ValueError):
+    """Outside examples cannot be computed for this SAE (the message says why)."""
 
 
 @dataclass
@@ -95,7 +100,7 @@ def run_outside(cfg: OutsideConfig, sae, tokenizer, db) -> dict[str, Any]:
     acts = Activations.open(cfg.activations)
     hook = hook_of(sae)
     if hook is None:
-        raise ValueError(f"the SAE {cfg.sae} does not say which hook it reads (its metadata has no hook_name)")
+        raise OutsideError(f"the SAE {cfg.sae} does not say which hook it reads (its metadata has no hook_name)")
     rule = resolve_token_rule(RankConfig(activations=cfg.activations, sae=cfg.sae), acts, hook)
     rows = outside_examples(acts, hook, sae.encode, d_sae_of(sae), rule, tokenizer, cfg.n_examples)
     corpus_id = corpus_id_of(acts.manifest["config"].get("corpus"))
