@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from saekit.corpus import CorpusError, Record, load_corpus
+from saekit.corpus import HELD_OUT_SPLITS, CorpusError, Record, load_corpus
 
 HELD_OUT_EVERY = 7
 """One document in this many (by hash) is held out: never trained on, the outside examples' source."""
@@ -252,7 +252,7 @@ def source_counts(records: list[Record], n_tokens: list[int]) -> dict[str, dict]
         key = f"{rec.meta.get('source', 'corpus')} {rec.meta.get('format', 'plain')}"
         docs[key] += 1
         toks[key] += n
-        held[key] += n if rec.split in ("test", "validation", "val", "heldout", "held_out") else 0
+        held[key] += n if rec.split in HELD_OUT_SPLITS else 0
     total = max(sum(toks.values()), 1)
     return {k: {"documents": docs[k], "tokens": toks[k], "held_out_tokens": held[k], "share": round(toks[k] / total, 4)}
             for k in sorted(docs)}

@@ -22,6 +22,8 @@ from saekit.errors import SaekitError
 
 NEUTRAL = "neutral"
 SPLITS = ("train", "test")
+HELD_OUT_SPLITS = ("test", "validation", "val", "heldout", "held_out")
+"""Split names whose records never reach SAE training (the shipped corpus uses "test")."""
 MIN_WORDS, MAX_WORDS = 60, 150
 MIN_STORIES, MIN_TOPICS = 24, 12
 

@@ -23,6 +23,7 @@ from saekit.activations.store import (
     tokenize,
 )
 from saekit.artifacts import story_of
+from saekit.corpus import HELD_OUT_SPLITS
 from saekit.errors import SaekitError
 from saekit.model import LM, pad_token_id, prepends_bos, stop_layer
 from saekit.tokens import TokenRule
@@ -32,7 +33,6 @@ class SourceError(SaekitError, RuntimeError):
     """An activation source has nothing to give (no training texts or tokens)."""
 
 
-HELD_OUT_SPLITS = ("test", "validation", "val", "heldout", "held_out")
 
 
 class ActivationSource(Protocol):
