@@ -13,7 +13,7 @@ each with the per-token activations of its window so a page can highlight them;
 
 from __future__ import annotations
 
-import re
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -157,7 +157,7 @@ def top_examples(enc: Encoded, acts: Activations, hook: str, encode: Callable[[t
                 rows.append({"feature": f, "kind": kind, "example_rank": r, "story_id": docs[d]["id"],
                              "emotion": docs[d]["label"], "token_start": start, "token_end": end,
                              "activation": score, "token_ids": ids,
-                             "tokens": [tokenizer.decode([t]) for t in ids] if tokenizer is not None else [],
+                             "tokens": decode_tokens(tokenizer, ids) if tokenizer is not None else [],
                              "token_activations": feats_TF[start:end, f].tolist(),
                              "snippet": tokenizer.decode(ids) if tokenizer is not None else ""})
     rows.sort(key=lambda r: (r["feature"], r["kind"], r["example_rank"]))
@@ -229,12 +229,46 @@ def word_forms(emotion: str) -> set[str]:
     return {s + suf for s in stems for suf in SUFFIXES} | {word}
 
 
+def _clean(token_text: str) -> str:
+    """The token as a lower-case ASCII word, or "" when it is anything else (punctuation, digits, pieces of UTF-8)."""
+    t = token_text.strip().lower()
+    return t if t.isascii() and t.isalpha() else ""
+
+
+def _matching_words(forms: set[str]) -> set[str]:
+    """Every cleaned token text that counts as a form: the forms, and their word-start pieces of 5+ letters."""
+    return set(forms) | {f[:n] for f in forms for n in range(5, len(f) + 1)}
+
+
 def token_matches(token_text: str, forms: set[str]) -> bool:
     """A token is a form of the word, or a word-start piece of one at least 5 letters long."""
-    t = token_text.strip().lower()
-    if not re.fullmatch(r"[a-z]+", t):
-        return False
-    return t in forms or (len(t) >= 5 and any(f.startswith(t) for f in forms))
+    t = _clean(token_text)
+    return bool(t) and t in _matching_words(forms)
+
+
+_VOCABS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def decoded_vocab(tokenizer, size: int) -> list[str]:
+    """`tokenizer.decode([i])` for every id below `size`, decoded once per tokenizer.
+
+    Decoding a 49k vocabulary token by token takes seconds, and the ranking needs it for every
+    vector set and for every example window.
+    """
+    try:
+        vocab = _VOCABS.setdefault(tokenizer, [])
+    except TypeError:                       # a tokenizer that takes no weak reference: decode every time
+        return [tokenizer.decode([t]) for t in range(size)]
+    vocab += [tokenizer.decode([t]) for t in range(len(vocab), size)]
+    return vocab[:size]
+
+
+def decode_tokens(tokenizer, ids: list[int]) -> list[str]:
+    """Each id's own text (as `tokenizer.decode([id])`), through the decoded vocabulary."""
+    if not ids:
+        return []
+    vocab = decoded_vocab(tokenizer, max(ids) + 1)
+    return [vocab[t] for t in ids]
 
 
 @torch.no_grad()
@@ -248,12 +282,13 @@ def own_word_check(vectors_ED: torch.Tensor, emotions: list[str], W_U_VD: torch.
     distribution of counts under random directions (one draw = one random direction per emotion).
     """
     W_VD = _unembed_matrix(W_U_VD, norm_D)
-    vocab = [tokenizer.decode([t]) for t in range(W_VD.shape[0])]
+    vocab = decoded_vocab(tokenizer, W_VD.shape[0])
+    clean_V = [_clean(t) for t in vocab]
     gen = torch.Generator().manual_seed(seed)
     per_emotion, random_hits = [], torch.zeros(n_random, len(emotions), dtype=torch.bool)
     for j, e in enumerate(emotions):
-        forms = word_forms(e)
-        is_form_V = torch.tensor([token_matches(t, forms) for t in vocab])
+        words = _matching_words(word_forms(e))
+        is_form_V = torch.tensor([t in words for t in clean_V])
         logits_V = W_VD @ vectors_ED[j].float()
         order = logits_V.argsort(descending=True)
         form_ranks = (is_form_V[order]).nonzero().flatten()

@@ -17,7 +17,7 @@ import torch
 
 from saekit.activations import Activations, held_out_documents
 from saekit.errors import SaekitError
-from saekit.evidence import _window
+from saekit.evidence import _window, decode_tokens
 from saekit.tokens import TokenRule
 
 KIND = "outside"
@@ -82,7 +82,7 @@ def outside_examples(acts: Activations, hook: str, encode: Callable[[torch.Tenso
                 ids = ids_T[start:end].tolist()
                 rows.append({"feature": f, "kind": KIND, "example_rank": r, "story_id": docs[d]["id"],
                              "emotion": None, "token_start": start, "token_end": end, "activation": peak,
-                             "token_ids": ids, "tokens": [tokenizer.decode([t]) for t in ids],
+                             "token_ids": ids, "tokens": decode_tokens(tokenizer, ids),
                              "token_activations": feats_TF[start:end, f].tolist(), "snippet": tokenizer.decode(ids)})
     rows.sort(key=lambda r: (r["feature"], r["example_rank"]))
     return rows

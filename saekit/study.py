@@ -41,7 +41,7 @@ class StudyConfig:
     """Broad text the SAE also trains on ("broad", "chitchat", "wiki": saekit.broad; analysis/study.toml
     uses "broad"); its held-out part gives each feature's outside examples. Never ranked. Empty: the SAE
     trains on the stories alone."""
-    broad_tokens: int = 150_000
+    broad_tokens: int = 70_000
     """Tokens of broad text harvested (about one document in seven held out)."""
     broad_share: float = 0.6
     """The broad text's share of every training batch (the stories give the rest)."""

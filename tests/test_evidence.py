@@ -161,6 +161,46 @@ def test_own_word_check_finds_a_planted_word_and_random_rarely_does():
     assert out["hits"] == 1 and 0 < calm["random_rate"] < 0.2
 
 
+def test_own_word_check_counts_the_forms_of_the_real_vocabulary_as_the_rule_says():
+    """Over the embedded tokenizer's 49k tokens: the fast set lookup finds exactly the tokens the written rule does."""
+    import re
+
+    from saekit.corpus import load_corpus
+    from saekit.model import load_tokenizer
+
+    def rule(text: str, forms: set[str]) -> bool:   # the rule as its docstring states it, token by token
+        t = text.strip().lower()
+        return bool(re.fullmatch(r"[a-z]+", t)) and (t in forms or (len(t) >= 5 and any(f.startswith(t) for f in forms)))
+
+    tok = load_tokenizer("smollm2-135m-instruct")
+    emotions = sorted({r.emotion for r in load_corpus("shipped")})
+    vocab = [tok.decode([t]) for t in range(len(tok))]
+    torch.manual_seed(0)
+    out = Ev.own_word_check(torch.randn(len(emotions), 8), emotions, torch.randn(len(tok), 8), None, tok, n_random=2)
+    for e, row in zip(emotions, out["per_emotion"]):
+        forms = Ev.word_forms(e)
+        expected = [i for i, t in enumerate(vocab) if rule(t, forms)]
+        assert row["n_forms_in_vocab"] == len(expected), e
+        assert (row["best_token"] is None) == (not expected), e
+    assert sum(r["n_forms_in_vocab"] for r in out["per_emotion"]) > len(emotions)   # the words are in the vocabulary
+
+
+def test_the_decoded_vocabulary_is_decoded_once_and_equals_token_by_token_decoding():
+    class Tok:
+        calls = 0
+
+        def decode(self, ids):
+            Tok.calls += 1
+            return f"<{ids[0]}>"
+
+    tok = Tok()
+    assert Ev.decode_tokens(tok, [3, 1, 3]) == ["<3>", "<1>", "<3>"]
+    assert Ev.decoded_vocab(tok, 6) == [f"<{i}>" for i in range(6)]    # grows to the ids asked for
+    calls = Tok.calls
+    assert Ev.decode_tokens(tok, [5, 0]) == ["<5>", "<0>"] and Tok.calls == calls
+    assert Ev.decoded_vocab(Tok(), 2) == ["<0>", "<1>"] and Tok.calls == calls + 2   # another tokenizer: its own
+
+
 def test_logit_lens_values_are_the_direct_logits():
     torch.manual_seed(1)
     W_U, dirs, norm = torch.randn(50, 8), torch.randn(3, 8), torch.rand(8) + 0.5

@@ -99,7 +99,7 @@ def _lens_columns(lens: Ev.LogitLens | None, model) -> dict[str, list]:
     """Logit-lens columns (token strings and their logits), one list entry per direction."""
     if lens is None:
         return {}
-    decode = lambda rows: [[model.tokenizer.decode([t]) for t in row] for row in rows]  # noqa: E731
+    decode = lambda rows: [Ev.decode_tokens(model.tokenizer, row) for row in rows]  # noqa: E731
     return {"promoted_tokens": decode(lens.promoted_ids), "promoted_logits": lens.promoted_logits,
             "suppressed_tokens": decode(lens.suppressed_ids), "suppressed_logits": lens.suppressed_logits}
 
