@@ -51,6 +51,13 @@ class Encoded:
     n_dropped_first: int               # positions left out by skip_first
     n_dropped_norm: int                # positions left out by the norm filter
     skipped: dict[int, str] = field(default_factory=dict)   # story index -> why it has no counted tokens
+    codes: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Story index -> its latents [T, F] as a sparse CSR tensor (uncounted positions zeroed), kept up to
+    CODE_BUDGET values so the examples need not encode the stories a second time."""
+
+
+CODE_BUDGET = 50_000_000
+"""Non-zero latents `encode_documents` keeps for the examples (about 0.6 GB); later stories are re-encoded."""
 
 
 @torch.no_grad()
@@ -69,8 +76,9 @@ def encode_documents(acts: Activations, hook: str, encode: Callable[[torch.Tenso
     sum_F = torch.zeros(d_sae, dtype=torch.float64)
     n_bins = HIST_LOG2_MAX - HIST_LOG2_MIN + 2
     hist_FB = torch.zeros(d_sae * n_bins, dtype=torch.long)
-    n_tokens = n_first = n_norm = 0
+    n_tokens = n_first = n_norm = n_codes = 0
     skipped: dict[int, str] = {}
+    codes: dict[int, torch.Tensor] = {}
     for shard in acts.iter_shard_tensors(hook):
         x_TD, position_T = shard["acts"].float(), shard["position"]
         first_T = rule.keep_positions(position_T)
@@ -100,8 +108,11 @@ def encode_documents(acts: Activations, hook: str, encode: Callable[[torch.Tenso
             f = feats_TF[a:b]
             mean_NF[d] = f[pooled].mean(0)
             max_NF[d], argmax_NF[d] = f.max(0)
+            if n_codes < CODE_BUDGET:
+                codes[d] = f.to_sparse_csr()
+                n_codes += codes[d].values().numel()
     return Encoded(mean_NF, max_NF, argmax_NF, fire_F, sum_F, peak_F, hist_FB.view(d_sae, n_bins), n_tokens,
-                   n_first, n_norm, skipped)
+                   n_first, n_norm, skipped, codes)
 
 
 # ---------------------------------------------------------------------------- examples
@@ -125,7 +136,8 @@ def top_examples(enc: Encoded, acts: Activations, hook: str, encode: Callable[[t
 
     kind 'story': the n stories with the highest pooled mean; kind 'window': the n stories with
     the highest counted token. The window is centred on the story's counted peak and never leaves
-    the counted tokens; `activations` are the feature's values on the window's tokens, re-encoded.
+    the counted tokens; `activations` are the feature's values on the window's tokens, from the
+    latents `encode_documents` kept (a story beyond its budget is encoded again).
     """
     docs = acts.documents
     alive = (enc.peak_F > 0).nonzero().flatten()
@@ -150,7 +162,7 @@ def top_examples(enc: Encoded, acts: Activations, hook: str, encode: Callable[[t
             sel = (doc_index == d).nonzero().flatten()
             x_TD, pos_T, ids_T = shard["acts"][sel].float(), shard["position"][sel], shard["token_id"][sel]
             keep_T = rule.keep(pos_T, x_TD)
-            feats_TF = encode(x_TD).float()
+            feats_TF = enc.codes[d].to_dense() if d in enc.codes else encode(x_TD).float()
             for kind, f, r, score in requests[d]:
                 start, end = _window(keep_T, int(enc.argmax_NF[d, f]), before, after)
                 ids = ids_T[start:end].tolist()

@@ -54,6 +54,31 @@ def _evidence(acts, sae, rule=TokenRule()):
     return enc, examples
 
 
+def test_examples_read_the_kept_latents_and_match_a_second_encoding(acts_and_sae):
+    acts, sae, _ = acts_and_sae
+    rule = TokenRule()
+    enc = Ev.encode_documents(acts, HOOK, sae.encode, sae.cfg.d_sae, rule)
+    assert len(enc.codes) == len(acts.documents) - len(enc.skipped)
+    calls = []
+
+    def counting(x):
+        calls.append(len(x))
+        return sae.encode(x)
+
+    kept = Ev.top_examples(enc, acts, HOOK, counting, rule, None, n=3)
+    assert kept and not calls                                  # no story was encoded again
+    enc.codes.clear()
+    again = Ev.top_examples(enc, acts, HOOK, counting, rule, None, n=3)
+    assert calls and len(again) == len(kept)
+    for a, b in zip(kept, again):
+        assert {k: v for k, v in a.items() if k != "token_activations"} == \
+            {k: v for k, v in b.items() if k != "token_activations"}
+        assert a["token_activations"] == pytest.approx(b["token_activations"], rel=1e-4, abs=1e-5)
+    ids = [d["id"] for d in acts.documents]
+    for a in (r for r in kept if r["kind"] == "window"):      # the window holds the story's peak, as encoded
+        assert max(a["token_activations"]) == float(enc.max_NF[ids.index(a["story_id"]), a["feature"]])
+
+
 def test_huge_first_position_changes_no_statistic_or_example(acts_and_sae):
     acts, sae, tmp = acts_and_sae
     sunk = _with_sink(acts, tmp)

@@ -243,6 +243,32 @@ def test_expected_average_norm_is_folded_into_the_saved_sae(tmp_path):
     assert T.read_metrics(out)["activations"]["explained_variance"] > 0.5  # measured on raw inputs
 
 
+def test_the_geometric_median_ignores_outlier_tokens_that_move_the_mean():
+    g = torch.Generator().manual_seed(0)
+    centre = torch.full((16,), 3.0)
+    x_ND = torch.cat([centre + 0.1 * torch.randn(900, 16, generator=g), 1000 * torch.ones(100, 16)])
+    assert (T.geometric_median(x_ND).float() - centre).norm() < 0.1
+    assert (x_ND.mean(0) - centre).norm() > 100
+
+
+def test_median_init_puts_the_decoder_bias_at_the_datas_centre_in_the_scaled_space(tmp_path):
+    x_ND, _ = planted(3000)
+    offset_D = torch.zeros(32)
+    offset_D[0] = 40.0                                   # a residual stream far from the origin
+    src = T.TensorSource(x_ND[:2700] + offset_D, x_ND[2700:] + offset_D)
+    c = cfg(tmp_path, init_b_dec="median", normalize_activations="expected_average_only_in")
+    state = T.init_state(c, 32)
+    assert float(state.sae.b_dec.norm()) == 0.0
+    state.scale = T.estimate_scale(src, c)
+    T.init_b_dec_at_median(state, src, c)
+    centre_D = T.geometric_median(x_ND[:2700] + offset_D).float() * state.scale
+    assert (state.sae.b_dec.detach() - centre_D).norm() < 0.05 * centre_D.norm()
+    zeros = T.train_sae(cfg(tmp_path / "z", training_tokens=256 * 20), activations=src)
+    median = T.train_sae(cfg(tmp_path / "m", training_tokens=256 * 20, init_b_dec="median"), activations=src)
+    assert T.read_metrics(median)["activations"]["explained_variance"] > \
+        T.read_metrics(zeros)["activations"]["explained_variance"]
+
+
 # ---------------------------------------------------------------------------- config
 
 

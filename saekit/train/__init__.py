@@ -46,6 +46,8 @@ from saekit.train.loop import (  # noqa: F401
                                       explained_variance,
                                       finish,
                                       firing_counts,
+                                      geometric_median,
+                                      init_b_dec_at_median,
                                       init_state,
                                       lr_at,
                                       read_metrics,

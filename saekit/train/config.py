@@ -67,6 +67,10 @@ class TrainConfig:
     normalize_activations: Literal["none", "expected_average_only_in", "layer_norm"] = "none"
     """expected_average_only_in scales inputs to mean norm sqrt(d_in) and folds the scale into the saved weights."""
     n_batches_for_norm_estimate: int = 8
+    init_b_dec: Literal["zeros", "median"] = "zeros"
+    """median: start the decoder bias at the geometric median of the first batches (after scaling), so the
+    latents start on the data's spread rather than on its offset from zero (a residual stream can sit far
+    from the origin: Gemma's does)."""
     dead_feature_handling: Literal["auxk", "resample", "none"] = "auxk"
     """auxk: the architecture's auxiliary loss on dead latents (TopK's AuxK, JumpReLU's pre-activation
     loss); resample: re-initialise dead latents towards badly reconstructed inputs (standard SAEs)."""

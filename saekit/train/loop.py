@@ -94,6 +94,30 @@ def estimate_scale(source: ActivationSource, cfg: TrainConfig) -> float:
     return source.d_in ** 0.5 / mean
 
 
+def geometric_median(x_ND: torch.Tensor, iters: int = 100, tol: float = 1e-5) -> torch.Tensor:
+    """The point with the least summed distance to the rows (Weiszfeld's iteration from the coordinate median)."""
+    x_ND = x_ND.double()
+    y_D = x_ND.median(0).values
+    for _ in range(iters):
+        w_N = 1.0 / (x_ND - y_D).norm(dim=1).clamp_min(1e-8)
+        y_new = (w_N[:, None] * x_ND).sum(0) / w_N.sum()
+        moved = float((y_new - y_D).norm())
+        y_D = y_new
+        if moved <= tol * max(float(y_D.norm()), 1e-8):
+            break
+    return y_D
+
+
+def init_b_dec_at_median(state: TrainState, source: ActivationSource, cfg: TrainConfig) -> None:
+    """b_dec = the geometric median of the first batches, in the scaled space the SAE trains in."""
+    batches = source.batches(cfg.batch_size, cfg.seed + 7919)
+    x_ND = torch.cat([next(batches) for _ in range(cfg.n_batches_for_norm_estimate)]).float()
+    if state.scale is not None:
+        x_ND = x_ND * state.scale
+    with torch.no_grad():
+        state.sae.b_dec.copy_(geometric_median(x_ND).to(state.sae.b_dec))
+
+
 def train_step(state: TrainState, batch_BD: torch.Tensor, cfg: TrainConfig) -> StepReport:
     """One optimisation step; raises TrainingDiverged (weights untouched) on NaN/inf or exploding loss."""
     sae = state.sae
@@ -230,6 +254,8 @@ def train_sae(cfg: TrainConfig, activations=None, model=None,
         resume_from_latest(state, cfg, existing)
     if cfg.normalize_activations == "expected_average_only_in" and state.scale is None:
         state.scale = estimate_scale(source, cfg)
+    if cfg.init_b_dec == "median" and not (resume and existing):
+        init_b_dec_at_median(state, source, cfg)
     logger = _wandb_logger(cfg) if D.is_main() else None
     started, start_tokens = time.perf_counter(), state.tokens
     batches = itertools.islice(source.batches(cfg.batch_size, cfg.seed), state.step, None)
