@@ -50,7 +50,7 @@ def main() -> None:
     assert all({k: v for k, v in a.items() if k != "token_activations"} == {k: v for k, v in b.items() if k != "token_activations"}
                for a, b in zip(rows["baseline"], rows["saekit"])), "the examples differ"
     b, s = min(times["baseline"]), min(times["saekit"])
-    nnz = sum(c.values().numel() for c in codes.values())
+    nnz = sum(len(c.value_N) for c in codes.values())
     print(f"{len(rows['saekit']):,} example rows from {len(acts.documents):,} stories, {sae.cfg.d_sae:,} latents "
           f"(first pass {first_pass:.1f} s, {nnz:,} latents kept; fastest of {args.reps}):")
     print(f"  baseline (encode each story again) {b:6.1f} s")

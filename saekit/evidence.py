@@ -38,6 +38,25 @@ def _hist_bin(values: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class Codes:
+    """A story's latents [T, F] as their non-zero entries (12 bytes each)."""
+    n_tokens: int
+    token_N: torch.Tensor              # int32
+    feature_N: torch.Tensor            # int32
+    value_N: torch.Tensor
+
+    @classmethod
+    def of(cls, feats_TF: torch.Tensor) -> "Codes":
+        t, f = feats_TF.nonzero(as_tuple=True)
+        return cls(feats_TF.shape[0], t.to(torch.int32), f.to(torch.int32), feats_TF[t, f])
+
+    def dense(self, d_sae: int) -> torch.Tensor:
+        out_TF = torch.zeros(self.n_tokens, d_sae)
+        out_TF[self.token_N.long(), self.feature_N.long()] = self.value_N
+        return out_TF
+
+
+@dataclass
 class Encoded:
     """Per-story and per-feature statistics of an SAE on a harvest, over counted tokens only."""
     mean_NF: torch.Tensor              # pooled mean from the pooling offset (the ranking statistic)
@@ -51,9 +70,9 @@ class Encoded:
     n_dropped_first: int               # positions left out by skip_first
     n_dropped_norm: int                # positions left out by the norm filter
     skipped: dict[int, str] = field(default_factory=dict)   # story index -> why it has no counted tokens
-    codes: dict[int, torch.Tensor] = field(default_factory=dict)
-    """Story index -> its latents [T, F] as a sparse CSR tensor (uncounted positions zeroed), kept up to
-    CODE_BUDGET values so the examples need not encode the stories a second time."""
+    codes: dict[int, Codes] = field(default_factory=dict)
+    """Story index -> its non-zero latents (uncounted positions zeroed), kept up to CODE_BUDGET values
+    so the examples need not encode the stories a second time."""
 
 
 CODE_BUDGET = 50_000_000
@@ -78,7 +97,7 @@ def encode_documents(acts: Activations, hook: str, encode: Callable[[torch.Tenso
     hist_FB = torch.zeros(d_sae * n_bins, dtype=torch.long)
     n_tokens = n_first = n_norm = n_codes = 0
     skipped: dict[int, str] = {}
-    codes: dict[int, torch.Tensor] = {}
+    codes: dict[int, Codes] = {}
     for shard in acts.iter_shard_tensors(hook):
         x_TD, position_T = shard["acts"].float(), shard["position"]
         first_T = rule.keep_positions(position_T)
@@ -109,8 +128,8 @@ def encode_documents(acts: Activations, hook: str, encode: Callable[[torch.Tenso
             mean_NF[d] = f[pooled].mean(0)
             max_NF[d], argmax_NF[d] = f.max(0)
             if n_codes < CODE_BUDGET:
-                codes[d] = f.to_sparse_csr()
-                n_codes += codes[d].values().numel()
+                codes[d] = Codes.of(f)
+                n_codes += len(codes[d].value_N)
     return Encoded(mean_NF, max_NF, argmax_NF, fire_F, sum_F, peak_F, hist_FB.view(d_sae, n_bins), n_tokens,
                    n_first, n_norm, skipped, codes)
 
@@ -162,7 +181,7 @@ def top_examples(enc: Encoded, acts: Activations, hook: str, encode: Callable[[t
             sel = (doc_index == d).nonzero().flatten()
             x_TD, pos_T, ids_T = shard["acts"][sel].float(), shard["position"][sel], shard["token_id"][sel]
             keep_T = rule.keep(pos_T, x_TD)
-            feats_TF = enc.codes[d].to_dense() if d in enc.codes else encode(x_TD).float()
+            feats_TF = enc.codes[d].dense(enc.mean_NF.shape[1]) if d in enc.codes else encode(x_TD).float()
             for kind, f, r, score in requests[d]:
                 start, end = _window(keep_T, int(enc.argmax_NF[d, f]), before, after)
                 ids = ids_T[start:end].tolist()

@@ -114,8 +114,9 @@ def init_b_dec_at_median(state: TrainState, source: ActivationSource, cfg: Train
     x_ND = torch.cat([next(batches) for _ in range(cfg.n_batches_for_norm_estimate)]).float()
     if state.scale is not None:
         x_ND = x_ND * state.scale
+    b_dec = state.sae.get_parameter("b_dec")
     with torch.no_grad():
-        state.sae.b_dec.copy_(geometric_median(x_ND).to(state.sae.b_dec))
+        b_dec.copy_(geometric_median(x_ND).to(b_dec.dtype))
 
 
 def train_step(state: TrainState, batch_BD: torch.Tensor, cfg: TrainConfig) -> StepReport:
