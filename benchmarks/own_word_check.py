@@ -56,20 +56,19 @@ def main() -> None:
     W_VD = torch.randn(len(tok), 576, generator=g)
     vectors = [torch.randn(len(emotions), 576, generator=g) for _ in range(args.calls)]
     times: dict[str, list[float]] = {"baseline": [], "saekit": []}
-    for rep in range(args.reps):
+    results: dict[str, list] = {}
+    for _ in range(args.reps):
         Ev._VOCABS.clear()                   # each repetition starts cold, as a fresh ranking process does
         for name in ("baseline", "saekit"):
             t = time.perf_counter()
-            for v in vectors:
-                if name == "baseline":
-                    got = baseline(v, emotions, W_VD, tok)
-                else:
-                    res = Ev.own_word_check(v, emotions, W_VD, None, tok)["per_emotion"]
-                    got = [(r["own_word_rank"], r["random_rate"], r["n_forms_in_vocab"]) for r in res]
-                if rep == 0:
-                    times.setdefault(f"_{name}", []).append(got)   # kept to compare below
+            if name == "baseline":
+                results[name] = [baseline(v, emotions, W_VD, tok) for v in vectors]
+            else:
+                results[name] = [[(r["own_word_rank"], r["random_rate"], r["n_forms_in_vocab"])
+                                  for r in Ev.own_word_check(v, emotions, W_VD, None, tok)["per_emotion"]]
+                                 for v in vectors]
             times[name].append(time.perf_counter() - t)
-    assert times["_baseline"] == times["_saekit"], "the two implementations disagree"
+    assert results["baseline"] == results["saekit"], "the two implementations disagree"
     b, s = min(times["baseline"]), min(times["saekit"])
     print(f"{args.calls} calls x {len(emotions)} emotions over {len(tok):,} tokens (fastest of {args.reps}):")
     print(f"  baseline (previous implementation) {b:7.1f} s")

@@ -1,8 +1,8 @@
 """Story and window examples of every feature from the latents the first pass kept, against encoding again.
 
 Baseline (named: the implementation before 2026-12-07): `top_examples` encodes every requested
-story a second time, story by story. saekit now keeps each story's latents from `encode_documents`
-as a sparse tensor and reads the windows from them. Both run in this process on the study's own
+story a second time, story by story. saekit now keeps each story's non-zero latents from
+`encode_documents` and reads the windows from them. Both run in this process on the study's own
 harvest and SAE (`make run` first), alternating; the script checks that the rows agree.
 
     python benchmarks/story_examples.py [--study artifacts/study] [--reps 2]

@@ -83,10 +83,15 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return base
 
 
+def _first_batches(source: ActivationSource, cfg: TrainConfig) -> torch.Tensor:
+    """The sample the input scale and the median are estimated on: the first n_batches_for_norm_estimate batches."""
+    batches = source.batches(cfg.batch_size, cfg.seed + 7919)
+    return torch.cat([next(batches) for _ in range(cfg.n_batches_for_norm_estimate)])
+
+
 def estimate_scale(source: ActivationSource, cfg: TrainConfig) -> float:
     """sqrt(d_in) / mean token norm, from the first batches (sae-lens' expected_average_only_in)."""
-    batches = source.batches(cfg.batch_size, cfg.seed + 7919)
-    norms = torch.cat([next(batches).norm(dim=-1) for _ in range(cfg.n_batches_for_norm_estimate)])
+    norms = _first_batches(source, cfg).norm(dim=-1)
     mean = float(norms.mean())
     if not math.isfinite(mean) or mean == 0:
         raise TrainError(f"the activations' mean norm is {mean}: they hold NaN/inf or are all zero; "
@@ -110,8 +115,7 @@ def geometric_median(x_ND: torch.Tensor, iters: int = 100, tol: float = 1e-5) ->
 
 def init_b_dec_at_median(state: TrainState, source: ActivationSource, cfg: TrainConfig) -> None:
     """b_dec = the geometric median of the first batches, in the scaled space the SAE trains in."""
-    batches = source.batches(cfg.batch_size, cfg.seed + 7919)
-    x_ND = torch.cat([next(batches) for _ in range(cfg.n_batches_for_norm_estimate)]).float()
+    x_ND = _first_batches(source, cfg).float()
     if state.scale is not None:
         x_ND = x_ND * state.scale
     b_dec = state.sae.get_parameter("b_dec")
