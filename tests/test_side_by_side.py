@@ -38,3 +38,57 @@ def test_a_missing_file_reads_as_na(tmp_path):
     (tmp_path / "study_config.json").write_text(json.dumps({"model": "m", "hook": "blocks.1.hook_resid_post"}))
     lines = side_by_side.table([tmp_path]).splitlines()
     assert "| SAE explained variance (held-out) | n/a |" in lines
+
+
+def test_database_rows_and_the_size_figure_come_from_the_studies_rows(tiny_study, tmp_path):
+    import duckdb
+
+    one = tiny_study / "study"
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(tiny_study / "study.duckdb", db)
+    with duckdb.connect(str(db)) as con:
+        probe = con.execute("SELECT accuracy FROM probe_results WHERE method = 'vector_projection' "
+                            "AND hook = 'blocks.2.hook_resid_post'").fetchone()[0]
+        pcs = con.execute("SELECT predictor, r FROM style_geometry WHERE hook = 'blocks.2.hook_resid_post' "
+                          "AND target = 'valence_sign' ORDER BY predictor").fetchall()
+        # the corpus-only baseline is `saekit compare`'s row; one with a known value stands in for it
+        con.execute("INSERT INTO probe_results (run_id, corpus_id, hook, method, accuracy, ci_lo, ci_hi) "
+                    "VALUES ('compare-x', 'shipped', '', 'lexical_nearest_mean', 0.123, 0.1, 0.15)")
+    figure = tmp_path / "sizes.png"
+    lines = side_by_side.table([one], db, figure).splitlines()
+
+    assert f"| vector probe accuracy [95% CI], SAE layer | {probe:.3f} |" in lines
+    assert "| lexical TF-IDF probe (corpus only, same test stories) | 0.123 [0.100, 0.150] |" in lines
+    geometry = next(line for line in lines if line.startswith("| PCs vs clusters' valence sign (r), SAE layer |"))
+    assert pcs and all(f"{name} {r:+.2f}" in geometry for name, r in pcs)
+    best = max(pcs, key=lambda p: abs(p[1]))[0]
+    assert geometry.endswith(f"best {best} |")
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_implicit_and_impossible_rows_read_the_finding_and_the_effects(tmp_path):
+    import duckdb
+
+    study = tmp_path / "s"
+    study.mkdir()
+    (study / "study_config.json").write_text(json.dumps({"model": "m", "hook": "blocks.1.hook_resid_post"}))
+    finding = ("Implicit emotion (argmax, centred on the train mean): the emotion vectors classify the implicit "
+               "prompts at 0.300 [0.133, 0.467] over 40 emotions (chance 0.025; random 0.027, range [0.000, 0.067])")
+    (study / "steps.json").write_text(json.dumps({
+        "experiment implicit": {"seconds": 1.0, "summary": {"finding": finding}},
+        "experiment impossible_task": {"seconds": 2.0, "summary": {"experiment_id": "e1", "finding": "x"}}}))
+    db = tmp_path / "d.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE probe_results (run_id VARCHAR, model_id VARCHAR, hook VARCHAR, method VARCHAR, "
+                    "accuracy DOUBLE, ci_lo DOUBLE, ci_hi DOUBLE)")
+        con.execute("CREATE TABLE style_geometry (model_id VARCHAR, hook VARCHAR, predictor VARCHAR, target VARCHAR, "
+                    "r DOUBLE, ci_lo DOUBLE, ci_hi DOUBLE, p_value DOUBLE)")
+        con.execute("CREATE TABLE rating_geometry (model_id VARCHAR, hook VARCHAR, target VARCHAR, predictor VARCHAR, "
+                    "r DOUBLE, ci_lo DOUBLE, ci_hi DOUBLE)")
+        con.execute("CREATE TABLE experiment_effects (experiment_id VARCHAR, condition VARCHAR, strength DOUBLE, "
+                    "metric VARCHAR, effect_minus_control DOUBLE, diff_lo DOUBLE, diff_hi DOUBLE, n_prompts INTEGER)")
+        con.execute("INSERT INTO experiment_effects VALUES ('e1', 'calm', 0.1, 'margin_mean', 0.0233, 0.0026, 0.044, 16),"
+                    "('e1', 'calm', 0.1, 'margin_sum', 9.0, 1.0, 2.0, 16), ('e2', 'calm', 0.1, 'margin_mean', 5.0, 4.0, 6.0, 16)")
+    lines = side_by_side.table([study], db).splitlines()
+    assert "| implicit prompts: vector accuracy [95% CI] (chance / random) | 0.300 [0.133, 0.467] (0.025 / 0.027) |" in lines
+    assert "| impossible task: calm +0.1, margin beyond random [95% CI] (prompts) | +0.0233 [+0.0026, +0.0440] (16) |" in lines
