@@ -374,8 +374,9 @@ def _experiment_step(spec_path: str, shape: ModelShape, mbytes: int, rate: float
     flops = 2.0 * shape.params() * T
     memory = shape.params() * 4 + 8 * cost.tokens_per_prompt * shape.vocab * 4
     return StepPlan(f"experiment {Path(spec_path).stem}", T, flops, flops / rate / 1e9, memory, 0,
-                    f"rough: {cost.settings} settings x {cost.prompts} prompts x ~{cost.tokens_per_prompt} tokens "
-                    "(assumed), full model")
+                    f"{'' if cost.counted else 'rough: '}{cost.settings} settings x {cost.prompts} "
+                    f"{'passes' if cost.counted else 'prompts'} x ~{cost.tokens_per_prompt} tokens "
+                    f"({'counted from the scenario' if cost.counted else 'assumed'}), full model")
 
 
 # ---------------------------------------------------------------------------- printing

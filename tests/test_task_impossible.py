@@ -223,3 +223,26 @@ def test_noise_is_reported_as_null_and_an_opposite_effect_as_opposite():
                           lambda e, a, rng: rng.normal())
     text = ImpossibleTask.sentence(summary_of(exp, rows))
     assert "calm" in text and "opposite to the paper's direction" in text
+
+
+@pytest.mark.parametrize("attempts", [[1, 2], [1, 2, 3, 4], None])
+def test_the_plans_cost_counts_the_passes_the_task_makes(tiny_model, attempts):
+    """One pass per conversation up to its last chosen attempt, plus the candidates: the plan's count
+    (characters / 3.5) is within 25% of the tokens the chat template and tokenizer give."""
+    from saekit.corpus import load_scenario
+    from saekit.experiments.batches import chat_ids
+    from saekit.experiments.load import load_spec
+
+    s = load_spec({"name": "t", "task": "impossible_task", "model": "tiny", "hook": POST, "strengths": [0.1],
+                    "controls": 1, "prompts": {"attempts": attempts},
+                    "conditions": [{"name": "desperate", "kind": "steer", "emotion": "desperate"}]})
+    cost = ImpossibleTask.cost(s)
+    tokens = 0
+    for c in load_scenario("impossible_task")["conversations"]:
+        steps = [st for st in c["steps"] if attempts is None or st["attempt"] in attempts]
+        msgs = [{"role": "system", "content": c["system"]}] + c["turns"]
+        tokens += len(chat_ids(tiny_model.tokenizer, msgs[:max(st["after_turn"] for st in steps) + 2]))
+        tokens += sum(len(tiny_model.tokenizer(st[k], add_special_tokens=False)["input_ids"])
+                      for st in steps for k in ("honest", "cheating"))
+    assert cost.counted and cost.settings == 1 + 1 * (1 + 1) and cost.prompts == 4
+    assert cost.prompts * cost.tokens_per_prompt == pytest.approx(tokens, rel=0.25)

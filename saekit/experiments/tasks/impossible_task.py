@@ -34,7 +34,7 @@ from saekit.experiments.spec import ExperimentError, Prompts
 from saekit.experiments.stats import spearman_permutation
 from saekit.experiments.targets import BASELINE, TaskInputs, result_rows, select_items
 from saekit.experiments.tasks.intervention import InterventionTask, plot_effects
-from saekit.experiments.tasks.task import Cost, chosen_prompts, condition_settings
+from saekit.experiments.tasks.task import CHARS_PER_TOKEN, Cost, condition_settings
 from saekit.model import cacheable_hook, score_continuations
 
 SCENARIO = "impossible_task"
@@ -105,8 +105,21 @@ class ImpossibleTask(InterventionTask):
 
     @classmethod
     def cost(cls, spec):
-        """Every setting over the conversations (12 assumed), about 900 tokens each."""
-        return Cost(condition_settings(spec), chosen_prompts(spec, 12), 900)
+        """Every setting: one pass per chosen conversation up to its last chosen attempt (the earlier
+        attempts read the same KV cache), plus the candidate replies; counted from the scenario."""
+        convs = select_items(load_scenario(SCENARIO)["conversations"], spec.prompts)
+        attempts = spec.prompts.attempts
+        chars = []
+        for c in convs:
+            steps = [s for s in c["steps"] if not attempts or s["attempt"] in attempts]
+            if not steps:
+                continue
+            msgs = [{"content": c["system"]}] + c["turns"]
+            last = max(s["after_turn"] for s in steps)
+            chars.append(sum(len(m["content"]) for m in msgs[:last + 2])
+                         + sum(len(s[k]) for s in steps for k in CANDIDATES))
+        per_pass = round(sum(chars) / max(len(chars), 1) / CHARS_PER_TOKEN)
+        return Cost(condition_settings(spec), len(chars), per_pass, counted=True)
 
     def __init__(self, model, res):
         super().__init__(model, res)

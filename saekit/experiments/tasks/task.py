@@ -30,10 +30,17 @@ class Cost:
     prompts: int
     tokens_per_prompt: int
     """Assumed where the spec does not bound it: the rough part of the plan."""
+    counted: bool = False
+    """True when prompts and tokens were counted from the task's own scenario (characters / CHARS_PER_TOKEN)."""
 
     @property
     def tokens(self) -> int:
         return self.settings * self.prompts * self.tokens_per_prompt
+
+
+CHARS_PER_TOKEN = 3.5
+"""English with some code, as the plan counts it without a tokenizer (measured on the impossible-task
+scenario: 3.2 characters per token for SmolLM2's tokenizer, 3.6 for Qwen2.5's)."""
 
 
 def condition_settings(spec: ExperimentSpec) -> int:
