@@ -129,11 +129,11 @@ def test_the_study_and_training_configs_fit_the_model():
 
     cfg = load_study_config(ROOT / "analysis" / "study-qwen2.5-1.5b.toml")
     shape = model_shape(cfg.model)
-    assert (cfg.model, cfg.dtype, shape.n_layers, shape.d_model) == (M.QWEN_MODEL, "bfloat16", 28, 1536)
+    assert (cfg.model, cfg.dtype, shape.n_layers, shape.d_model) == (M.QWEN_MODEL, "float32", 28, 1536)
     assert cfg.hook == "blocks.18.hook_resid_post"
     assert cfg.vector_hooks == ["blocks.9.hook_resid_post", "blocks.14.hook_resid_post"]
     train = load_train_config(ROOT / cfg.train_config)
-    assert (train.model, train.hook) == (cfg.model, cfg.hook) and train.sae.resolved_d_sae(shape.d_model) == 12_288
+    assert (train.model, train.hook) == (cfg.model, cfg.hook) and train.sae.resolved_d_sae(shape.d_model) == 6_144
     makefile = (ROOT / "Makefile").read_text()
     assert "run-qwen:\n\t$(MAKE) setup MODELS=qwen\n\t$(BIN)/saekit study analysis/study-qwen2.5-1.5b.toml" in makefile
 
