@@ -4,8 +4,8 @@
         artifacts/study-qwen2.5-coder-1.5b --db artifacts/saekit.duckdb --figure artifacts/side_by_side.png
 
 Reads each study folder's own files (study_config.json, steps.json, rank_summary.json, the SAE's
-metrics.json) and, with --db, the rows those runs wrote: probe accuracies with their intervals beside
-the corpus-only TF-IDF probe (written by `saekit compare`), every principal component of the emotion
+metrics.json) and, with --db, the rows those runs wrote: probe accuracies with the bootstrap intervals
+and the corpus-only TF-IDF probe that `saekit compare` stored for the model, every principal component of the emotion
 vectors against the clusters' valence sign (and against human ratings where a run had them), and the
 experiments' effects beyond their random controls. --figure draws the headline numbers against model
 size. Cross-model agreement (RSA, ARI) is `saekit compare`'s job.
@@ -110,9 +110,14 @@ def measured(study: Path, con) -> dict[str, Any]:
         out["params"] = None
     probes = {r["method"]: r for r in _rows(con, "SELECT * FROM probe_results WHERE model_id = ? AND hook = ? "
                                                   "ORDER BY run_id", model, hook)}
+    out["lexical"] = None
+    side = f"{model}@{hook}"   # `saekit compare` stores each side's probes with bootstrap intervals, and the baseline's
+    for row in _rows(con, "SELECT side_a, side_b, metrics FROM comparisons WHERE side_a = ? OR side_b = ? "
+                          "ORDER BY created_at", side, side):
+        sides = json.loads(row["metrics"])["sides"]
+        probes |= {p["method"]: p for p in sides["a" if row["side_a"] == side else "b"]["probes"]}
+        out["lexical"] = next(iter(sides.get("baseline", {}).get("probes", [])), None)
     out["probe"], out["logistic"] = probes.get("vector_projection"), probes.get("vector_logistic")
-    lexical = _rows(con, "SELECT * FROM probe_results WHERE method = 'lexical_nearest_mean' ORDER BY run_id DESC")
-    out["lexical"] = lexical[0] if lexical else None
     out["pcs"] = _rows(con, "SELECT predictor, r, ci_lo, ci_hi, p_value FROM style_geometry WHERE model_id = ? "
                             "AND hook = ? AND target = 'valence_sign' ORDER BY predictor", model, hook)
     out["ratings"] = _rows(con, "SELECT target, predictor, r, ci_lo, ci_hi FROM rating_geometry WHERE model_id = ? "

@@ -51,13 +51,18 @@ def test_database_rows_and_the_size_figure_come_from_the_studies_rows(tiny_study
                             "AND hook = 'blocks.2.hook_resid_post'").fetchone()[0]
         pcs = con.execute("SELECT predictor, r FROM style_geometry WHERE hook = 'blocks.2.hook_resid_post' "
                           "AND target = 'valence_sign' ORDER BY predictor").fetchall()
-        # the corpus-only baseline is `saekit compare`'s row; one with a known value stands in for it
-        con.execute("INSERT INTO probe_results (run_id, corpus_id, hook, method, accuracy, ci_lo, ci_hi) "
-                    "VALUES ('compare-x', 'shipped', '', 'lexical_nearest_mean', 0.123, 0.1, 0.15)")
+        model = con.execute("SELECT DISTINCT model_id FROM probe_results").fetchone()[0]
+        # intervals and the corpus-only baseline come from `saekit compare`'s row; one with known values stands in
+        sides = {"a": {"probes": [{"method": "vector_projection", "accuracy": probe, "ci_lo": 0.01, "ci_hi": 0.99}]},
+                 "baseline": {"probes": [{"method": "lexical_nearest_mean", "accuracy": 0.123, "ci_lo": 0.1,
+                                          "ci_hi": 0.15}]}}
+        con.execute("INSERT INTO comparisons (comparison_id, side_a, side_b, corpus_id, metrics, created_at) "
+                    "VALUES ('compare-x', ?, 'other@x', 'shipped', ?, now())",
+                    [f"{model}@blocks.2.hook_resid_post", json.dumps({"sides": sides})])
     figure = tmp_path / "sizes.png"
     lines = side_by_side.table([one], db, figure).splitlines()
 
-    assert f"| vector probe accuracy [95% CI], SAE layer | {probe:.3f} |" in lines
+    assert f"| vector probe accuracy [95% CI], SAE layer | {probe:.3f} [0.010, 0.990] |" in lines
     assert "| lexical TF-IDF probe (corpus only, same test stories) | 0.123 [0.100, 0.150] |" in lines
     geometry = next(line for line in lines if line.startswith("| PCs vs clusters' valence sign (r), SAE layer |"))
     assert pcs and all(f"{name} {r:+.2f}" in geometry for name, r in pcs)
@@ -83,6 +88,7 @@ def test_implicit_and_impossible_rows_read_the_finding_and_the_effects(tmp_path)
                     "accuracy DOUBLE, ci_lo DOUBLE, ci_hi DOUBLE)")
         con.execute("CREATE TABLE style_geometry (model_id VARCHAR, hook VARCHAR, predictor VARCHAR, target VARCHAR, "
                     "r DOUBLE, ci_lo DOUBLE, ci_hi DOUBLE, p_value DOUBLE)")
+        con.execute("CREATE TABLE comparisons (side_a VARCHAR, side_b VARCHAR, metrics JSON, created_at TIMESTAMP)")
         con.execute("CREATE TABLE rating_geometry (model_id VARCHAR, hook VARCHAR, target VARCHAR, predictor VARCHAR, "
                     "r DOUBLE, ci_lo DOUBLE, ci_hi DOUBLE)")
         con.execute("CREATE TABLE experiment_effects (experiment_id VARCHAR, condition VARCHAR, strength DOUBLE, "
