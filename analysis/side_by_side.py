@@ -181,7 +181,7 @@ def figure(ms: list[dict[str, Any]], path: Path) -> None:
         if hline is not None:
             ax.axhline(hline[0], color="grey", ls="--", lw=1, label=hline[1])
         ax.set_xscale("log")
-        ax.set_xticks(x, [f"{m['model']}\n{v:,.0f}M" for m, v in zip(ms, x)], fontsize=7)
+        ax.set_xticks(x, [f"{m['model'].split('-')[0]}\n{v:,.0f}M" for m, v in zip(ms, x)], fontsize=7, rotation=30)
         ax.minorticks_off()
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(ylabel, fontsize=8)
