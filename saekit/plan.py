@@ -222,9 +222,13 @@ def measure_train_rate(tcfg, d: int, F: int, device: str, steps: int = 3) -> flo
         train_step(state, x_BD, cfg)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    k = cfg.sae.sparse_latents()
-    flops = ((6.0 * d * F + 6.0 * k * d) if k else 12.0 * d * F) * cfg.batch_size
-    return flops * steps / (time.perf_counter() - started) / 1e9
+    return train_flops_per_token(cfg, d, F) * cfg.batch_size * steps / (time.perf_counter() - started) / 1e9
+
+
+def train_flops_per_token(tcfg, d: int, F: int) -> float:
+    """6·d·F + 6·k·d for TopK with its sparse decode, 12·d·F for a dense SAE."""
+    k = tcfg.sae.sparse_latents()
+    return (6.0 * d * F + 6.0 * k * d) if k else 12.0 * d * F
 
 
 def available_memory(device: str, profile: str) -> int:
@@ -235,7 +239,19 @@ def available_memory(device: str, profile: str) -> int:
 
         if torch.cuda.is_available():
             return int(torch.cuda.mem_get_info()[0])
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return _mem_available() or os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _mem_available(meminfo: str = "/proc/meminfo") -> int:
+    """Linux's MemAvailable (free memory plus the page cache it can drop), 0 where there is none: the free
+    pages alone undercount after a harvest has filled the cache with shards."""
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def free_disk(folder: str) -> int:
@@ -372,7 +388,7 @@ def _train_eval_flops(tcfg, shape: ModelShape, F: int, mean_doc_tokens: float) -
 def _train_step(tcfg, d: int, F: int, rate: float, gpus: int, eval_seconds: float) -> StepPlan:
     T = tcfg.training_tokens
     k = tcfg.sae.sparse_latents()
-    flops = (6.0 * d * F + 6.0 * k * d) * T if k else 12.0 * d * F * T
+    flops = train_flops_per_token(tcfg, d, F) * T
     params = sae_bytes(d, F)
     memory = 4 * params + tcfg.batch_size * F * 4 * 3 + tcfg.shuffle_buffer_tokens * d * 4
     checkpoints = min(tcfg.keep_checkpoints, max(T // tcfg.batch_size // max(tcfg.checkpoint_every, 1), 1))

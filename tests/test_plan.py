@@ -125,3 +125,14 @@ def test_a_plan_that_will_not_fit_says_so(tmp_path, monkeypatch):
     plan = plan_study(write_config(tmp_path, experiments=[]), profile="h100")
     assert any(w.startswith("disk: the study writes") for w in plan.warnings)
     assert "WILL NOT FIT: disk" in P.format_plan(plan)
+
+
+def test_available_memory_counts_the_page_cache_linux_can_drop(tmp_path):
+    from saekit.plan import _mem_available
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\n")
+    assert _mem_available(str(meminfo)) == 20_000_000 * 1024
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         1000000 kB\n")
+    assert _mem_available(str(meminfo)) == 0            # an old kernel: the caller falls back to free pages
+    assert _mem_available(str(tmp_path / "absent")) == 0

@@ -44,6 +44,11 @@ PAPER_DIRECTION = {"desperate": 1, "calm": -1}
 N_PERMUTATIONS = 10_000
 
 
+def chosen_steps(conversation: dict, attempts: list[int] | None) -> list[dict]:
+    """The conversation's failed-attempt steps that prompts.attempts selects (all when unset)."""
+    return [s for s in conversation["steps"] if not attempts or s["attempt"] in attempts]
+
+
 def scenario_file() -> Path:
     return corpus_root() / "scenarios" / f"{SCENARIO}.json"
 
@@ -111,7 +116,7 @@ class ImpossibleTask(InterventionTask):
         attempts = spec.prompts.attempts
         chars = []
         for c in convs:
-            steps = [s for s in c["steps"] if not attempts or s["attempt"] in attempts]
+            steps = chosen_steps(c, attempts)
             if not steps:
                 continue
             msgs = [{"content": c["system"]}] + c["turns"]
@@ -129,9 +134,7 @@ class ImpossibleTask(InterventionTask):
         for c in convs:
             msgs = [{"role": "system", "content": c["system"]}] + c["turns"]
             steps = []
-            for s in c["steps"]:
-                if attempts and s["attempt"] not in attempts:
-                    continue
+            for s in chosen_steps(c, attempts):
                 prefix = chat_ids(self.tok, msgs[:s["after_turn"] + 2])
                 cand = {k: self.tok(s[k], add_special_tokens=False)["input_ids"] for k in CANDIDATES}
                 steps.append((Step(f"{c['id']}/attempt{s['attempt']}", s["attempt"], len(prefix), cand), prefix))
