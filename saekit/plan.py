@@ -239,19 +239,10 @@ def available_memory(device: str, profile: str) -> int:
 
         if torch.cuda.is_available():
             return int(torch.cuda.mem_get_info()[0])
-    return _mem_available() or os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    from saekit.model.gguf import _available_memory  # MemAvailable, under a cgroup limit: free pages alone
+                                                      # undercount after a harvest fills the page cache
+    return _available_memory() or os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
-
-def _mem_available(meminfo: str = "/proc/meminfo") -> int:
-    """Linux's MemAvailable (free memory plus the page cache it can drop), 0 where there is none: the free
-    pages alone undercount after a harvest has filled the cache with shards."""
-    try:
-        for line in Path(meminfo).read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def free_disk(folder: str) -> int:

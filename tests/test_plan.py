@@ -1,6 +1,7 @@
 """The cost plan: its deterministic figures against a real tiny run, its refusals, and the GPU configs."""
 
 import json
+import os
 
 import pytest
 from safetensors import safe_open
@@ -127,12 +128,11 @@ def test_a_plan_that_will_not_fit_says_so(tmp_path, monkeypatch):
     assert "WILL NOT FIT: disk" in P.format_plan(plan)
 
 
-def test_available_memory_counts_the_page_cache_linux_can_drop(tmp_path):
-    from saekit.plan import _mem_available
+def test_available_memory_counts_the_page_cache_linux_can_drop(monkeypatch):
+    from saekit.model import gguf
+    from saekit.plan import available_memory
 
-    meminfo = tmp_path / "meminfo"
-    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\n")
-    assert _mem_available(str(meminfo)) == 20_000_000 * 1024
-    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         1000000 kB\n")
-    assert _mem_available(str(meminfo)) == 0            # an old kernel: the caller falls back to free pages
-    assert _mem_available(str(tmp_path / "absent")) == 0
+    monkeypatch.setattr(gguf, "_available_memory", lambda: 20 * 10**9)   # what MemAvailable / the cgroup say
+    assert available_memory("cpu", "") == 20 * 10**9
+    monkeypatch.setattr(gguf, "_available_memory", lambda: None)         # unknown: the free pages
+    assert 0 < available_memory("cpu", "") == os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
