@@ -105,6 +105,36 @@ def test_fast_topk_has_sae_lens_loss_and_gradients(rescale):
         torch.testing.assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_auxk_reconstructs_the_residual_with_k_aux_dead_latents():
+    """k_aux sets how many dead latents AuxK decodes per token (0 keeps sae-lens' d_in // 2), and only
+    those get its gradient."""
+    torch.manual_seed(0)
+    sae = S.build_training_sae("topk", 16, 64, k=4, aux_loss_coefficient=1.0)
+    x = torch.randn(50, 16)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::3] = True                                    # 22 dead latents
+
+    def reference(k_aux):
+        with torch.no_grad():
+            out = S.topk_training_forward(sae, x, dead)
+            pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+            top, pos = pre[:, dead].topk(k_aux, dim=-1)
+            idx = dead.nonzero().flatten()[pos]
+            recon = torch.einsum("bk,bkd->bd", top, sae.W_dec[idx])
+            return min(22 / k_aux, 1.0) * (recon - (x - out.sae_out)).pow(2).sum(-1).mean(), idx
+
+    for k_aux in (3, 0):
+        sae.zero_grad()
+        out = S.topk_training_forward(sae, x, dead, k_aux=k_aux)
+        want, idx = reference(k_aux or 16 // 2)
+        torch.testing.assert_close(out.losses["auxiliary_reconstruction_loss"], want, rtol=1e-5, atol=1e-6)
+        out.losses["auxiliary_reconstruction_loss"].backward()
+        touched = (sae.W_enc.grad.abs().sum(0) > 0).nonzero().flatten()
+        assert set(touched.tolist()) == set(idx.flatten().tolist())     # the chosen dead latents alone
+    with pytest.raises(ValueError, match="k_aux needs fast_topk"):
+        S.TopKConfig(k=4, k_aux=8, fast_topk=False).validate()
+
+
 # ---------------------------------------------------------------------------- checkpoints
 
 
@@ -300,8 +330,9 @@ def test_shipped_configs_load_and_the_default_fits_the_embedded_model():
 
 
 RECIPE = ("lr", "lr_scheduler", "lr_warm_up_steps", "lr_decay_steps", "batch_size", "normalize_activations",
-          "dead_feature_handling", "dead_feature_window", "exclude_first_token", "max_norm_ratio", "dtype")
-SAE_RECIPE = ("architecture", "k", "aux_loss_coefficient", "fast_topk")
+          "dead_feature_handling", "dead_feature_window", "exclude_first_token", "max_norm_ratio", "dtype",
+          "init_b_dec")
+SAE_RECIPE = ("architecture", "k", "aux_loss_coefficient", "k_aux", "fast_topk")
 
 
 def test_the_three_embedded_models_train_with_one_recipe():
@@ -314,6 +345,7 @@ def test_the_three_embedded_models_train_with_one_recipe():
     for name in SAE_RECIPE:
         assert len({getattr(c.sae, name) for c in configs}) == 1, name
     assert configs[0].batch_size == 1024 and configs[0].dead_feature_window == 10
+    assert configs[0].sae.k_aux == 2 * configs[0].sae.k     # AuxK's dead latents per token: 2k, whatever d_in
 
 
 # ---------------------------------------------------------------------------- real activations

@@ -25,6 +25,9 @@ class TopKConfig(SAEConfig):
     """Active latents per token (a whole number)."""
     aux_loss_coefficient: float = 1 / 32
     """Weight of the AuxK loss on dead latents (dead_feature_handling = "auxk")."""
+    k_aux: int = 0
+    """Dead latents AuxK reconstructs the residual with, per token; 0 = sae-lens' d_in // 2. Near k, each
+    dead latent's target is large enough to win a place in the top k again (README "SAE health")."""
     fast_topk: bool = True
     """Select, decode and back-propagate only the k active latents (same maths as sae-lens)."""
     has_aux_loss = True
@@ -33,6 +36,10 @@ class TopKConfig(SAEConfig):
         check_topk_fields(self)
         if self.k != int(self.k):
             raise ValueError(f"topk needs a whole k, got {self.k}")
+        if self.k_aux < 0 or self.k_aux != int(self.k_aux):
+            raise ValueError(f"k_aux must be a whole number >= 0 (0: d_in // 2), got {self.k_aux}")
+        if self.k_aux and not self.fast_topk:
+            raise ValueError("k_aux needs fast_topk = true: sae-lens' own training pass always uses d_in // 2")
         super().validate()
 
     def check_width(self, d_sae: int, how: str = "") -> None:
@@ -50,7 +57,7 @@ class TopKConfig(SAEConfig):
 
     def training_forward(self, sae, sae_in_BD, dead_F, step) -> TrainStepOutput:
         if self.fast_topk:
-            return topk_training_forward(sae, sae_in_BD, dead_F)
+            return topk_training_forward(sae, sae_in_BD, dead_F, k_aux=int(self.k_aux))
         return super().training_forward(sae, sae_in_BD, dead_F, step)
 
 
@@ -114,9 +121,10 @@ def _decode_selected(idx_BK, acts_BK, W_dec_FD):
 
 
 def topk_training_forward(sae: TopKTrainingSAE, x_BD: torch.Tensor,
-                          dead_F: torch.Tensor | None) -> TrainStepOutput:
+                          dead_F: torch.Tensor | None, k_aux: int = 0) -> TrainStepOutput:
     """sae-lens' TopK training pass (same loss, same gradients) that never decodes dense latents.
 
+    `k_aux`: dead latents per token in the AuxK loss (0: sae-lens' d_in // 2).
     `feature_acts` is returned as a sparse COO tensor [B, F] (sae-lens' trainer accepts those too).
     """
     cfg = sae.cfg
@@ -142,7 +150,7 @@ def topk_training_forward(sae: TopKTrainingSAE, x_BD: torch.Tensor,
         acts_BK = pre_BK.relu()
         recon_BD = _decode_selected(idx_BK, acts_BK, sae.W_dec) + sae.b_dec
     mse = (recon_BD - sae_in_BD).pow(2).sum(-1).mean()
-    aux = _topk_aux_loss(sae, sae_in_BD, centred_BD, recon_BD, ranked_BF, norm_F, dead_F)
+    aux = _topk_aux_loss(sae, sae_in_BD, centred_BD, recon_BD, ranked_BF, norm_F, dead_F, k_aux)
     B, K = idx_BK.shape
     rows = torch.arange(B, device=idx_BK.device).repeat_interleave(K)
     feats_BF = torch.sparse_coo_tensor(torch.stack([rows, idx_BK.reshape(-1)]), acts_BK.detach().reshape(-1),
@@ -151,12 +159,14 @@ def topk_training_forward(sae: TopKTrainingSAE, x_BD: torch.Tensor,
                            loss=mse + aux, losses={"mse_loss": mse, "auxiliary_reconstruction_loss": aux})
 
 
-def _topk_aux_loss(sae, sae_in_BD, centred_BD, recon_BD, ranked_BF, norm_F, dead_F):
-    """sae-lens' AuxK loss: the top dead latents reconstruct the live latents' residual."""
+def _topk_aux_loss(sae, sae_in_BD, centred_BD, recon_BD, ranked_BF, norm_F, dead_F, k_aux: int = 0):
+    """sae-lens' AuxK loss: the top k_aux dead latents reconstruct the live latents' residual.
+
+    The weight min(n_dead / k_aux, 1) is sae-lens'; so is k_aux = d_in // 2 when it is 0."""
     n_dead = int(dead_F.sum()) if dead_F is not None else 0
     if n_dead == 0 or sae.cfg.aux_loss_coefficient == 0:
         return recon_BD.new_tensor(0.0)
-    k_aux = sae_in_BD.shape[-1] // 2
+    k_aux = k_aux or sae_in_BD.shape[-1] // 2
     scale = min(n_dead / k_aux, 1.0)
     k_aux = min(k_aux, n_dead)
     with torch.no_grad():
