@@ -55,7 +55,8 @@ def headline(study: Path) -> dict[str, str]:
                 out[f"{label}, {where}"] = f"{_fmt(summary[f'{key} @ {h}'])} ({layer})"
     out["SAE top-feature probe accuracy"] = _fmt(summary.get(f"SAE top-feature probe accuracy @ {hook}"))
     out["SAE explained variance (held-out)"] = _fmt(acts.get("explained_variance"))
-    out["SAE dead latents (held-out / training window)"] = (
+    # metrics.json's "training_window" counts every training token: a latent dead there never fired at all
+    out["SAE dead latents (held-out / never fired in training)"] = (
         f"{_fmt(acts.get('dead_fraction'))} / {_fmt(metrics.get('training_window', {}).get('dead_fraction'))}")
     out["SAE L0"] = _fmt(acts.get("l0"), 1)
     out["SAE spliced in: loss recovered / KL"] = f"{_fmt(lm.get('loss_recovered'))} / {_fmt(lm.get('kl_sae'))}"

@@ -48,7 +48,8 @@ def test_a_flat_config_and_its_nested_form_train_to_identical_weights(tmp_path):
         assert torch.equal(a[name], b[name]), name
     record = json.loads((tmp_path / "b" / T.TRAIN_RECORD).read_text())
     assert record["config"]["sae"] == {"architecture": "topk", "d_sae": 32, "expansion_factor": 8, "k": 2.0,
-                                       "aux_loss_coefficient": 0.5, "k_aux": 0, "fast_topk": True}  # the full resolved table
+                                       "aux_loss_coefficient": 0.5, "k_aux": 0, "aux_on_rank_score": False,
+                                       "fast_topk": True}  # the full resolved table
 
 
 def test_flat_keys_of_another_architecture_are_dropped_and_named(tmp_path):

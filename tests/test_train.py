@@ -135,6 +135,38 @@ def test_auxk_reconstructs_the_residual_with_k_aux_dead_latents():
         S.TopKConfig(k=4, k_aux=8, fast_topk=False).validate()
 
 
+def test_auxk_on_rank_score_decodes_the_score_topk_compares():
+    """aux_on_rank_score: the chosen dead latents' AuxK activations are their ranking scores (pre x decoder
+    norm) decoded through W_dec; sae-lens' AuxK decodes the pre-activation (the norm cancels). They differ
+    once decoder rows have unequal norms."""
+    torch.manual_seed(0)
+    sae = S.build_training_sae("topk", 16, 64, k=4, aux_loss_coefficient=1.0)
+    assert sae.cfg.rescale_acts_by_decoder_norm
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(64, 1) * 3 + 0.1)       # decoder rows of unequal norms, as after training
+    x = torch.randn(50, 16)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::3] = True                                    # 22 dead latents
+    with torch.no_grad():
+        residual = x - S.topk_training_forward(sae, x, dead).sae_out
+        norm = sae.W_dec.norm(dim=-1)
+        score = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc) * norm
+        top, pos = score[:, dead].topk(8, dim=-1)
+        idx = dead.nonzero().flatten()[pos]
+
+        def aux(acts):
+            return (torch.einsum("bk,bkd->bd", acts, sae.W_dec[idx]) - residual).pow(2).sum(-1).mean()
+
+        want_score, want_pre = aux(top), aux(top / norm[idx])
+    got = {flag: S.topk_training_forward(sae, x, dead, k_aux=8, aux_on_rank_score=flag)
+           .losses["auxiliary_reconstruction_loss"] for flag in (True, False)}
+    torch.testing.assert_close(got[True], want_score, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[False], want_pre, rtol=1e-5, atol=1e-6)
+    assert abs(float(want_score) - float(want_pre)) > 1e-3 * float(want_pre)   # the two losses differ
+    with pytest.raises(ValueError, match="aux_on_rank_score needs fast_topk"):
+        S.TopKConfig(k=4, aux_on_rank_score=True, fast_topk=False).validate()
+
+
 # ---------------------------------------------------------------------------- checkpoints
 
 
