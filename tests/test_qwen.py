@@ -133,7 +133,7 @@ def test_the_study_and_training_configs_fit_the_model():
     assert cfg.hook == "blocks.18.hook_resid_post"
     assert cfg.vector_hooks == ["blocks.9.hook_resid_post", "blocks.14.hook_resid_post"]
     train = load_train_config(ROOT / cfg.train_config)
-    assert (train.model, train.hook) == (cfg.model, cfg.hook) and train.sae.resolved_d_sae(shape.d_model) == 6_144
+    assert (train.model, train.hook) == (cfg.model, cfg.hook) and train.sae.resolved_d_sae(shape.d_model) == 12_288
     makefile = (ROOT / "Makefile").read_text()
     assert "run-qwen:\n\t$(MAKE) setup MODELS=qwen\n\t$(BIN)/saekit study analysis/study-qwen2.5-1.5b.toml" in makefile
 

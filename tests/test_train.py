@@ -364,12 +364,14 @@ def test_shipped_configs_load_and_the_default_fits_the_embedded_model():
 RECIPE = ("lr", "lr_scheduler", "lr_warm_up_steps", "lr_decay_steps", "batch_size", "normalize_activations",
           "dead_feature_handling", "dead_feature_window", "exclude_first_token", "max_norm_ratio", "dtype",
           "init_b_dec", "training_tokens")
-SAE_RECIPE = ("architecture", "expansion_factor", "k", "aux_loss_coefficient", "k_aux", "fast_topk")
+SAE_RECIPE = ("architecture", "expansion_factor", "k", "aux_loss_coefficient", "k_aux", "aux_on_rank_score",
+              "fast_topk")
 
 
 def test_the_three_embedded_models_train_with_one_recipe():
     """No per-model tuning: the three models' configs differ in what the model decides (hook, how many
-    documents the LM metrics read) and nothing else; the dictionary is 8x each model's width (README "Three models side by side", SAE health)."""
+    documents the LM metrics read) and nothing else; the dictionary is 8x each model's width
+    (README "Three models side by side", SAE health)."""
     configs = [T.load_train_config(ROOT / "train" / f) for f in
                ("smollm2-135m-l20-topk.toml", "gemma3-270m-l12-topk.toml", "qwen2.5-1.5b-l18-topk.toml")]
     for name in RECIPE:
@@ -378,6 +380,7 @@ def test_the_three_embedded_models_train_with_one_recipe():
         assert len({getattr(c.sae, name) for c in configs}) == 1, name
     assert configs[0].batch_size == 1024 and configs[0].dead_feature_window == 10
     assert configs[0].sae.k_aux == 2 * configs[0].sae.k     # AuxK's dead latents per token: 2k, whatever d_in
+    assert configs[0].sae.aux_on_rank_score                  # and AuxK fits the ranking score
 
 
 # ---------------------------------------------------------------------------- real activations
