@@ -161,8 +161,7 @@ def topk_training_forward(sae: TopKTrainingSAE, x_BD: torch.Tensor,
         acts_BK = pre_BK.relu()
         recon_BD = _decode_selected(idx_BK, acts_BK, sae.W_dec) + sae.b_dec
     mse = (recon_BD - sae_in_BD).pow(2).sum(-1).mean()
-    aux = _topk_aux_loss(sae, sae_in_BD, centred_BD, recon_BD, ranked_BF,
-                         None if aux_on_rank_score else norm_F, dead_F, k_aux)
+    aux = _topk_aux_loss(sae, sae_in_BD, centred_BD, recon_BD, ranked_BF, norm_F, dead_F, k_aux, aux_on_rank_score)
     B, K = idx_BK.shape
     rows = torch.arange(B, device=idx_BK.device).repeat_interleave(K)
     feats_BF = torch.sparse_coo_tensor(torch.stack([rows, idx_BK.reshape(-1)]), acts_BK.detach().reshape(-1),
@@ -171,11 +170,12 @@ def topk_training_forward(sae: TopKTrainingSAE, x_BD: torch.Tensor,
                            loss=mse + aux, losses={"mse_loss": mse, "auxiliary_reconstruction_loss": aux})
 
 
-def _topk_aux_loss(sae, sae_in_BD, centred_BD, recon_BD, ranked_BF, norm_F, dead_F, k_aux: int = 0):
+def _topk_aux_loss(sae, sae_in_BD, centred_BD, recon_BD, ranked_BF, norm_F, dead_F, k_aux: int = 0,
+                   on_rank_score: bool = False):
     """sae-lens' AuxK loss: the top k_aux dead latents reconstruct the live latents' residual.
 
-    The weight min(n_dead / k_aux, 1) is sae-lens'; so is k_aux = d_in // 2 when it is 0. With norm_F
-    None the chosen latents' ranked scores are decoded as they are (aux_on_rank_score)."""
+    The weight min(n_dead / k_aux, 1) is sae-lens'; so is k_aux = d_in // 2 when it is 0. With
+    on_rank_score the chosen latents' ranked scores are decoded as they are (TopKConfig.aux_on_rank_score)."""
     n_dead = int(dead_F.sum()) if dead_F is not None else 0
     if n_dead == 0 or sae.cfg.aux_loss_coefficient == 0:
         return recon_BD.new_tensor(0.0)
@@ -186,7 +186,7 @@ def _topk_aux_loss(sae, sae_in_BD, centred_BD, recon_BD, ranked_BF, norm_F, dead
         dead_idx = dead_F.nonzero().flatten().to(ranked_BF.device)
         top_BK, pos_BK = ranked_BF.index_select(1, dead_idx).topk(k_aux, dim=-1, sorted=False)
         idx_BK = dead_idx[pos_BK]
-        pre_BK = top_BK / norm_F[idx_BK] if norm_F is not None else top_BK
+        pre_BK = top_BK / norm_F[idx_BK] if norm_F is not None and not on_rank_score else top_BK
     pre_BK = _SelectedPreacts.apply(centred_BD, sae.W_enc, sae.b_enc, idx_BK, pre_BK)
     # with decoder-norm rescaling the acts are pre * norm, decoded through W_dec / norm: the norms cancel
     recons_BD = _decode_selected(idx_BK, pre_BK, sae.W_dec)
