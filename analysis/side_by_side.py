@@ -7,8 +7,9 @@ Reads each study folder's own files (study_config.json, steps.json, rank_summary
 metrics.json) and, with --db, the rows those runs wrote: probe accuracies with the bootstrap intervals
 and the corpus-only TF-IDF probe that `saekit compare` stored for the model, every principal component of the emotion
 vectors against the clusters' valence sign (and against human ratings where a run had them), and the
-experiments' effects beyond their random controls. --figure draws the headline numbers against model
-size. Cross-model agreement (RSA, ARI) is `saekit compare`'s job.
+experiments' effects beyond their random controls (the impossible task's from a full-spec run,
+`impossible_task_full`, where the database has one for the model and hook; else the study's subset).
+--figure draws the headline numbers against model size. Cross-model agreement (RSA, ARI) is `saekit compare`'s job.
 """
 
 from __future__ import annotations
@@ -132,13 +133,29 @@ def measured(study: Path, con) -> dict[str, Any]:
     out["implicit"] = {"accuracy": float(m[1]), "ci_lo": float(m[2]), "ci_hi": float(m[3]),
                        "chance": float(m[5]), "random": float(m[6])} if m else None
     out["impossible"] = {}
-    for name in [k.removeprefix("experiment ") for k in steps if k.startswith("experiment impossible_task")]:
-        eid = _experiment_id(steps, name)
+    ids = [_experiment_id(steps, k.removeprefix("experiment ")) for k in steps
+           if k.startswith("experiment impossible_task")]
+    full = _full_impossible_task(con, model, hook)
+    for eid in [full] if full else ids:
         for r in _rows(con, "SELECT condition, strength, effect_minus_control, diff_lo, diff_hi, n_prompts FROM "
                             "experiment_effects WHERE experiment_id = ? AND metric = 'margin_mean' ORDER BY condition",
                        eid):
             out["impossible"][f"{r['condition']} {r['strength']:+g}"] = r
     return out
+
+
+def _full_impossible_task(con, model: str, hook: str) -> str | None:
+    """The newest `impossible_task_full` run on this model and hook, if the database has one.
+
+    A study runs a stated subset of the impossible task; the full spec is run on its own
+    (`saekit experiment run analysis/experiments/impossible_task_full.toml`), and where it exists it
+    stands for the model instead (its rows give the prompt count, so the table says which ran).
+    """
+    if not _rows(con, "SELECT 1 FROM information_schema.tables WHERE table_name = 'experiments'"):
+        return None
+    rows = _rows(con, "SELECT experiment_id FROM experiments WHERE name = 'impossible_task_full' AND model_id = ? "
+                      "AND json_extract_string(spec, '$.spec.hook') = ? ORDER BY created_at DESC LIMIT 1", model, hook)
+    return rows[0]["experiment_id"] if rows else None
 
 
 def database_rows(m: dict[str, Any]) -> dict[str, str]:

@@ -4,8 +4,8 @@ Both run through the same TransformerBridge on exactly the same batch (neutral t
 interleaved over repetitions in one process; the fastest of each is kept, and their ratio is
 printed (target: at most 1.3). The spliced pass encodes every token with the SAE, clamps
 features and adds the error term back (saekit.interventions.Splice). Without --sae a random
-TopK SAE of the default shape (8 x d_model latents, k = 32) is built: its speed is that of a
-trained one.
+TopK SAE of 8 x d_model latents, k = 32 is built (the README's figures; the training configs now
+use k = 64): its speed is that of a trained one.
 
     python benchmarks/intervention_overhead.py [--model smollm2-135m-instruct] [--sae FOLDER]
         [--batch 8] [--tokens 64] [--reps 5] [--features 8]

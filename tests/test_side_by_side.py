@@ -98,3 +98,41 @@ def test_implicit_and_impossible_rows_read_the_finding_and_the_effects(tmp_path)
     lines = side_by_side.table([study], db).splitlines()
     assert "| implicit prompts: vector accuracy [95% CI] (chance / random) | 0.300 [0.133, 0.467] (0.025 / 0.027) |" in lines
     assert "| impossible task: calm +0.1, margin beyond random [95% CI] (prompts) | +0.0233 [+0.0026, +0.0440] (16) |" in lines
+
+
+def test_a_full_impossible_task_run_stands_for_the_studys_subset(tmp_path):
+    """Where the database holds an `impossible_task_full` run on the study's model and hook, the table
+    reads its effects (24 prompts, every strength), not the study's subset; another hook's run is ignored."""
+    import duckdb
+
+    study = tmp_path / "s"
+    study.mkdir()
+    hook = "blocks.1.hook_resid_post"
+    (study / "study_config.json").write_text(json.dumps({"model": "m", "hook": hook}))
+    (study / "steps.json").write_text(json.dumps({
+        "experiment impossible_task": {"seconds": 2.0, "summary": {"experiment_id": "sub", "finding": "x"}}}))
+    db = tmp_path / "d.duckdb"
+    with duckdb.connect(str(db)) as con:
+        for ddl in ("probe_results (run_id VARCHAR, model_id VARCHAR, hook VARCHAR, method VARCHAR)",
+                    "style_geometry (model_id VARCHAR, hook VARCHAR, predictor VARCHAR, target VARCHAR, r DOUBLE, "
+                    "ci_lo DOUBLE, ci_hi DOUBLE, p_value DOUBLE)",
+                    "comparisons (side_a VARCHAR, side_b VARCHAR, metrics JSON, created_at TIMESTAMP)",
+                    "rating_geometry (model_id VARCHAR, hook VARCHAR, target VARCHAR, predictor VARCHAR, r DOUBLE, "
+                    "ci_lo DOUBLE, ci_hi DOUBLE)",
+                    "experiment_effects (experiment_id VARCHAR, condition VARCHAR, strength DOUBLE, metric VARCHAR, "
+                    "effect_minus_control DOUBLE, diff_lo DOUBLE, diff_hi DOUBLE, n_prompts INTEGER)",
+                    "experiments (experiment_id VARCHAR, name VARCHAR, model_id VARCHAR, spec JSON, created_at TIMESTAMP)"):
+            con.execute(f"CREATE TABLE {ddl}")
+        con.execute("INSERT INTO experiments VALUES "
+                    "('full', 'impossible_task_full', 'm', ?, TIMESTAMP '2026-12-07 10:00:00'), "
+                    "('other', 'impossible_task_full', 'm', ?, TIMESTAMP '2026-12-07 11:00:00')",
+                    [json.dumps({"spec": {"hook": hook}}), json.dumps({"spec": {"hook": "blocks.0.hook_resid_post"}})])
+        con.execute("INSERT INTO experiment_effects VALUES "
+                    "('sub', 'calm', 0.1, 'margin_mean', 0.02, 0.01, 0.03, 8), "
+                    "('full', 'calm', 0.1, 'margin_mean', 0.05, 0.04, 0.06, 24), "
+                    "('full', 'calm', -0.05, 'margin_mean', -0.01, -0.02, 0.0, 24), "
+                    "('other', 'calm', 0.1, 'margin_mean', 9.0, 8.0, 10.0, 24)")
+    lines = side_by_side.table([study], db).splitlines()
+    assert "| impossible task: calm +0.1, margin beyond random [95% CI] (prompts) | +0.0500 [+0.0400, +0.0600] (24) |" in lines
+    assert "| impossible task: calm -0.05, margin beyond random [95% CI] (prompts) | -0.0100 [-0.0200, +0.0000] (24) |" in lines
+    assert not any("(8) |" in line for line in lines)
