@@ -338,6 +338,18 @@ def experiment_run(
     out_console.print(f"experiment {exp_id} stored in {db or 'the database'}; next: saekit experiment report {exp_id}")
 
 
+@experiment_app.command("store")
+def experiment_store(
+    file: Annotated[Path, typer.Argument(help="The unstored_results.json a run left when the database stayed locked.")],
+    db: Annotated[Optional[Path], typer.Option(help="Database file (default: the one the run was writing to).")] = None,
+) -> None:
+    """Store the measurements of a run that finished while another process held the database."""
+    from saekit.experiments.runner import store_kept
+
+    exp_id = store_kept(file, db)
+    out_console.print(f"experiment {exp_id} stored; next: saekit experiment report {exp_id}")
+
+
 @experiment_app.command("report")
 def experiment_report(
     experiment: Annotated[str, typer.Argument(help="Experiment id, run id, or spec name (its latest run).")],

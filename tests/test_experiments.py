@@ -360,3 +360,50 @@ def test_a_chat_experiment_on_a_base_model_is_labelled_without_losing_its_findin
     assert "was not instruction-tuned" in based["label"] and based["notes"] == plain["notes"]
     assert sentence(based) == sentence(plain)  # the finding is still the task's own sentence
     assert format_report(based).splitlines()[len(plain["rows"]) + 2].startswith("note: base model")
+
+
+def test_measurements_outlive_a_database_locked_past_the_closing_wait(ranked, tiny_model, monkeypatch, tmp_path):
+    """Hours of forward passes are not lost to a ranking that holds the database: the rows wait in a
+    file the error names, and `saekit experiment store` puts them in once the lock is gone."""
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from saekit.cli import app
+    from saekit.db import DatabaseBusy
+    from saekit.experiments import runner
+
+    monkeypatch.setattr(runner, "STORE_WAIT_S", 0.5)
+    hold = ("import sys\nfrom saekit.db import Database\nd = Database(sys.argv[1])\nprint('held', flush=True)\n"
+            "sys.stdin.read()\nd.close()")
+    holder = []
+    measure = runner.measure_all
+
+    def measure_then_lock(*args, **kw):   # another process takes the lock while the settings run
+        rows = measure(*args, **kw)
+        holder.append(subprocess.Popen([sys.executable, "-c", hold, str(ranked["db"])],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+        assert holder[0].stdout.readline().strip() == b"held"
+        return rows
+
+    monkeypatch.setattr(runner, "measure_all", measure_then_lock)
+    s = spec(ranked, strengths=[1.0], controls=0, out=str(tmp_path), prompts={"limit": 2},
+             conditions=[{"name": "calm_up", "kind": "steer", "emotion": "calm"}])
+    try:
+        with pytest.raises(DatabaseBusy, match=r"kept in .*unstored_results\.json.*saekit experiment store"):
+            X.run_experiment(s, model=tiny_model)
+    finally:
+        holder[0].stdin.close()
+        holder[0].wait(timeout=120)
+    (kept,) = tmp_path.glob("*/unstored_results.json")
+    exp_id = kept.parent.name
+    assert results(ranked["db"], exp_id) == []
+
+    result = CliRunner().invoke(app, ["experiment", "store", str(kept)])
+    assert result.exit_code == 0, result.output
+    rows = results(ranked["db"], exp_id)
+    # none + calm_up at one strength, x 2 prompts x 1 word (calm) x 2 metrics
+    assert len(rows) == 2 * 2 * 1 * 2 and {r["condition"] for r in rows} == {"none", "calm_up"}
+    status = read_only_query(f"SELECT status FROM runs WHERE run_id = '{exp_id}'", ranked["db"]).to_pylist()
+    assert status == [{"status": "done"}] and not kept.exists()

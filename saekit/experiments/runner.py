@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from saekit.corpus import NEUTRAL, load_corpus
-from saekit.db import Database
+from saekit.db import Database, DatabaseBusy
 from saekit.db import experiments as dbx
 from saekit.experiments.kinds import KINDS
 from saekit.experiments.load import load_spec
@@ -25,6 +25,12 @@ from saekit.model import compute_dtype, d_model, dtype_name, hook_names
 from saekit.sae import d_in_of, hook_of
 
 Progress = Callable[[int, int, str], None] | None
+
+STORE_WAIT_S = 3600.0
+"""How long the closing write waits for another process's lock. A ranking holds the database for its
+whole step (minutes on a 1.5B model), and the measurements behind this write may have taken hours."""
+
+UNSTORED = "unstored_results.json"
 
 
 def check_model(model, res: Resolved) -> None:
@@ -108,13 +114,27 @@ def run_experiment(spec: str | Path | dict | ExperimentSpec, db_path: str | Path
         for h in scale_hooks(spec):
             res.mean_norms[h] = mean_resid_norm(model, h, neutral_ids(model.tokenizer, max(spec.norm_texts, 1)),
                                                 res.token_rule)
-        rows = measure_all(task, task_class.settings(res), progress)
+        settings = task_class.settings(res)
+        rows = measure_all(task, settings, progress)
         extra = task.write_outputs(Path(spec.out) / run_id)
         stored = dict(resolved_dict(res), **extra)
-        with Database(path) as wdb:
-            dbx.store_experiment(wdb, run_id, name=spec.name, model_id=spec.model, sae_id=res.sae_id or spec.sae,
-                                 spec=json.dumps(stored, default=str), token_rule=res.token_rule.to_json(), results=rows)
-            wdb.finish_run(run_id)
+        record = {"experiment_id": run_id, "db": str(path or ""), "name": spec.name, "model_id": spec.model,
+                  "sae_id": res.sae_id or spec.sae, "spec": json.dumps(stored, default=str),
+                  "token_rule": res.token_rule.to_json(), "results": rows}
+        # on disk first: a lock held past STORE_WAIT_S, or a kill while waiting, leaves the rows here
+        kept = Path(spec.out) / run_id / UNSTORED
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps(record, default=_plain))
+        if progress is not None:
+            progress(len(settings), len(settings), "storing the results (waits while another process holds the database)")
+        try:
+            wdb = Database(path, wait_s=STORE_WAIT_S)
+        except DatabaseBusy as e:
+            raise DatabaseBusy(f"{e} The measurements are kept in {kept}; once the database is free, store "
+                               f"them with: saekit experiment store {kept}") from e
+        with wdb:
+            _store(wdb, record)
+        kept.unlink()
     except BaseException:
         try:
             with Database(path) as wdb:
@@ -123,6 +143,35 @@ def run_experiment(spec: str | Path | dict | ExperimentSpec, db_path: str | Path
             pass
         raise
     return run_id
+
+
+def _plain(value):
+    """numpy and torch scalars as Python numbers, for the kept results."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _store(db: Database, record: dict) -> None:
+    dbx.store_experiment(db, record["experiment_id"], name=record["name"], model_id=record["model_id"],
+                         sae_id=record["sae_id"], spec=record["spec"], token_rule=record["token_rule"],
+                         results=record["results"])
+    db.finish_run(record["experiment_id"])
+
+
+def store_kept(file: str | Path, db_path: str | Path | None = None) -> str:
+    """Store the results a run kept on disk because the database stayed locked; returns the experiment id."""
+    file = Path(file)
+    try:
+        record = json.loads(file.read_text())
+        exp_id = record["experiment_id"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ExperimentError(f"{file} is not a file of kept experiment results ({UNSTORED}): {e}") from e
+    path = db_path or record.get("db") or None
+    with Database(path) as db:
+        if dbx.find_experiment(db, exp_id) is not None:
+            raise ExperimentError(f"experiment {exp_id} is already in {db.path}; {file} can be deleted")
+        _store(db, record)
+    file.unlink()
+    return exp_id
 
 
 def _open(path, read_only: bool) -> Database | None:
