@@ -49,21 +49,20 @@ DTYPES = ("float32", "bfloat16")
 COSINE_MIN, PROBE_TOL, SAE_TOL = 0.999, 0.02, 0.01
 
 
-def subset(train_per_emotion: int, n_neutral: int) -> list:
-    """The stated subset: per emotion its first N train stories and all its test stories; N neutral dialogues."""
+def subset(train_per_emotion: int, n_neutral: int, test_per_emotion: int | None = None) -> list:
+    """The stated subset: per emotion its first N train and first M (default all) test stories; N neutral dialogues."""
     records = load_corpus(include_neutral=True)
     out: list = []
-    seen: dict[str, int] = {}
+    seen: dict[tuple[str, str], int] = {}
     for r in records:
         if r.emotion == NEUTRAL:
-            if "dialogue" in r.id and seen.get(NEUTRAL, 0) < n_neutral:
-                out.append(r)
-                seen[NEUTRAL] = seen.get(NEUTRAL, 0) + 1
-        elif r.split == "test":
+            cap, ok = n_neutral, "dialogue" in r.id
+        else:
+            cap, ok = (train_per_emotion if r.split == "train" else test_per_emotion), True
+        key = (r.emotion, "" if r.emotion == NEUTRAL else r.split)
+        if ok and (cap is None or seen.get(key, 0) < cap):
             out.append(r)
-        elif seen.get(r.emotion, 0) < train_per_emotion:
-            out.append(r)
-            seen[r.emotion] = seen.get(r.emotion, 0) + 1
+            seen[key] = seen.get(key, 0) + 1
     return out
 
 
@@ -119,6 +118,7 @@ def main() -> None:
     ap.add_argument("--hook", default="blocks.20.hook_resid_post")
     ap.add_argument("--sae", default="artifacts/study/sae", help="the study's SAE (a seeded untrained TopK if absent)")
     ap.add_argument("--train-per-emotion", type=int, default=6)
+    ap.add_argument("--test-per-emotion", type=int, default=None, help="cap on test stories per emotion (all if unset)")
     ap.add_argument("--neutral", type=int, default=20)
     ap.add_argument("--speed-docs", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
@@ -129,7 +129,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     rule = TokenRule()
-    records = subset(args.train_per_emotion, args.neutral)
+    records = subset(args.train_per_emotion, args.neutral, args.test_per_emotion)
     plain = {d: load_hf(args.model, dtype=d) for d in DTYPES}
     tok = plain["float32"][1]
 
@@ -207,7 +207,7 @@ def main() -> None:
 
     median, lo, hi = statistics.median(ratios), min(ratios), max(ratios)
     print(f"model {args.model}, hook {args.hook}, {torch.get_num_threads()} threads; subset: "
-          f"{args.train_per_emotion} train + all test stories per emotion, {args.neutral} neutral dialogues "
+          f"{args.train_per_emotion} train + {args.test_per_emotion or 'all'} test stories per emotion, {args.neutral} neutral dialogues "
           f"= {len(records)} texts, {n_tokens} tokens (max {args.max_tokens}); SAE: {sae_source}")
     print(f"speed, harvest of {len(speed_records)} stories ({speed_tokens} tokens), {args.reps} interleaved reps:")
     for d in DTYPES:
@@ -237,7 +237,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "model": args.model, "hook": args.hook, "threads": torch.get_num_threads(), "sae": sae_source,
-        "subset": {"train_per_emotion": args.train_per_emotion, "test": "all", "neutral_dialogues": args.neutral,
+        "subset": {"train_per_emotion": args.train_per_emotion, "test": args.test_per_emotion or "all", "neutral_dialogues": args.neutral,
                    "texts": len(records), "tokens": n_tokens, "max_tokens": args.max_tokens},
         "speed": {"docs": len(speed_records), "tokens": speed_tokens, "seconds": secs, "ratios": ratios,
                   "ratio_median": median, "ratio_min": lo, "ratio_max": hi, "fidelity_harvest_seconds": fid_secs},

@@ -6,11 +6,14 @@ never the weights. Formulas (T tokens, d = d_model, F = SAE latents, k = active 
 - SAE training, TopK: 6·d·F·T (dense encoder, forward + backward) + 6·k·d·T (sparse decoder);
   other architectures: 12·d·F·T (encoder and decoder dense); then its evaluation: 2·d·F per held-out
   token, and with lm_metrics 3 full forwards (clean, SAE spliced, ablated) of eval_docs texts;
-- ranking: 2·d·F·T (encoding every harvested token);
+- ranking: 2·d·F·T (encoding every harvested token), plus the logit lens 2·F·d·V of every feature and
+  the own-word checks 2·R·d·V per emotion and direction set (R random directions; V the vocabulary);
 - experiments: 2 x (all parameters) x T over every setting's prompts, as each task counts them
-  (Task.cost; prompt lengths are assumptions, stated in each step's note: the rough part of the plan).
+  (Task.cost; prompt lengths are assumptions, stated in each step's note: the rough part of the plan),
+  plus greedy generation's one-token steps, each priced as one read of the weights from memory.
 Time = FLOPs / a rate measured by timed matmuls on this device (one of the model's shape and dtype,
-one of the SAE's), or a stated device profile.
+one of the SAE's), or a stated device profile; a generation step = weight bytes / a bandwidth
+measured by a timed matrix-vector product larger than the caches.
 """
 
 from __future__ import annotations
@@ -47,10 +50,11 @@ KNOWN_CONFIGS = {
                                          "tie_word_embeddings": True},
 }
 DEVICE_PROFILES = {
-    # effective bf16 matmul rate (about 40% of the dense peak) and memory per device
-    "h100": {"gflops": 400_000.0, "memory_gb": 80},
-    "h200": {"gflops": 400_000.0, "memory_gb": 141},
-    "a100": {"gflops": 125_000.0, "memory_gb": 80},
+    # effective bf16 matmul rate (about 40% of the dense peak), memory, and memory bandwidth (about 80%
+    # of the published peak) per device
+    "h100": {"gflops": 400_000.0, "memory_gb": 80, "bandwidth_gbs": 2_700.0},
+    "h200": {"gflops": 400_000.0, "memory_gb": 141, "bandwidth_gbs": 3_800.0},
+    "a100": {"gflops": 125_000.0, "memory_gb": 80, "bandwidth_gbs": 1_600.0},
 }
 HEADER_BYTES = 4096
 """Allowance per safetensors file for its JSON header."""
@@ -71,6 +75,10 @@ class ModelShape:
         head = self.d_model // self.n_heads
         attn = 2 * self.d_model * self.d_model + 2 * self.d_model * self.n_kv_heads * head
         return attn + 3 * self.d_model * self.d_ff + 2 * self.d_model
+
+    def decode_bytes(self, dtype_bytes: int) -> int:
+        """What one generated token reads from memory: every block and the unembedding (one embedding row)."""
+        return (self.n_layers * self.block_params() + self.vocab * self.d_model) * dtype_bytes
 
     def params(self, blocks: int | None = None) -> int:
         """All parameters, or the embedding and the first `blocks` blocks (what a stopped forward holds)."""
@@ -99,6 +107,7 @@ class StudyPlan:
     rate_gflops: float
     sae_rate_gflops: float
     rate_source: str
+    bandwidth_gbs: float
     gpus: int
     steps: list[StepPlan]
     memory_available: int
@@ -188,20 +197,38 @@ def plan_tokenizer(model: str):
 # ---------------------------------------------------------------------------- the device
 
 
+def _calls_per_second(a, b, device: str, seconds: float) -> float:
+    """a @ b, repeated for about `seconds` after a warm-up call."""
+    import torch
+
+    a @ b
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        n += 1
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - started)
+
+
 def measure_rate(d_in: int, d_out: int, dtype: str, device: str, tokens: int = 512, seconds: float = 0.3) -> float:
     """GFLOP/s of a (tokens x d_in) @ (d_in x d_out) matmul, timed for about `seconds`."""
     import torch
 
     x = torch.randn(tokens, d_in, dtype=parse_dtype(dtype), device=device)
     w = torch.randn(d_in, d_out, dtype=parse_dtype(dtype), device=device)
-    x @ w  # warm-up
-    n, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        x @ w
-        n += 1
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return 2 * tokens * d_in * d_out * n / (time.perf_counter() - started) / 1e9
+    return 2 * tokens * d_in * d_out * _calls_per_second(x, w, device, seconds) / 1e9
+
+
+def measure_bandwidth(d: int, dtype: str, device: str, nbytes: int = 128 * 2**20, seconds: float = 0.3) -> float:
+    """GB/s of a matrix-vector product over an `nbytes` matrix (larger than the caches), as a generated
+    token reads the weights."""
+    import torch
+
+    dt = parse_dtype(dtype)
+    w = torch.randn(max(nbytes // (d * dt.itemsize), 1), d, dtype=dt, device=device)
+    x = torch.randn(d, dtype=dt, device=device)
+    return w.numel() * dt.itemsize * _calls_per_second(w, x, device, seconds) / 1e9
 
 
 def measure_train_rate(tcfg, d: int, F: int, device: str, steps: int = 3) -> float:
@@ -289,6 +316,7 @@ def plan_study(config: str | Path, profile: str = "", gpus: int = 1, overrides: 
     instead of measuring."""
     from saekit.activations import harvest_records, tokenize
     from saekit.model import hook_layer
+    from saekit.rank import RankConfig
     from saekit.study import StudyRun, load_study_config
 
     if profile and profile not in DEVICE_PROFILES:
@@ -311,19 +339,22 @@ def plan_study(config: str | Path, profile: str = "", gpus: int = 1, overrides: 
     F = tcfg.sae.resolved_d_sae(shape.d_model) if tcfg else shape.d_model * 8
     if profile:
         rate = sae_rate = DEVICE_PROFILES[profile]["gflops"]
+        bandwidth = DEVICE_PROFILES[profile]["bandwidth_gbs"]
         rate_src = f"device profile {profile}"
     else:
         import torch
 
         dev = cfg.device if not cfg.device.startswith("cuda") or torch.cuda.is_available() else "cpu"
         rate = measure_rate(shape.d_model, shape.d_ff, cfg.dtype, dev)
+        bandwidth = measure_bandwidth(shape.d_model, cfg.dtype, dev)
         if tcfg:
             sae_rate = measure_train_rate(tcfg, shape.d_model, F, dev)
             sae_src = f"{sae_rate:,.0f} GFLOP/s effective in timed training steps of the {F:,}-latent SAE"
         else:
             sae_rate = measure_rate(shape.d_model, F, "float32", dev)
             sae_src = f"{sae_rate:,.0f} GFLOP/s {shape.d_model}x{F} (SAE)"
-        rate_src = f"measured on {dev}: {shape.d_model}x{shape.d_ff} {cfg.dtype} matmul (model); {sae_src}"
+        rate_src = (f"measured on {dev}: {shape.d_model}x{shape.d_ff} {cfg.dtype} matmul (model); {sae_src}; "
+                    f"{bandwidth:,.1f} GB/s {cfg.dtype} matrix-vector product (generation)")
     mbytes = parse_dtype(cfg.dtype).itemsize
     steps = [_harvest_step(shape, hcfg, doc_tokens, stop, mbytes, rate, gpus, tok_note)]
     broad_tokens: list[int] = []
@@ -343,16 +374,19 @@ def plan_study(config: str | Path, profile: str = "", gpus: int = 1, overrides: 
         eval_flops = _train_eval_flops(tcfg, shape, F, sum(doc_tokens) / len(doc_tokens))
         steps.append(_train_step(tcfg, shape.d_model, F, sae_rate, gpus, eval_flops / rate / 1e9))
     n_emotions = len({r.emotion for r in records if r.emotion})
-    steps.append(_rank_step(shape, F, T, len(doc_tokens), n_emotions, mbytes, rate))
+    rcfg = RankConfig()
+    lens_sets = len(hcfg.hooks) + 1   # own-word checks: the vectors at every hook, the SAE's top features
+    steps.append(_rank_step(shape, F, T, len(doc_tokens), n_emotions, mbytes, rate,
+                            lens_flops=2.0 * shape.d_model * shape.vocab * (F + lens_sets * n_emotions * rcfg.lens_random)))
     if broad_tokens:   # the held-out seventh, encoded twice (peaks, then the chosen windows)
         T_out = sum(broad_tokens) // 7
         flops = 2 * 2.0 * shape.d_model * F * T_out
         steps.append(StepPlan("outside examples", T_out, flops, flops / rate / 1e9,
                               sae_bytes(shape.d_model, F) + len(broad_tokens) // 7 * F * 8, 0,
                               "per feature, the top windows of the held-out broad text"))
-    steps += [_experiment_step(spec, shape, mbytes, rate) for spec in cfg.experiments]
+    steps += [_experiment_step(spec, shape, mbytes, rate, bandwidth) for spec in cfg.experiments]
     return StudyPlan(model=cfg.model, shape=shape, device=cfg.device, rate_gflops=rate, sae_rate_gflops=sae_rate,
-                     rate_source=rate_src,
+                     rate_source=rate_src, bandwidth_gbs=bandwidth,
                      gpus=gpus, steps=steps, memory_available=available_memory(cfg.device, profile),
                      disk_free=free_disk(cfg.out), notes=[f"tokens counted with {tok_note}"])
 
@@ -389,15 +423,17 @@ def _train_step(tcfg, d: int, F: int, rate: float, gpus: int, eval_seconds: floa
                     f"{F:,} latents; {formula}; time includes the evaluation ({eval_seconds:.1f} s)")
 
 
-def _rank_step(shape: ModelShape, F: int, T: int, docs: int, n_emotions: int, mbytes: int, rate: float) -> StepPlan:
-    flops = 2.0 * shape.d_model * F * T
+def _rank_step(shape: ModelShape, F: int, T: int, docs: int, n_emotions: int, mbytes: int, rate: float,
+               lens_flops: float) -> StepPlan:
+    flops = 2.0 * shape.d_model * F * T + lens_flops
     memory = shape.params() * mbytes + sae_bytes(shape.d_model, F) + docs * F * 4 * 2
     db = F * n_emotions * 96 + docs * 4096
     return StepPlan("rank features and vectors", T, flops, flops / rate / 1e9, memory, db,
+                    f"encoding {T:,} tokens, then the logit lens and own-word checks ({lens_flops:.2e} FLOPs); "
                     f"disk: database, about 96 bytes per feature x emotion row ({n_emotions} emotions)")
 
 
-def _experiment_step(spec_path: str, shape: ModelShape, mbytes: int, rate: float) -> StepPlan:
+def _experiment_step(spec_path: str, shape: ModelShape, mbytes: int, rate: float, bandwidth: float) -> StepPlan:
     """The spec's own task says how many settings, prompts and tokens a run takes (Task.cost)."""
     from saekit.experiments.load import load_spec
     from saekit.experiments.tasks import TASKS
@@ -407,10 +443,12 @@ def _experiment_step(spec_path: str, shape: ModelShape, mbytes: int, rate: float
     T = cost.tokens
     flops = 2.0 * shape.params() * T
     memory = shape.params() * 4 + 8 * cost.tokens_per_prompt * shape.vocab * 4
-    return StepPlan(f"experiment {Path(spec_path).stem}", T, flops, flops / rate / 1e9, memory, 0,
+    decode_s = cost.decode_steps * shape.decode_bytes(mbytes) / bandwidth / 1e9
+    generated = f"; {cost.decode_steps:,} generated tokens, one weight read each" if cost.decode_steps else ""
+    return StepPlan(f"experiment {Path(spec_path).stem}", T, flops, flops / rate / 1e9 + decode_s, memory, 0,
                     f"{'' if cost.counted else 'rough: '}{cost.settings} settings x {cost.prompts} "
                     f"{'passes' if cost.counted else 'prompts'} x ~{cost.tokens_per_prompt} tokens "
-                    f"({'counted from the scenario' if cost.counted else 'assumed'}), full model")
+                    f"({'counted from the scenario' if cost.counted else 'assumed'}), full model{generated}")
 
 
 # ---------------------------------------------------------------------------- printing

@@ -124,10 +124,11 @@ def test_a_registered_task_states_its_cost_in_the_plan(toy_task, tmp_path):
                     '[prompts]\ntexts = ["a", "b", "c"]\ntokens_assumed = 7\n'
                     '[[conditions]]\nname = "up"\nkind = "steer"\nemotion = "calm"\n')
     shape = model_shape("smollm2-135m-instruct")
-    step = _experiment_step(str(path), shape, 4, 1000.0)
+    step = _experiment_step(str(path), shape, 4, 1000.0, 10.0)
     settings = 1 + 2 * (1 + 2)   # the clean model, then two strengths each with two controls
     assert step.tokens == settings * 3 * 7
     assert step.flops == 2.0 * shape.params() * step.tokens
+    assert step.seconds == step.flops / 1000.0 / 1e9   # it generates nothing: no one-token steps to price
     assert "7 settings x 3 prompts x ~7 tokens" in step.note
 
 

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from saekit.cli import app
 from saekit.config import ConfigError, load_config
+from saekit.model import load_model
 from saekit.plan import HEADER_BYTES, model_shape, plan_study, sae_bytes
 from saekit.study import StudyRun, load_study_config
 from saekit.train import TrainConfig
@@ -136,3 +137,53 @@ def test_available_memory_counts_the_page_cache_linux_can_drop(monkeypatch):
     assert available_memory("cpu", "") == 20 * 10**9
     monkeypatch.setattr(gguf, "_available_memory", lambda: None)         # unknown: the free pages
     assert 0 < available_memory("cpu", "") == os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_planned_rank_flops_match_the_work_a_real_rank_does(tiny_run):
+    """Counted by torch's own FLOP counter over the real ranking (encoding, logit lens, own-word checks):
+    the plan's figure is within 5% (without the lens and checks it was 110x short here, 7x on Qwen)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from saekit.rank import RankConfig, run_rank
+    from saekit.sae import load_sae
+
+    plan, out = tiny_run
+    model = load_model("tiny")
+    sae = load_sae(str(out / "sae"), model=model).sae
+    with FlopCounterMode(display=False) as counter:
+        run_rank(RankConfig(activations=str(out / "activations"), sae=str(out / "sae")), sae=sae, model=model,
+                 tokenizer=model.tokenizer, db=None)
+    planned = next(s for s in plan.steps if s.name == "rank features and vectors").flops
+    assert counter.get_total_flops() == pytest.approx(planned, rel=0.05)
+
+
+def test_decode_bytes_are_the_weights_a_generated_token_reads():
+    from transformers import AutoModelForCausalLM
+
+    from saekit.model import tiny_model_folder
+
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_model_folder()), use_safetensors=True)
+    shape = model_shape(str(tiny_model_folder()))
+    read = sum(p.numel() for n, p in hf.named_parameters() if n != "model.norm.weight")   # tied: the head is the embedding
+    assert shape.decode_bytes(2) == 2 * read
+
+
+def test_generation_is_priced_per_generated_token_by_bandwidth(tmp_path):
+    """live_dialogue's greedy replies: reply_tokens one-token steps per chosen message, each one weight read
+    at the profile's bandwidth, on top of its counted passes."""
+    from saekit.experiments.load import load_spec
+    from saekit.experiments.tasks import TASKS
+    from saekit.experiments.tasks.live_dialogue import dialogue_items
+    from saekit.plan import DEVICE_PROFILES
+
+    spec_path = "analysis/experiments/live_dialogue.toml"
+    spec = load_spec(spec_path)
+    cost = TASKS["live_dialogue"].cost(spec)
+    assert cost.counted and cost.prompts == len(dialogue_items(spec)) == 20
+    assert cost.decode_steps == 20 * spec.prompts.reply_tokens
+    plan = plan_study(write_config(tmp_path, experiments=[spec_path]), profile="a100")
+    step = next(s for s in plan.steps if s.name == "experiment live_dialogue")
+    profile = DEVICE_PROFILES["a100"]
+    decode_s = cost.decode_steps * plan.shape.decode_bytes(4) / (profile["bandwidth_gbs"] * 1e9)
+    assert step.seconds == pytest.approx(step.flops / (profile["gflops"] * 1e9) + decode_s)
+    assert f"{cost.decode_steps:,} generated tokens" in step.note

@@ -28,11 +28,14 @@ from saekit.experiments.spec import ExperimentError, Prompts
 from saekit.experiments.stats import bootstrap_ci, bootstrap_corr, bootstrap_corr_diff
 from saekit.experiments.targets import Setting, Target, result_rows, select_items
 from saekit.experiments.tasks.reading import ReadingTask
+from saekit.experiments.tasks.task import CHARS_PER_TOKEN, Cost
 from saekit.model import LM, format_chat
 
 FILE = "saekit/corpus/scenarios/live_dialogue.jsonl"
 POSITIONS = ("user_end", "assistant_start")
 LABEL = {"user_end": "user's last token", "assistant_start": "assistant turn start"}
+TEMPLATE_TOKENS = 20
+"""The chat template's tokens around one user message, as the plan counts them."""
 COLUMNS = ["emotion", "r user end [95% CI]", "r assistant start [95% CI]", "difference [95% CI]",
            "random r user / assistant (range)", "n", "verdict"]
 
@@ -81,6 +84,15 @@ class LiveDialogueTask(ReadingTask):
         super().check(spec)
         if spec.prompts.reply_tokens < 1:
             raise ValueError("prompts.reply_tokens must be at least 1")
+
+    @classmethod
+    def cost(cls, spec):
+        """Per message, counted from the scenario: the generation's prefill, the reply's one-token steps,
+        then prompt and reply read in one pass."""
+        items = dialogue_items(spec)
+        prompt = sum(len(it["text"]) for it in items) / max(len(items), 1) / CHARS_PER_TOKEN + TEMPLATE_TOKENS
+        reply = spec.prompts.reply_tokens
+        return Cost(1, len(items), round(2 * prompt + reply), counted=True, decode_steps=len(items) * reply)
 
     @classmethod
     def emotion_vectors(cls, spec, look, found):

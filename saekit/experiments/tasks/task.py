@@ -32,6 +32,9 @@ class Cost:
     """Assumed where the spec does not bound it: the rough part of the plan."""
     counted: bool = False
     """True when prompts and tokens were counted from the task's own scenario (characters / CHARS_PER_TOKEN)."""
+    decode_steps: int = 0
+    """One-token passes through a KV cache (greedy generation), besides `tokens`: the plan prices each
+    by reading every weight once from memory, which bounds them on a CPU, not by their FLOPs."""
 
     @property
     def tokens(self) -> int:
