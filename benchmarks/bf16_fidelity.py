@@ -20,7 +20,7 @@ difference comes from the model's compute dtype alone. Measured:
 Criteria (issue 17): every cosine >= 0.999, probe accuracies within 0.02, SAE metrics within 0.01
 (absolute for fractions, explained variance, loss recovered and KL; relative for L0).
 
-    python benchmarks/bf16_fidelity.py [--sae artifacts/study/sae] [--train-per-emotion 6] [--reps 3]
+    python benchmarks/bf16_fidelity.py [--sae artifacts/study/sae] [--train-per-emotion 6] [--test-per-emotion N] [--reps 3]
 """
 
 from __future__ import annotations
