@@ -107,7 +107,6 @@ class StudyPlan:
     rate_gflops: float
     sae_rate_gflops: float
     rate_source: str
-    bandwidth_gbs: float
     gpus: int
     steps: list[StepPlan]
     memory_available: int
@@ -374,10 +373,10 @@ def plan_study(config: str | Path, profile: str = "", gpus: int = 1, overrides: 
         eval_flops = _train_eval_flops(tcfg, shape, F, sum(doc_tokens) / len(doc_tokens))
         steps.append(_train_step(tcfg, shape.d_model, F, sae_rate, gpus, eval_flops / rate / 1e9))
     n_emotions = len({r.emotion for r in records if r.emotion})
-    rcfg = RankConfig()
     lens_sets = len(hcfg.hooks) + 1   # own-word checks: the vectors at every hook, the SAE's top features
+    lens_dirs = F + lens_sets * n_emotions * RankConfig.lens_random
     steps.append(_rank_step(shape, F, T, len(doc_tokens), n_emotions, mbytes, rate,
-                            lens_flops=2.0 * shape.d_model * shape.vocab * (F + lens_sets * n_emotions * rcfg.lens_random)))
+                            lens_flops=2.0 * shape.d_model * shape.vocab * lens_dirs))
     if broad_tokens:   # the held-out seventh, encoded twice (peaks, then the chosen windows)
         T_out = sum(broad_tokens) // 7
         flops = 2 * 2.0 * shape.d_model * F * T_out
@@ -386,7 +385,7 @@ def plan_study(config: str | Path, profile: str = "", gpus: int = 1, overrides: 
                               "per feature, the top windows of the held-out broad text"))
     steps += [_experiment_step(spec, shape, mbytes, rate, bandwidth) for spec in cfg.experiments]
     return StudyPlan(model=cfg.model, shape=shape, device=cfg.device, rate_gflops=rate, sae_rate_gflops=sae_rate,
-                     rate_source=rate_src, bandwidth_gbs=bandwidth,
+                     rate_source=rate_src,
                      gpus=gpus, steps=steps, memory_available=available_memory(cfg.device, profile),
                      disk_free=free_disk(cfg.out), notes=[f"tokens counted with {tok_note}"])
 
