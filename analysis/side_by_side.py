@@ -191,11 +191,12 @@ def figure(ms: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
 
     def panel(ax, title, series, ylabel="", hline=None):
-        for label, rows in series:
+        for i, (label, rows) in enumerate(series):
             ys = [r[0] if r else float("nan") for r in rows]
             err = [[(r[0] - r[1]) if r and r[1] is not None else 0 for r in rows],
                    [(r[2] - r[0]) if r and r[2] is not None else 0 for r in rows]]
-            ax.errorbar(x, ys, yerr=err, marker="o", capsize=3, label=label)
+            nudge = 1 + 0.04 * (i - (len(series) - 1) / 2)  # side by side, so equal points and bars stay visible
+            ax.errorbar([v * nudge for v in x], ys, yerr=err, marker="o", capsize=3, label=label)
         if hline is not None:
             ax.axhline(hline[0], color="grey", ls="--", lw=1, label=hline[1])
         ax.set_xscale("log")
@@ -224,8 +225,8 @@ def figure(ms: list[dict[str, Any]], path: Path) -> None:
     panel(axes[1, 1], "implicit prompts: vector accuracy",
           [("vectors", [acc(m["implicit"]) for m in ms])], "accuracy",
           (ms[0]["implicit"]["chance"], "chance") if ms and ms[0]["implicit"] else None)
-    settings = sorted({s for m in ms for s in m["impossible"]})
-    panel(axes[1, 2], "impossible task: cheating margin beyond random",
+    settings = strongest_settings(m["impossible"] for m in ms)
+    panel(axes[1, 2], "impossible task: cheating margin beyond random\n(each vector at its strongest strength each way)",
           [(s, [(m["impossible"][s]["effect_minus_control"], m["impossible"][s]["diff_lo"],
                  m["impossible"][s]["diff_hi"]) if s in m["impossible"] else None for m in ms]) for s in settings],
           "mean log-prob per token", (0.0, "no effect"))
@@ -233,6 +234,18 @@ def figure(ms: list[dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def strongest_settings(impossible) -> list[str]:
+    """Each condition's largest strength of each sign that any model ran: the figure's headline
+    settings (the table keeps every one)."""
+    best: dict[tuple[str, bool], tuple[float, str]] = {}
+    for runs in impossible:
+        for setting, r in runs.items():
+            key = (r["condition"], r["strength"] > 0)
+            if abs(r["strength"]) > best.get(key, (0.0, ""))[0]:
+                best[key] = (abs(r["strength"]), setting)
+    return [setting for _, setting in sorted(best.values(), key=lambda v: v[1])]
 
 
 def table(studies: list[Path], db: Path | None = None, figure_path: Path | None = None) -> str:

@@ -187,3 +187,22 @@ def test_generation_is_priced_per_generated_token_by_bandwidth(tmp_path):
     decode_s = cost.decode_steps * plan.shape.decode_bytes(4) / (profile["bandwidth_gbs"] * 1e9)
     assert step.seconds == pytest.approx(step.flops / (profile["gflops"] * 1e9) + decode_s)
     assert f"{cost.decode_steps:,} generated tokens" in step.note
+
+
+def test_the_device_rate_is_its_best_window_not_one_stalled_by_other_work():
+    """A stall from other work on the machine (here one 0.3 s call) must not set the plan's rate."""
+    import time
+
+    from saekit.plan import _calls_per_second
+
+    calls = []
+
+    class Stalls:
+        def __rmatmul__(self, other):
+            calls.append(time.perf_counter())
+            time.sleep(0.3 if len(calls) == 2 else 0.002)  # call 1 is the warm-up; call 2 opens window 1
+
+    rate = _calls_per_second(object(), Stalls(), "cpu", seconds=0.25, windows=5)
+    average = (len(calls) - 1) / (time.perf_counter() - calls[1])
+    assert rate > 2 * average  # the stalled window alone would drag an overall average down
+    assert rate <= 1 / 0.002 * 1.01  # and no window can beat the calls' own speed

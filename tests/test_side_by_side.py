@@ -136,3 +136,14 @@ def test_a_full_impossible_task_run_stands_for_the_studys_subset(tmp_path):
     assert "| impossible task: calm +0.1, margin beyond random [95% CI] (prompts) | +0.0500 [+0.0400, +0.0600] (24) |" in lines
     assert "| impossible task: calm -0.05, margin beyond random [95% CI] (prompts) | -0.0100 [-0.0200, +0.0000] (24) |" in lines
     assert not any("(8) |" in line for line in lines)
+
+
+def test_the_figure_draws_each_vector_at_its_strongest_strength_each_way():
+    def run(condition, strength):
+        return {f"{condition} {strength:+g}": {"condition": condition, "strength": strength}}
+
+    small = run("calm", 0.1) | run("desperate", 0.1)
+    large = {k: v for c in ("calm", "desperate") for s in (0.05, 0.1, -0.05, -0.1) for k, v in run(c, s).items()}
+    assert side_by_side.strongest_settings([small, large]) == ["calm +0.1", "calm -0.1", "desperate +0.1",
+                                                               "desperate -0.1"]
+    assert side_by_side.strongest_settings([run("calm", -0.05)]) == ["calm -0.05"]
