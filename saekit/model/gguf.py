@@ -88,8 +88,8 @@ def _remove_stale_partials(target: Path) -> None:
 
 def embedded_gguf(name: str = DEFAULT_MODEL) -> Path:
     """The embedded model's GGUF file: the package's own, or its parts joined once into the cache and checked
-    (a bad or partial file is removed, never used): against the pinned sha256 of the whole file, or, where
-    that is not known, each part against its package's RECORD and the whole against the pinned size."""
+    (a bad or partial file is removed, never used): the whole against its pinned sha256 and, where the
+    parts carry RECORDs, each part against its RECORD and pinned digest and the whole against its size."""
     model = embedded(name)
     assert model is not None, name
     if model.sha256 is None and model.size is None:
@@ -99,15 +99,15 @@ def embedded_gguf(name: str = DEFAULT_MODEL) -> Path:
             raise ModelLoadError(f"no .gguf file in {folder}; reinstall with {model.install}")
         return files[0]
     parts = _part_paths(model)
-    expected = _record_digests(model) if model.sha256 is None else None
+    expected = _record_digests(model) if model.size is not None else None
     target = cache_dir() / "gguf" / model.gguf_name
     marker = target.with_name(target.name + ".sha256")
     parts_marker = target.with_name(target.name + ".parts")  # the part digests it was joined from
     if target.is_file() and marker.is_file():
-        if expected is None and marker.read_text().strip() == model.sha256:
-            return target
-        if (expected is not None and target.stat().st_size == model.size and parts_marker.is_file()
-                and parts_marker.read_text().split() == expected):
+        whole_ok = model.sha256 is None or marker.read_text().strip() == model.sha256
+        parts_ok = expected is None or (target.stat().st_size == model.size and parts_marker.is_file()
+                                        and parts_marker.read_text().split() == expected)
+        if whole_ok and parts_ok:
             return target
     if model.size is not None:
         total = sum(p.stat().st_size for p in parts)
