@@ -196,24 +196,26 @@ def plan_tokenizer(model: str):
 # ---------------------------------------------------------------------------- the device
 
 
+def _sync(device: str) -> None:
+    """Wait for queued GPU work, so a timer stops when the work does."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def _calls_per_second(a, b, device: str, seconds: float, windows: int = 5) -> float:
     """a @ b per second over about `seconds` after a warm-up call: the best of `windows` equal windows,
     since a brief stall from other work on a shared machine only ever slows a window down."""
-    import torch
-
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     a @ b
-    sync()
+    _sync(device)
     best = 0.0
     for _ in range(windows):
         n, started = 0, time.perf_counter()
         while n == 0 or time.perf_counter() - started < seconds / windows:
             a @ b
             n += 1
-        sync()
+        _sync(device)
         best = max(best, n / (time.perf_counter() - started))
     return best
 
@@ -251,12 +253,12 @@ def measure_train_rate(tcfg, d: int, F: int, device: str, steps: int = 3) -> flo
     state.steps_since_fired_F[::8] = cfg.dead_feature_window
     x_BD = torch.randn(cfg.batch_size, d, device=device)
     train_step(state, x_BD, cfg)
+    _sync(device)
     fastest = float("inf")
     for _ in range(steps):  # the fastest step, as _calls_per_second takes its best window
         started = time.perf_counter()
         train_step(state, x_BD, cfg)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        _sync(device)
         fastest = min(fastest, time.perf_counter() - started)
     return train_flops_per_token(cfg, d, F) * cfg.batch_size / fastest / 1e9
 
